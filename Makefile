@@ -1,0 +1,30 @@
+# Pack Operator. `make run` runs it on a local control plane; `make test` runs the whole suite.
+.PHONY: run test tools cluster cluster-down crds build fmt lint
+
+run: ## control plane + CRDs + all three controllers + samples
+	hack/run.sh
+
+test: ## everything CI runs: fmt, clippy, CRD drift, unit and end-to-end tests
+	hack/test.sh
+
+tools: ## build (once) the pinned kube-apiserver, kube-controller-manager, kubectl, etcd, helm
+	hack/tools.sh
+
+cluster: tools ## start (or reuse) the local control plane; kubeconfig in .cluster/kubeconfig
+	cargo build -q -p e2e --bin testcluster
+	target/debug/testcluster up --dir .cluster
+
+cluster-down: ## stop the local control plane
+	@if [ -x target/debug/testcluster ]; then target/debug/testcluster down --dir .cluster; fi
+
+crds: ## regenerate deploy/crds from the Rust types
+	cargo run -q -p common --bin crdgen
+
+build:
+	cargo build --workspace
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,40 @@
+//! Custom resources of group `k8s.kubit.ir`, version `v1alpha1`. The YAML in `deploy/crds/` is
+//! generated from these types by the `crdgen` binary (`make crds`); CI fails when it drifts.
+
+pub mod pack;
+pub mod reflector;
+pub mod repository;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+pub use pack::{Pack, PackSpec, PackStatus};
+pub use reflector::{SecretReflector, SecretReflectorSpec, SecretReflectorStatus};
+pub use repository::{
+    ClusterPackRepository, ClusterPackRepositorySpec, ClusterPackRepositoryStatus,
+};
+
+/// API group of every CRD of this project.
+pub const GROUP: &str = "k8s.kubit.ir";
+/// API version of every CRD of this project.
+pub const VERSION: &str = "v1alpha1";
+
+/// Every CRD, with the file name it is written to under `deploy/crds/`.
+pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
+    vec![
+        ("k8s.kubit.ir_packs.yaml", Pack::crd()),
+        (
+            "k8s.kubit.ir_clusterpackrepositories.yaml",
+            ClusterPackRepository::crd(),
+        ),
+        ("k8s.kubit.ir_secretreflectors.yaml", SecretReflector::crd()),
+    ]
+}
+
+/// Renders a CRD as the YAML written to `deploy/crds/`.
+pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Error> {
+    Ok(format!(
+        "# Generated from the Rust types in common/src/crd by `make crds`. Do not edit.\n{}",
+        serde_yaml::to_string(crd)?
+    ))
+}

@@ -1,0 +1,120 @@
+//! `Pack`: a Helm release of a chart from a pack repository, with values and vars.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A Helm release of `chart`, named after the Pack, in the Pack's namespace.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "k8s.kubit.ir",
+    version = "v1alpha1",
+    kind = "Pack",
+    namespaced,
+    status = "PackStatus",
+    shortname = "pk",
+    category = "pack-operator",
+    printcolumn = r#"{"name":"Chart","type":"string","jsonPath":".spec.chart.name"}"#,
+    printcolumn = r#"{"name":"Constraint","type":"string","jsonPath":".spec.chart.version"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.version"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PackSpec {
+    /// The chart to install and where it comes from.
+    pub chart: ChartReference,
+
+    /// Scalar variables (string, number, bool or null) substituted into `values` wherever a string is
+    /// `{{ vars.NAME }}`. (A CEL rule cannot type-check values of a preserve-unknown-fields map, so
+    /// non-scalars are rejected by the controller with `InvalidVars`.)
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "scalar_map_schema")]
+    pub vars: BTreeMap<String, serde_json::Value>,
+
+    /// Helm values, free-form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_schema")]
+    pub values: Option<serde_json::Value>,
+}
+
+/// Chart name, repository and version constraint.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChartReference {
+    /// The repository that serves the chart.
+    pub repository: RepositoryReference,
+    /// Chart name in the repository index.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Version constraint: an exact version (`4.15.2`), a compatible release (`~=0.1`), or a Helm
+    /// semver range (`^1.2`, `>=1, <2`, `1.2.x`). Empty means the highest stable version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// Reference to a pack repository.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryReference {
+    /// Kind of the repository object.
+    pub kind: RepositoryKind,
+    /// Name of the repository object.
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+/// Kinds of repository a Pack can reference.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RepositoryKind {
+    ClusterPackRepository,
+}
+
+/// The summary state shown in `kubectl get packs`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PackState {
+    Applied,
+    ApplyFailed,
+    Removing,
+    RemoveFailed,
+    Invalid,
+}
+
+/// Observed state of a Pack.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PackStatus {
+    /// The generation last reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Reconciling`, `Stalled`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Summary state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<PackState>,
+    /// The chart version the constraint resolved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+pub(crate) fn free_form_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+fn scalar_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "additionalProperties": {
+            "x-kubernetes-preserve-unknown-fields": true,
+            "nullable": true,
+        },
+    })
+}

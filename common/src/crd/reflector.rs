@@ -1,0 +1,64 @@
+//! `SecretReflector`: keeps copies of a Secret of its own namespace in other namespaces.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Copies the Secret `source` (in this object's namespace) into the `targets` namespaces.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "k8s.kubit.ir",
+    version = "v1alpha1",
+    kind = "SecretReflector",
+    namespaced,
+    status = "SecretReflectorStatus",
+    shortname = "sr",
+    category = "pack-operator",
+    printcolumn = r#"{"name":"Source","type":"string","jsonPath":".spec.source.name"}"#,
+    printcolumn = r#"{"name":"Targets","type":"string","jsonPath":".status.summary"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretReflectorSpec {
+    /// The Secret to copy; always in the SecretReflector's own namespace.
+    pub source: SourceReference,
+    /// Where copies go.
+    pub targets: Targets,
+    /// Name of the copies (default: the source's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_name: Option<String>,
+}
+
+/// The source Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct SourceReference {
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+/// Target namespaces: the union of explicit names and a label selector.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Targets {
+    /// Namespaces by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Namespaces by label; namespaces that gain the labels later get a copy too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+}
+
+/// Observed state of a SecretReflector.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretReflectorStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// `synced/desired`, e.g. `3/4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+}

@@ -1,0 +1,58 @@
+//! `ClusterPackRepository`: a cluster-wide Helm repository (an HTTP(S) `index.yaml`).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A Helm chart repository every namespace's Packs may use.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "k8s.kubit.ir",
+    version = "v1alpha1",
+    kind = "ClusterPackRepository",
+    status = "ClusterPackRepositoryStatus",
+    shortname = "cpr",
+    category = "pack-operator",
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".spec.url"}"#,
+    printcolumn = r#"{"name":"Charts","type":"integer","jsonPath":".status.charts"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterPackRepositorySpec {
+    /// Base URL of the repository: `<url>/index.yaml` is its index.
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub url: String,
+    /// How often the index is refreshed, e.g. `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Secret with `username` and `password` keys for basic auth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretReference>,
+    /// Secret with a `ca.crt` key: a PEM CA bundle to trust for this repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretReference>,
+}
+
+/// A Secret in a given namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct SecretReference {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    #[schemars(length(min = 1))]
+    pub namespace: String,
+}
+
+/// Observed state of a repository.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterPackRepositoryStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Number of charts in the index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charts: Option<i64>,
+}

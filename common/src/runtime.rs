@@ -1,0 +1,208 @@
+//! Wiring shared by the three binaries: client, metrics registry, health server, leader election and
+//! graceful shutdown around a controller loop.
+
+use std::{future::Future, sync::Arc};
+
+use kube::Client;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::{
+    Error, RuntimeArgs,
+    health::Health,
+    leader::{LeaderElector, LeaseTiming, default_identity},
+    metrics::{self, LeaderMetrics},
+    process_metrics::ProcessCollector,
+    server, shutdown,
+};
+
+/// What a controller loop gets while this replica leads.
+#[derive(Clone)]
+pub struct Leading {
+    /// Client to the API server.
+    pub client: Client,
+    /// Cancelled when leadership ends or the process shuts down; the loop must return soon after.
+    pub stop: CancellationToken,
+    /// Report cache sync here (`health.set_synced(true)`) so `/readyz` turns ready.
+    pub health: Health,
+}
+
+/// A controller process before it starts: register metrics on [`Runtime::registry`], then
+/// [`Runtime::run`].
+pub struct Runtime {
+    name: &'static str,
+    args: RuntimeArgs,
+    client: Client,
+    registry: Registry,
+    health: Health,
+    leader_metrics: LeaderMetrics,
+}
+
+impl Runtime {
+    /// Connects to the API server (kubeconfig or in-cluster) and prepares the shared metrics.
+    pub async fn new(name: &'static str, version: &str, args: RuntimeArgs) -> Result<Self, Error> {
+        let client = Client::try_default().await.map_err(Error::KubeConfig)?;
+        Ok(Self::with_client(name, version, args, client))
+    }
+
+    /// As [`Runtime::new`] with a given client (tests).
+    pub fn with_client(
+        name: &'static str,
+        version: &str,
+        args: RuntimeArgs,
+        client: Client,
+    ) -> Self {
+        let mut registry = Registry::with_prefix(metrics::PREFIX);
+        metrics::register_build_info(&mut registry, name, version);
+        let leader_metrics = LeaderMetrics::register(&mut registry);
+        registry.register_collector(Box::new(ProcessCollector));
+        Runtime {
+            name,
+            args,
+            client,
+            registry,
+            health: Health::default(),
+            leader_metrics,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The metrics registry, for the controller's own metrics (already prefixed `pack_operator_`).
+    pub fn registry(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// The namespace this process is scoped to, if any (`--namespace`).
+    pub fn namespace(&self) -> Option<&str> {
+        self.args.namespace.as_deref()
+    }
+
+    /// Serves health and metrics, and runs `controller` while this replica leads, until SIGTERM/SIGINT.
+    pub async fn run<W, Fut>(self, controller: W) -> Result<(), Error>
+    where
+        W: FnMut(Leading) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let shutdown = shutdown::on_signal();
+        self.run_until(shutdown, controller).await
+    }
+
+    /// As [`Runtime::run`], stopping when `shutdown` is cancelled.
+    pub async fn run_until<W, Fut>(
+        self,
+        shutdown: CancellationToken,
+        mut controller: W,
+    ) -> Result<(), Error>
+    where
+        W: FnMut(Leading) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Runtime {
+            name,
+            args,
+            client,
+            registry,
+            health,
+            leader_metrics,
+        } = self;
+        let server = server::bind(
+            args.metrics_address,
+            Arc::new(registry),
+            health.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        let server = tokio::spawn(server);
+
+        let mut start = {
+            let client = client.clone();
+            let health = health.clone();
+            move |stop: CancellationToken| {
+                controller(Leading {
+                    client: client.clone(),
+                    stop,
+                    health: health.clone(),
+                })
+            }
+        };
+
+        let result = if args.leader_elect {
+            let namespace = args
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_owned());
+            let lease_name = args.lease_name.clone().unwrap_or_else(|| name.to_owned());
+            let identity = args.identity.clone().unwrap_or_else(default_identity);
+            info!(%identity, lease = %format!("{namespace}/{lease_name}"), "leader election on; waiting for the Lease");
+            let timing = LeaseTiming {
+                lease_duration: args.lease_duration,
+                renew_deadline: args.renew_deadline,
+                retry_period: args.retry_period,
+            };
+            LeaderElector::new(
+                client,
+                &namespace,
+                &lease_name,
+                identity,
+                timing,
+                leader_metrics,
+                health,
+            )
+            .run(shutdown.clone(), start)
+            .await
+        } else {
+            info!("leader election off; this replica acts alone");
+            leader_metrics.set_leading(true);
+            health.set_leading(true);
+            let work = tokio::spawn(start(shutdown.clone()));
+            let joined = work.await;
+            leader_metrics.set_leading(false);
+            match joined {
+                Ok(()) if shutdown.is_cancelled() => Ok(()),
+                Ok(()) => Err(Error::ControllerEnded),
+                Err(e) => Err(Error::ControllerPanicked(e.to_string())),
+            }
+        };
+
+        // Stop serving whatever ended the controller, then report the first error.
+        shutdown.cancel();
+        let served = server
+            .await
+            .map_err(|e| Error::ControllerPanicked(e.to_string()))?;
+        result.and(served)
+    }
+}
+
+/// Marks `health` synced once `store` holds its first complete listing (or never, if the writer is
+/// dropped first).
+pub fn report_sync_when_ready<K>(store: kube::runtime::reflector::Store<K>, health: Health)
+where
+    K: kube::Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    tokio::spawn(async move {
+        // Re-poll instead of awaiting once: kube-runtime's DelayedInit wakes only the most recently
+        // registered waiter, and the Controller registers its own after ours, so a single await may
+        // never be woken.
+        loop {
+            match tokio::time::timeout(
+                std::time::Duration::from_millis(250),
+                store.wait_until_ready(),
+            )
+            .await
+            {
+                Ok(Ok(())) => {
+                    tracing::info!("caches synced; ready");
+                    health.set_synced(true);
+                    return;
+                }
+                Ok(Err(_)) => return, // the writer was dropped: the controller stopped before syncing
+                Err(_) => {}          // not yet, or not woken: look again
+            }
+        }
+    });
+}

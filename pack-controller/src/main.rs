@@ -1,0 +1,25 @@
+use clap::Parser;
+use common::{RuntimeArgs, metrics::ReconcileMetrics, runtime::Runtime};
+
+/// pack-controller: installs, upgrades and uninstalls the Helm release of each Pack.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    cli.runtime.validate().map_err(anyhow::Error::msg)?;
+    common::telemetry::init(cli.runtime.log_format, &cli.runtime.log_level)?;
+    let namespace = cli.runtime.namespace.clone();
+    let mut runtime =
+        Runtime::new("pack-controller", env!("CARGO_PKG_VERSION"), cli.runtime).await?;
+    let metrics = ReconcileMetrics::register(runtime.registry(), "pack");
+    runtime
+        .run(move |leading| pack_controller::run(leading, namespace.clone(), metrics.clone()))
+        .await?;
+    Ok(())
+}

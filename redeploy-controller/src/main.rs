@@ -1,0 +1,29 @@
+use clap::Parser;
+use common::{RuntimeArgs, metrics::ReconcileMetrics, runtime::Runtime};
+
+/// redeploy-controller: rolls out workloads annotated watch-to-redeploy when a ConfigMap or Secret they name changes.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    cli.runtime.validate().map_err(anyhow::Error::msg)?;
+    common::telemetry::init(cli.runtime.log_format, &cli.runtime.log_level)?;
+    let namespace = cli.runtime.namespace.clone();
+    let mut runtime = Runtime::new(
+        "redeploy-controller",
+        env!("CARGO_PKG_VERSION"),
+        cli.runtime,
+    )
+    .await?;
+    let metrics = ReconcileMetrics::register(runtime.registry(), "redeploy");
+    runtime
+        .run(move |leading| redeploy_controller::run(leading, namespace.clone(), metrics.clone()))
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,433 @@
+//! A real local control plane: etcd + kube-apiserver + kube-controller-manager on free loopback ports,
+//! a static admin token, a ServiceAccount signing key (so ServiceAccount tokens and RBAC work), and the
+//! apiserver's own self-signed serving certificate as the kubeconfig's CA.
+
+#![allow(unsafe_code)] // pre_exec: tie each child's life to the supervisor (PR_SET_PDEATHSIG).
+
+use std::{
+    fs,
+    net::TcpListener,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use k8s_openapi::{
+    api::core::v1::{Namespace, ServiceAccount},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, Config, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+use crate::tools;
+
+/// The processes of a running control plane. Dropping it stops them.
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub api_port: u16,
+    children: Vec<(&'static str, Child)>,
+}
+
+impl ControlPlane {
+    /// Starts etcd, kube-apiserver and kube-controller-manager with state under `dir`, waits until the
+    /// API answers and the controller manager works, and installs the project's CRDs.
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        let bin = tools::tools_dir()?;
+        fs::create_dir_all(dir.join("logs"))?;
+        fs::create_dir_all(dir.join("pki"))?;
+        let dir = dir.canonicalize()?;
+        let started = Instant::now();
+
+        let token = random_token();
+        fs::write(
+            dir.join("tokens.csv"),
+            format!("{token},admin,admin,\"system:masters\"\n"),
+        )?;
+        let sa_key = rcgen::KeyPair::generate()?; // ECDSA P-256; the apiserver signs tokens with ES256
+        write_private(&dir.join("sa.key"), sa_key.serialize_pem().as_bytes())?;
+        fs::write(dir.join("sa.pub"), sa_key.public_key_pem())?;
+
+        let etcd_port = free_port()?;
+        let peer_port = free_port()?;
+        let api_port = free_port()?;
+        let mut plane = ControlPlane {
+            dir: dir.clone(),
+            kubeconfig: dir.join("kubeconfig"),
+            api_port,
+            children: vec![],
+        };
+
+        let etcd_data = dir.join("etcd-data");
+        let _ = fs::remove_dir_all(&etcd_data);
+        plane.spawn(
+            "etcd",
+            Command::new(bin.join("etcd")).args([
+                "--name=default",
+                &format!("--data-dir={}", etcd_data.display()),
+                &format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"),
+                &format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"),
+                &format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+                &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+                &format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"),
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ]),
+        )?;
+        wait_http(
+            &format!("http://127.0.0.1:{etcd_port}/health"),
+            Duration::from_secs(30),
+            &mut plane,
+        )
+        .await?;
+
+        let pki = dir.join("pki");
+        let sa = dir.join("sa.key");
+        let sa_pub = dir.join("sa.pub");
+        plane.spawn(
+            "kube-apiserver",
+            Command::new(bin.join("kube-apiserver")).args([
+                &format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+                "--bind-address=127.0.0.1",
+                &format!("--secure-port={api_port}"),
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",
+                &format!("--cert-dir={}", pki.display()),
+                &format!("--token-auth-file={}", dir.join("tokens.csv").display()),
+                &format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
+                &format!("--service-account-key-file={}", sa_pub.display()),
+                &format!("--service-account-signing-key-file={}", sa.display()),
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--authorization-mode=Node,RBAC",
+                "--allow-privileged=true",
+                "--disable-admission-plugins=ServiceAccount",
+                "--v=1",
+            ]),
+        )?;
+
+        // The serving certificate (leaf + self-signed CA) is written before the port opens.
+        let ca = pki.join("apiserver.crt");
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: pack-operator-test\n  cluster:\n    server: https://127.0.0.1:{api_port}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: pack-operator-test\n  context:\n    cluster: pack-operator-test\n    user: admin\n    namespace: default\ncurrent-context: pack-operator-test\n",
+            ca.display()
+        );
+        write_private(&plane.kubeconfig, kubeconfig.as_bytes())?;
+        let kubeconfig_path = plane.kubeconfig.clone();
+        let client = wait_api(&kubeconfig_path, Duration::from_secs(90), &mut plane).await?;
+
+        plane.spawn("kube-controller-manager", Command::new(bin.join("kube-controller-manager")).args([
+            &format!("--kubeconfig={}", plane.kubeconfig.display()),
+            "--leader-elect=false",
+            "--controllers=deployment-controller,replicaset-controller,statefulset-controller,daemonset-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller",
+            "--bind-address=127.0.0.1",
+            "--secure-port=0",
+            "--v=1",
+        ]))?;
+        // The serviceaccount controller creating `default/default` proves the controller manager runs.
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sas.get_opt("default").await?.is_none() {
+            plane.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "kube-controller-manager did not create default/default in 60s; see {}/logs",
+                    dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        install_crds(&client, &tools::workspace_root().join("deploy/crds")).await?;
+        eprintln!(
+            "control plane ready in {:.1}s: KUBECONFIG={}",
+            started.elapsed().as_secs_f64(),
+            plane.kubeconfig.display()
+        );
+        Ok(plane)
+    }
+
+    fn spawn(&mut self, name: &'static str, cmd: &mut Command) -> anyhow::Result<()> {
+        let log = fs::File::create(self.dir.join("logs").join(format!("{name}.log")))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child with SIGKILL when
+        // the thread that spawned it ends, so no control-plane process outlives its supervisor.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        self.children.push((name, child));
+        Ok(())
+    }
+
+    /// Fails if any process of the control plane has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for (name, child) in &mut self.children {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "{name} exited ({status}); see {}/logs/{name}.log",
+                    self.dir.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every process (SIGTERM, then SIGKILL after 5 s).
+    pub fn stop(&mut self) {
+        for (_, child) in self.children.iter().rev() {
+            // SAFETY: plain kill(2) on a pid we spawned and have not reaped.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (_, child) in self.children.iter_mut().rev() {
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents)?;
+    Ok(())
+}
+
+fn random_token() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| format!("{:x}", rng.random_range(0..16u8)))
+        .collect()
+}
+
+/// A free loopback port (bound and released; the race with another process is unlikely).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_http(url: &str, timeout: Duration, plane: &mut ControlPlane) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        plane.check_alive()?;
+        if let Ok(resp) = client.get(url).send().await
+            && resp.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{url} did not answer in {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_api(
+    kubeconfig: &Path,
+    timeout: Duration,
+    plane: &mut ControlPlane,
+) -> anyhow::Result<Client> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        plane.check_alive()?;
+        if plane.dir.join("pki/apiserver.crt").exists() {
+            match try_ready(kubeconfig).await {
+                Ok(client) => return Ok(client),
+                Err(e) => last = format!("{e:#}"),
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "kube-apiserver not ready in {timeout:?}: {last}; see {}/logs",
+                plane.dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn try_ready(kubeconfig: &Path) -> anyhow::Result<Client> {
+    let client = client_from(kubeconfig).await?;
+    let req = http::Request::get("/readyz").body(Vec::new())?;
+    let text = client.request_text(req).await?;
+    if text.trim() != "ok" {
+        bail!("readyz: {text}");
+    }
+    Api::<Namespace>::all(client.clone()).get("default").await?;
+    Ok(client)
+}
+
+/// A client for a kubeconfig file.
+pub async fn client_from(kubeconfig: &Path) -> anyhow::Result<Client> {
+    let kc = Kubeconfig::read_from(kubeconfig)?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// Applies every CustomResourceDefinition in `dir/*.yaml` (server-side) and waits until each is
+/// Established.
+pub async fn install_crds(client: &Client, dir: &Path) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut names = vec![];
+    let mut files: Vec<_> = match fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => return Ok(()),
+    };
+    files.sort();
+    for file in files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+    {
+        let text = fs::read_to_string(file)?;
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(doc)?;
+            if value.is_null() {
+                continue;
+            }
+            let crd: CustomResourceDefinition = serde_yaml::from_value(value)
+                .with_context(|| format!("{} is not a CustomResourceDefinition", file.display()))?;
+            let name = crd.name_any();
+            api.patch(
+                &name,
+                &PatchParams::apply("pack-operator-tests").force(),
+                &Patch::Apply(&crd),
+            )
+            .await?;
+            names.push(name);
+        }
+    }
+    for name in names {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let crd = api.get(&name).await?;
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("CRD {name} not Established in 30s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+use serde::Deserialize;
+
+/// The cluster the tests of this run use.
+pub struct TestEnv {
+    pub kubeconfig: PathBuf,
+}
+
+/// Finds the shared test cluster: `PACK_OPERATOR_TEST_KUBECONFIG` (set by `make test`), else
+/// `.cluster/kubeconfig` (from `make cluster`).
+pub fn test_env() -> TestEnv {
+    let path = std::env::var("PACK_OPERATOR_TEST_KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| tools::workspace_root().join(".cluster/kubeconfig"));
+    assert!(
+        path.exists(),
+        "no test cluster: {} does not exist. Run the suite with `make test` (it starts one), or start one with `make cluster`.",
+        path.display()
+    );
+    TestEnv { kubeconfig: path }
+}
+
+impl TestEnv {
+    /// A client with admin rights.
+    pub async fn client(&self) -> Client {
+        client_from(&self.kubeconfig)
+            .await
+            .expect("client for the test cluster")
+    }
+
+    /// Creates a fresh namespace `<prefix>-<random>` for one test; it is deleted when the guard drops.
+    pub async fn namespace(&self, prefix: &str) -> TestNamespace {
+        let client = self.client().await;
+        let name = format!("{prefix}-{}", &random_token()[..6]);
+        let ns = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client)
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create test namespace");
+        TestNamespace {
+            name,
+            kubeconfig: self.kubeconfig.clone(),
+        }
+    }
+}
+
+/// A namespace owned by one test.
+pub struct TestNamespace {
+    pub name: String,
+    kubeconfig: PathBuf,
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Best effort, on a runtime of its own with a client of its own: a kube Client's background
+        // worker lives on the runtime that made it, which is blocked while this drop runs.
+        let kubeconfig = self.kubeconfig.clone();
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(async move {
+                    if let Ok(client) = client_from(&kubeconfig).await {
+                        let _ = Api::<Namespace>::all(client)
+                            .delete(&name, &DeleteParams::background())
+                            .await;
+                    }
+                });
+            }
+        })
+        .join()
+        .ok();
+    }
+}
