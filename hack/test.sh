@@ -37,6 +37,15 @@ target/debug/testcluster up --dir "$cluster"
 export PACK_OPERATOR_TEST_KUBECONFIG="$cluster/kubeconfig"
 
 step "unit and end-to-end tests"
-cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-4}"
+results="$cluster/test-output.txt"
+set +e
+cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee "$results"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite, summed over every test binary.
+summary=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+  END { printf "%d passed, %d failed, %d skipped", p, f, s }' "$results")
 echo
-echo "make test: all green in $((SECONDS - start))s"
+echo "make test finished in $((SECONDS - start))s"
+echo "$summary"
+exit "$status"
