@@ -68,8 +68,16 @@ if [[ ! -x "$bin/kube-apiserver" || ! -x "$bin/kube-controller-manager" || ! -x 
   timed kube-apiserver build_k8s
 fi
 
-# Warm path: prove each binary runs and is the pinned version.
-"$bin/kube-apiserver" --version | grep -q "$K8S_VERSION" || { log "kube-apiserver is not $K8S_VERSION"; exit 1; }
-"$bin/etcd" --version | grep -q "${ETCD_VERSION#v}" || { log "etcd is not $ETCD_VERSION"; exit 1; }
-"$bin/helm" version --short | grep -q "$HELM_VERSION" || { log "helm is not $HELM_VERSION"; exit 1; }
+# Warm path: prove each binary runs and is the pinned version. (Capture first: `cmd | grep -q` can
+# kill cmd with SIGPIPE, which pipefail turns into a failure.)
+check() { # name, expected version, command...
+  local name=$1 want=$2 out; shift 2
+  out=$("$@" 2>&1) || { log "$name does not run: $out"; exit 1; }
+  [[ "$out" == *"$want"* ]] || { log "$name is not $want: $out"; exit 1; }
+}
+check kube-apiserver "$K8S_VERSION" "$bin/kube-apiserver" --version
+check kube-controller-manager "$K8S_VERSION" "$bin/kube-controller-manager" --version
+check kubectl "$K8S_VERSION" "$bin/kubectl" version --client
+check etcd "${ETCD_VERSION#v}" "$bin/etcd" --version
+check helm "$HELM_VERSION" "$bin/helm" version --short
 echo "$bin"
