@@ -401,6 +401,65 @@ impl TestEnv {
     }
 }
 
+impl TestEnv {
+    /// Creates ServiceAccount `namespace/name` (if missing), asks the API server for a one-hour token,
+    /// and writes a kubeconfig that authenticates as it. Returns the kubeconfig's path. This is how
+    /// tests run a controller with exactly the rights RBAC gives it, not as admin.
+    pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        let client = self.client().await;
+        let sas: Api<ServiceAccount> = Api::namespaced(client, namespace);
+        if sas
+            .get_opt(name)
+            .await
+            .expect("get service account")
+            .is_none()
+        {
+            let sa = ServiceAccount {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.to_owned()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            sas.create(&PostParams::default(), &sa)
+                .await
+                .expect("create service account");
+        }
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                expiration_seconds: Some(3600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let token = sas
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .expect("token request")
+            .status
+            .expect("token in status")
+            .token
+            .expect("token");
+        let mut kc = Kubeconfig::read_from(&self.kubeconfig).expect("read admin kubeconfig");
+        for user in &mut kc.auth_infos {
+            if let Some(auth) = user.auth_info.as_mut() {
+                auth.token = Some(token.clone().into());
+            }
+        }
+        let path =
+            std::env::temp_dir().join(format!("pack-operator-e2e-{namespace}-{name}.kubeconfig"));
+        write_private(
+            &path,
+            serde_yaml::to_string(&kc)
+                .expect("kubeconfig yaml")
+                .as_bytes(),
+        )
+        .expect("write kubeconfig");
+        path
+    }
+}
+
 /// A namespace owned by one test.
 pub struct TestNamespace {
     pub name: String,

@@ -32,6 +32,16 @@ impl ControllerProcess {
         identity: &str,
         args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_with_kubeconfig(&env.kubeconfig, binary, identity, args)
+    }
+
+    /// As [`ControllerProcess::start`], authenticating with `kubeconfig` (e.g. a ServiceAccount's).
+    pub fn start_with_kubeconfig(
+        kubeconfig: &std::path::Path,
+        binary: &str,
+        identity: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let path = tools::workspace_binary(binary)?;
         let metrics_port = free_port()?;
         let log_dir = std::env::temp_dir().join("pack-operator-e2e-logs");
@@ -39,7 +49,7 @@ impl ControllerProcess {
         let log = log_dir.join(format!("{binary}-{identity}.log"));
         let file = fs::File::create(&log)?;
         let mut cmd = Command::new(&path);
-        cmd.env("KUBECONFIG", &env.kubeconfig)
+        cmd.env("KUBECONFIG", kubeconfig)
             .env_remove("RUST_LOG")
             .arg(format!("--metrics-address=127.0.0.1:{metrics_port}"))
             .arg(format!("--identity={identity}"))

@@ -255,3 +255,113 @@ async fn leader_whose_lease_is_taken_stops_acting() {
     );
     assert!(p.logs().contains("lost leadership"), "logs:\n{}", p.logs());
 }
+
+#[tokio::test]
+async fn leader_that_cannot_renew_stops_before_its_lease_expires() {
+    use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+    use kube::api::{DeleteParams, ObjectMeta};
+
+    let env = test_env();
+    let ns = env.namespace("le-renew").await;
+    let client = env.client().await;
+    // The controller runs as a ServiceAccount allowed to use Leases and watch Deployments here...
+    let role = Role {
+        metadata: ObjectMeta {
+            name: Some("elector".into()),
+            ..Default::default()
+        },
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec!["coordination.k8s.io".into()]),
+                resources: Some(vec!["leases".into()]),
+                verbs: vec!["get".into(), "create".into(), "update".into()],
+                ..Default::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec!["apps".into()]),
+                resources: Some(vec!["deployments".into()]),
+                verbs: vec!["get".into(), "list".into(), "watch".into()],
+                ..Default::default()
+            },
+        ]),
+    };
+    Api::<Role>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding = RoleBinding {
+        metadata: ObjectMeta {
+            name: Some("elector".into()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: "elector".into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: "elector".into(),
+            namespace: Some(ns.name.clone()),
+            ..Default::default()
+        }]),
+    };
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns.name);
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let kubeconfig = env.service_account_kubeconfig(&ns.name, "elector").await;
+    let args = args("redeploy", &ns.name);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = ControllerProcess::start_with_kubeconfig(
+        &kubeconfig,
+        "redeploy-controller",
+        "replica-f",
+        &args,
+    )
+    .unwrap();
+    wait_single_leader(&[&p], Duration::from_secs(30)).await;
+
+    // ...until its right to update the Lease is revoked: every renewal now fails with 403.
+    let leases: Api<Lease> = Api::namespaced(client, &ns.name);
+    bindings
+        .delete("elector", &DeleteParams::default())
+        .await
+        .unwrap();
+    let revoked = Instant::now();
+    wait::until(
+        "the leader steps down",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            match leader_flag(&p).await {
+                Some(0.0) => Ok(Some(())),
+                other => Err(other),
+            }
+        },
+    )
+    .await;
+    let stepped_down = Instant::now();
+    let took = stepped_down - revoked;
+    // The last renewal the API server recorded, and how long the Lease is valid after it.
+    let spec = leases.get("redeploy").await.unwrap().spec.unwrap();
+    let renewed = spec.renew_time.unwrap().0;
+    let valid_until = renewed
+        + k8s_openapi::jiff::SignedDuration::from_secs(spec.lease_duration_seconds.unwrap().into());
+    let now = k8s_openapi::jiff::Timestamp::now();
+    assert!(
+        now < valid_until,
+        "the leader stopped at {now}, after its Lease expired at {valid_until}: another replica could have been acting"
+    );
+    // Renew deadline (4s) plus one retry period to notice.
+    assert!(
+        took <= Duration::from_secs(4) + 2 * RETRY,
+        "stepped down {took:?} after renewals began failing"
+    );
+    assert!(p.logs().contains("lost leadership"), "logs:\n{}", p.logs());
+    eprintln!(
+        "stepped down {took:?} after losing the right to renew; Lease valid for {:?} more",
+        valid_until.duration_since(now)
+    );
+}
