@@ -1,7 +1,10 @@
 //! pack-controller: installs, upgrades and uninstalls the Helm release of each `Pack`.
 //!
-//! Modules (grow with the issues): `reconcile` (the Pack reconcile loop).
+//! Modules (grow with the issues): `reconcile` (the Pack reconcile loop), `versions` (chart version
+//! constraints and picking the highest match), `vars` (`{{ vars.NAME }}` substitution in values).
 
 pub mod reconcile;
+pub mod vars;
+pub mod versions;
 
 pub use reconcile::run;
