@@ -6,6 +6,7 @@
 //! [`runtime::Runtime`], registers its own metrics, and hands its controller loop to
 //! [`runtime::Runtime::run`], which only runs it while this replica leads.
 
+pub mod annotation;
 pub mod cli;
 pub mod conditions;
 pub mod crd;
