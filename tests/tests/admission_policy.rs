@@ -1,0 +1,207 @@
+//! The watch-to-redeploy ValidatingAdmissionPolicy on the real API server agrees with the Rust parser on
+//! every case of the shared corpus, for Deployments, StatefulSets, DaemonSets and Packs.
+
+use std::time::Duration;
+
+use common::annotation::{WATCH_TO_REDEPLOY, parse_watch_targets};
+use e2e::{test_env, tools::workspace_root, wait};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DynamicObject, Patch, PatchParams, PostParams},
+    core::{ApiResource, GroupVersionKind},
+};
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Deserialize)]
+struct Case {
+    value: String,
+    valid: bool,
+    why: String,
+}
+
+async fn install_policy(client: &Client) {
+    let text = std::fs::read_to_string(
+        workspace_root().join("deploy/admission/watch-to-redeploy-policy.yaml"),
+    )
+    .unwrap();
+    let pp = PatchParams::apply("pack-operator-e2e").force();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_yaml::Value::deserialize(doc).unwrap();
+        match value.get("kind").and_then(|k| k.as_str()) {
+            Some("ValidatingAdmissionPolicy") => {
+                let p: ValidatingAdmissionPolicy = serde_yaml::from_value(value).unwrap();
+                Api::<ValidatingAdmissionPolicy>::all(client.clone())
+                    .patch(&p.name_any(), &pp, &Patch::Apply(&p))
+                    .await
+                    .unwrap();
+            }
+            Some("ValidatingAdmissionPolicyBinding") => {
+                let b: ValidatingAdmissionPolicyBinding = serde_yaml::from_value(value).unwrap();
+                Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+                    .patch(&b.name_any(), &pp, &Patch::Apply(&b))
+                    .await
+                    .unwrap();
+            }
+            other => panic!("unexpected document kind {other:?} in the policy file"),
+        }
+    }
+}
+
+fn workload(kind: &str, name: &str, annotation: Option<&str>) -> serde_json::Value {
+    let mut metadata = json!({ "name": name });
+    if let Some(v) = annotation {
+        metadata["annotations"] = json!({ WATCH_TO_REDEPLOY: v });
+    }
+    if kind == "Pack" {
+        return json!({
+            "apiVersion": "k8s.kubit.ir/v1alpha1", "kind": "Pack", "metadata": metadata,
+            "spec": { "chart": { "repository": { "kind": "ClusterPackRepository", "name": "r" }, "name": "genpack" } }
+        });
+    }
+    json!({
+        "apiVersion": "apps/v1", "kind": kind, "metadata": metadata,
+        "spec": {
+            "selector": { "matchLabels": { "app": name } },
+            "serviceName": name,
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": { "containers": [{ "name": "c", "image": "nginx" }] }
+            }
+        }
+    })
+}
+
+fn api_for(client: &Client, ns: &str, kind: &str) -> Api<DynamicObject> {
+    let (group, version) = if kind == "Pack" {
+        ("k8s.kubit.ir", "v1alpha1")
+    } else {
+        ("apps", "v1")
+    };
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+/// Dry-run create: Ok(()) if admitted, Err(message) if denied.
+async fn admit(api: &Api<DynamicObject>, object: serde_json::Value) -> Result<(), String> {
+    let obj: DynamicObject = serde_json::from_value(object).unwrap();
+    let pp = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    match api.create(&pp, &obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) => Err(format!("{} {}", s.code, s.message)),
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn policy_and_parser_agree_on_the_corpus() {
+    let env = test_env();
+    let ns = env.namespace("vap").await;
+    let client = env.client().await;
+    install_policy(&client).await;
+    let deployments = api_for(&client, &ns.name, "Deployment");
+
+    // New policies reach the admission chain through an informer: wait until one is enforced.
+    wait::until(
+        "the policy to be enforced",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            match admit(
+                &deployments,
+                workload("Deployment", "probe", Some("Secret/x")),
+            )
+            .await
+            {
+                Err(_) => Ok(Some(())),
+                Ok(()) => Err("invalid value still admitted"),
+            }
+        },
+    )
+    .await;
+
+    let corpus: Vec<Case> = serde_yaml::from_str(
+        &std::fs::read_to_string(workspace_root().join("tests/corpus/watch-to-redeploy.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(corpus.len() >= 40, "corpus has {} cases", corpus.len());
+    let kinds = ["Deployment", "StatefulSet", "DaemonSet", "Pack"];
+    let mut disagreements = vec![];
+    for (i, case) in corpus.iter().enumerate() {
+        let parser = parse_watch_targets(&case.value);
+        assert_eq!(
+            parser.is_ok(),
+            case.valid,
+            "parser vs corpus on {:?} ({})",
+            case.value,
+            case.why
+        );
+        // Every case against Deployments; each case also against one other kind, in turn.
+        for kind in ["Deployment", kinds[1 + i % 3]] {
+            let api = api_for(&client, &ns.name, kind);
+            let verdict = admit(&api, workload(kind, &format!("w{i}"), Some(&case.value))).await;
+            if verdict.is_ok() != case.valid {
+                disagreements.push(format!(
+                    "{kind} {:?} ({}): apiserver said {verdict:?}",
+                    case.value, case.why
+                ));
+            }
+            if let (Err(msg), false) = (&verdict, case.valid) {
+                assert!(
+                    msg.contains("watch-to-redeploy"),
+                    "denial names the annotation: {msg}"
+                );
+                assert!(msg.contains("e.g."), "denial shows a valid example: {msg}");
+            }
+        }
+    }
+    assert!(
+        disagreements.is_empty(),
+        "apiserver and parser disagree:\n{}",
+        disagreements.join("\n")
+    );
+
+    // Objects without the annotation are never affected.
+    for kind in kinds {
+        let api = api_for(&client, &ns.name, kind);
+        admit(&api, workload(kind, "plain", None))
+            .await
+            .unwrap_or_else(|e| panic!("{kind} without annotation denied: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn denial_names_the_bad_segment() {
+    let env = test_env();
+    let ns = env.namespace("vap-msg").await;
+    let client = env.client().await;
+    install_policy(&client).await;
+    let deployments = api_for(&client, &ns.name, "Deployment");
+    let msg = wait::until(
+        "a denial",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            match admit(
+                &deployments,
+                workload("Deployment", "bad", Some("configmap/ok, ConfigMap/Bad")),
+            )
+            .await
+            {
+                Err(msg) => Ok(Some(msg)),
+                Ok(()) => Err("admitted"),
+            }
+        },
+    )
+    .await;
+    assert!(msg.contains("ConfigMap/Bad"), "{msg}");
+    let parser = parse_watch_targets("configmap/ok, ConfigMap/Bad").unwrap_err();
+    assert_eq!(parser.bad_segment(), Some("ConfigMap/Bad"));
+}
