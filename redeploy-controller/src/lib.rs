@@ -2,8 +2,14 @@
 //! annotated `pack-operator.k8s.kubit.ir/watch-to-redeploy` when a ConfigMap or Secret they name
 //! changes.
 //!
-//! Modules (grow with the issues): `reconcile` (the workload loop).
+//! Modules: `index` (which workload watches what), `state` (hashes, the record on the workload, the
+//! rollout decision), `limiter` (global rollout rate limit), `metrics`, `reconcile` (API glue).
+//! The annotation parser is shared: `common::annotation`.
 
+pub mod index;
+pub mod limiter;
+pub mod metrics;
 pub mod reconcile;
+pub mod state;
 
-pub use reconcile::run;
+pub use reconcile::{Settings, run};

@@ -1,5 +1,8 @@
+use std::time::Duration;
+
 use clap::Parser;
-use common::{RuntimeArgs, metrics::ReconcileMetrics, runtime::Runtime};
+use common::{RuntimeArgs, cli::parse_duration, metrics::ReconcileMetrics, runtime::Runtime};
+use redeploy_controller::{Settings, metrics::RedeployMetrics};
 
 /// redeploy-controller: rolls out workloads annotated watch-to-redeploy when a ConfigMap or Secret they name changes.
 #[derive(Parser)]
@@ -7,6 +10,19 @@ use common::{RuntimeArgs, metrics::ReconcileMetrics, runtime::Runtime};
 struct Cli {
     #[command(flatten)]
     runtime: RuntimeArgs,
+
+    /// Wait this long after a watched object's data changes before rolling out; all changes within it
+    /// make one rollout. A workload can override it with `pack-operator.k8s.kubit.ir/redeploy-delay`.
+    #[arg(long, env = "REDEPLOY_DELAY", default_value = "5s", value_parser = parse_duration)]
+    delay: Duration,
+
+    /// Global rollout rate limit (rollouts per second), protecting the cluster from a flapping Secret.
+    #[arg(long, env = "REDEPLOY_RATE", default_value_t = 2.0)]
+    rate: f64,
+
+    /// Rollouts that may start at once before the rate limit applies.
+    #[arg(long, env = "REDEPLOY_BURST", default_value_t = 20)]
+    burst: u32,
 }
 
 #[tokio::main]
@@ -15,15 +31,29 @@ async fn main() -> anyhow::Result<()> {
     cli.runtime.validate().map_err(anyhow::Error::msg)?;
     common::telemetry::init(cli.runtime.log_format, &cli.runtime.log_level)?;
     let namespace = cli.runtime.namespace.clone();
+    let settings = Settings {
+        delay: cli.delay,
+        rate: cli.rate,
+        burst: cli.burst,
+    };
     let mut runtime = Runtime::new(
         "redeploy-controller",
         env!("CARGO_PKG_VERSION"),
         cli.runtime,
     )
     .await?;
-    let metrics = ReconcileMetrics::register(runtime.registry(), "redeploy");
+    let reconciles = ReconcileMetrics::register(runtime.registry(), "redeploy");
+    let metrics = RedeployMetrics::register(runtime.registry());
     runtime
-        .run(move |leading| redeploy_controller::run(leading, namespace.clone(), metrics.clone()))
+        .run(move |leading| {
+            redeploy_controller::run(
+                leading,
+                namespace.clone(),
+                settings.clone(),
+                metrics.clone(),
+                reconciles.clone(),
+            )
+        })
         .await?;
     Ok(())
 }

@@ -16,6 +16,17 @@ use kube::{
 use serde::Deserialize;
 use serde_json::json;
 
+const VAP_LABEL: &str = "pack-operator-e2e/admission";
+
+async fn label_namespace(client: &Client, ns: &str) {
+    use k8s_openapi::api::core::v1::Namespace;
+    let patch = json!({ "metadata": { "labels": { VAP_LABEL: "true" } } });
+    Api::<Namespace>::all(client.clone())
+        .patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
 #[derive(Deserialize)]
 struct Case {
     value: String,
@@ -40,7 +51,17 @@ async fn install_policy(client: &Client) {
                     .unwrap();
             }
             Some("ValidatingAdmissionPolicyBinding") => {
-                let b: ValidatingAdmissionPolicyBinding = serde_yaml::from_value(value).unwrap();
+                let mut b: ValidatingAdmissionPolicyBinding =
+                    serde_yaml::from_value(value).unwrap();
+                // Scoped to this test's namespaces, so other tests can still create objects with invalid
+                // annotations (to test the controller's own defence).
+                let spec = &mut b.spec;
+                spec.match_resources = Some(
+                    serde_json::from_value(json!({
+                        "namespaceSelector": { "matchLabels": { VAP_LABEL: "true" } }
+                    }))
+                    .unwrap(),
+                );
                 Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
                     .patch(&b.name_any(), &pp, &Patch::Apply(&b))
                     .await
@@ -104,6 +125,7 @@ async fn policy_and_parser_agree_on_the_corpus() {
     let env = test_env();
     let ns = env.namespace("vap").await;
     let client = env.client().await;
+    label_namespace(&client, &ns.name).await;
     install_policy(&client).await;
     let deployments = api_for(&client, &ns.name, "Deployment");
 
@@ -182,6 +204,7 @@ async fn denial_names_the_bad_segment() {
     let env = test_env();
     let ns = env.namespace("vap-msg").await;
     let client = env.client().await;
+    label_namespace(&client, &ns.name).await;
     install_policy(&client).await;
     let deployments = api_for(&client, &ns.name, "Deployment");
     let msg = wait::until(

@@ -1,0 +1,631 @@
+//! redeploy-controller on the real control plane (kube-controller-manager makes ReplicaSets, so a
+//! rollout is visible as a new ReplicaSet / a new pod-template generation).
+
+use std::time::Duration;
+
+use e2e::{
+    TestEnv,
+    controller::ControllerProcess,
+    test_env,
+    tools::{tool, workspace_root},
+    wait,
+};
+use k8s_openapi::api::{
+    apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
+    core::v1::{ConfigMap, Event, Secret},
+};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+const ANNOTATION: &str = "pack-operator.k8s.kubit.ir/watch-to-redeploy";
+const HASHES: &str = "pack-operator.k8s.kubit.ir/watched-hashes";
+const DELAY: Duration = Duration::from_secs(2);
+
+fn start_controller(env: &TestEnv, ns: &str, identity: &str) -> ControllerProcess {
+    let args = [
+        format!("--namespace={ns}"),
+        format!("--lease-namespace={ns}"),
+        "--lease-name=redeploy".to_owned(),
+        format!("--delay={}s", DELAY.as_secs()),
+        "--lease-duration=3s".to_owned(),
+        "--renew-deadline=2s".to_owned(),
+        "--retry-period=500ms".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ControllerProcess::start(env, "redeploy-controller", identity, &args)
+        .expect("start redeploy-controller")
+}
+
+fn pod_spec(name: &str) -> serde_json::Value {
+    json!({
+        "selector": { "matchLabels": { "app": name } },
+        "template": { "metadata": { "labels": { "app": name } }, "spec": { "containers": [{ "name": "c", "image": "nginx" }] } }
+    })
+}
+
+async fn create<K>(client: &Client, ns: &str, obj: serde_json::Value) -> K
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(obj).unwrap();
+    Api::<K>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap()
+}
+
+async fn configmap(client: &Client, ns: &str, name: &str, data: serde_json::Value) {
+    create::<ConfigMap>(
+        client,
+        ns,
+        json!({ "metadata": { "name": name }, "data": data }),
+    )
+    .await;
+}
+
+async fn patch_cm(client: &Client, ns: &str, name: &str, patch: serde_json::Value) {
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+async fn deployment(client: &Client, ns: &str, name: &str, watch: &str, replicas: i32) {
+    let mut spec = pod_spec(name);
+    spec["replicas"] = json!(replicas);
+    create::<Deployment>(
+        client,
+        ns,
+        json!({
+            "metadata": { "name": name, "annotations": { ANNOTATION: watch } },
+            "spec": spec
+        }),
+    )
+    .await;
+}
+
+async fn replicasets(client: &Client, ns: &str, app: &str) -> usize {
+    Api::<ReplicaSet>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .map(|l| l.items.len())
+        .unwrap_or(0)
+}
+
+async fn wait_replicasets(client: &Client, ns: &str, app: &str, want: usize, timeout: Duration) {
+    wait::until(
+        &format!("{want} ReplicaSet(s) of {app}"),
+        timeout,
+        Duration::from_millis(100),
+        || async {
+            let n = replicasets(client, ns, app).await;
+            if n == want { Ok(Some(())) } else { Err(n) }
+        },
+    )
+    .await;
+}
+
+/// Asserts the ReplicaSet count of `app` stays `want` for `period` (no extra rollout).
+async fn hold_replicasets(client: &Client, ns: &str, app: &str, want: usize, period: Duration) {
+    wait::holds(
+        &format!("{want} ReplicaSet(s) of {app}"),
+        period,
+        Duration::from_millis(200),
+        || async {
+            let n = replicasets(client, ns, app).await;
+            if n == want { Ok(()) } else { Err(n) }
+        },
+    )
+    .await;
+}
+
+async fn wait_recorded<K>(client: &Client, ns: &str, name: &str) -> String
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api = Api::<K>::namespaced(client.clone(), ns);
+    wait::until(
+        &format!("hashes recorded on {name}"),
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            let obj = api.get(name).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(
+                obj.meta()
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(HASHES).cloned()),
+            )
+        },
+    )
+    .await
+}
+
+async fn events_for(client: &Client, ns: &str, name: &str, reason: &str) -> Vec<String> {
+    Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.name.as_deref() == Some(name) && e.reason.as_deref() == Some(reason)
+        })
+        .map(|e| e.message.unwrap_or_default())
+        .collect()
+}
+
+async fn wait_event(client: &Client, ns: &str, name: &str, reason: &str) -> String {
+    wait::until(
+        &format!("Event {reason} on {name}"),
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || async {
+            let found = events_for(client, ns, name, reason).await;
+            if let Some(m) = found.into_iter().next() {
+                Ok(Some(m))
+            } else {
+                Err("none yet")
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn readme_sample_rolls_once_per_data_change_and_never_for_metadata() {
+    let env = test_env();
+    let ns = env.namespace("rd-sample").await;
+    let client = env.client().await;
+    configmap(
+        &client,
+        &ns.name,
+        "test-cm-1",
+        json!({ "var1": "value1", "var2": "value2" }),
+    )
+    .await;
+    deployment(&client, &ns.name, "test", "configmap/test-cm-1", 1).await;
+    let _controller = start_controller(&env, &ns.name, "rd-sample");
+
+    // First sight records a baseline and does not roll.
+    wait_recorded::<Deployment>(&client, &ns.name, "test").await;
+    wait_replicasets(&client, &ns.name, "test", 1, Duration::from_secs(20)).await;
+    hold_replicasets(&client, &ns.name, "test", 1, DELAY + Duration::from_secs(1)).await;
+
+    // A data change: exactly one new ReplicaSet, after the delay.
+    patch_cm(
+        &client,
+        &ns.name,
+        "test-cm-1",
+        json!({ "data": { "var1": "changed" } }),
+    )
+    .await;
+    wait_replicasets(
+        &client,
+        &ns.name,
+        "test",
+        2,
+        DELAY + Duration::from_secs(10),
+    )
+    .await;
+    hold_replicasets(&client, &ns.name, "test", 2, DELAY + Duration::from_secs(1)).await;
+    let note = wait_event(&client, &ns.name, "test", "Redeployed").await;
+    assert!(
+        note.contains("configmap/test-cm-1"),
+        "Event names the source: {note}"
+    );
+
+    // Labels and annotations only, and a no-op write: nothing.
+    patch_cm(
+        &client,
+        &ns.name,
+        "test-cm-1",
+        json!({ "metadata": { "labels": { "team": "a" }, "annotations": { "x": "y" } } }),
+    )
+    .await;
+    patch_cm(
+        &client,
+        &ns.name,
+        "test-cm-1",
+        json!({ "data": { "var1": "changed" } }),
+    )
+    .await;
+    hold_replicasets(&client, &ns.name, "test", 2, DELAY + Duration::from_secs(2)).await;
+
+    // Three data changes within the delay: exactly one rollout.
+    for v in ["a", "b", "c"] {
+        patch_cm(
+            &client,
+            &ns.name,
+            "test-cm-1",
+            json!({ "data": { "var2": v } }),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_replicasets(
+        &client,
+        &ns.name,
+        "test",
+        3,
+        DELAY + Duration::from_secs(10),
+    )
+    .await;
+    hold_replicasets(&client, &ns.name, "test", 3, DELAY + Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn secret_statefulset_daemonset_and_two_sources() {
+    let env = test_env();
+    let ns = env.namespace("rd-kinds").await;
+    let client = env.client().await;
+    create::<Secret>(
+        &client,
+        &ns.name,
+        json!({ "metadata": { "name": "sec-2" }, "stringData": { "password": "one" } }),
+    )
+    .await;
+    configmap(&client, &ns.name, "cm-a", json!({ "k": "1" })).await;
+    let mut sts = pod_spec("db");
+    sts["serviceName"] = json!("db");
+    create::<StatefulSet>(&client, &ns.name, json!({ "metadata": { "name": "db", "annotations": { ANNOTATION: "secret/sec-2" } }, "spec": sts })).await;
+    create::<DaemonSet>(&client, &ns.name, json!({
+        "metadata": { "name": "agent", "annotations": { ANNOTATION: "configmap/cm-a,\n secret/sec-2" } }, "spec": pod_spec("agent")
+    }))
+    .await;
+    let _controller = start_controller(&env, &ns.name, "rd-kinds");
+    wait_recorded::<StatefulSet>(&client, &ns.name, "db").await;
+    wait_recorded::<DaemonSet>(&client, &ns.name, "agent").await;
+    let sts_api = Api::<StatefulSet>::namespaced(client.clone(), &ns.name);
+    let ds_api = Api::<DaemonSet>::namespaced(client.clone(), &ns.name);
+    let gen_sts = || async {
+        sts_api
+            .get("db")
+            .await
+            .unwrap()
+            .metadata
+            .generation
+            .unwrap()
+    };
+    let gen_ds = || async {
+        ds_api
+            .get("agent")
+            .await
+            .unwrap()
+            .metadata
+            .generation
+            .unwrap()
+    };
+    assert_eq!(
+        (gen_sts().await, gen_ds().await),
+        (1, 1),
+        "recording the baseline does not touch the pod template"
+    );
+
+    // The Secret changes: both roll, each exactly once (one new pod-template generation).
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "sec-2",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "stringData": { "password": "two" } })),
+        )
+        .await
+        .unwrap();
+    wait::until(
+        "both rolled",
+        DELAY + Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let g = (gen_sts().await, gen_ds().await);
+            if g == (2, 2) { Ok(Some(())) } else { Err(g) }
+        },
+    )
+    .await;
+    // The DaemonSet's other source changes: only the DaemonSet rolls.
+    patch_cm(&client, &ns.name, "cm-a", json!({ "data": { "k": "2" } })).await;
+    wait::until(
+        "the DaemonSet rolled again",
+        DELAY + Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let g = gen_ds().await;
+            if g == 3 { Ok(Some(())) } else { Err(g) }
+        },
+    )
+    .await;
+    wait::holds(
+        "no further rollouts",
+        DELAY + Duration::from_secs(1),
+        Duration::from_millis(200),
+        || async {
+            let g = (gen_sts().await, gen_ds().await);
+            if g == (2, 3) { Ok(()) } else { Err(g) }
+        },
+    )
+    .await;
+    // Secret data never reaches Events.
+    for name in ["db", "agent"] {
+        for note in events_for(&client, &ns.name, name, "Redeployed").await {
+            assert!(
+                !note.contains("one") && !note.contains("two"),
+                "Event leaks Secret data: {note}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn restart_during_the_delay_rolls_exactly_once_and_a_quiet_restart_rolls_nothing() {
+    let env = test_env();
+    let ns = env.namespace("rd-restart").await;
+    let client = env.client().await;
+    configmap(&client, &ns.name, "cfg", json!({ "a": "1" })).await;
+    deployment(&client, &ns.name, "app", "configmap/cfg", 1).await;
+    let mut controller = start_controller(&env, &ns.name, "rd-restart-1");
+    wait_recorded::<Deployment>(&client, &ns.name, "app").await;
+    wait_replicasets(&client, &ns.name, "app", 1, Duration::from_secs(20)).await;
+
+    // Change, then the controller dies before the delay ends; its successor acts once.
+    patch_cm(&client, &ns.name, "cfg", json!({ "data": { "a": "2" } })).await;
+    tokio::time::sleep(DELAY / 4).await;
+    controller.kill();
+    hold_replicasets(&client, &ns.name, "app", 1, DELAY).await;
+    let mut controller = start_controller(&env, &ns.name, "rd-restart-2");
+    wait_replicasets(&client, &ns.name, "app", 2, Duration::from_secs(20)).await;
+    hold_replicasets(&client, &ns.name, "app", 2, DELAY + Duration::from_secs(2)).await;
+
+    // A change made while no controller runs is acted on when one comes back.
+    controller.kill();
+    patch_cm(&client, &ns.name, "cfg", json!({ "data": { "a": "3" } })).await;
+    let mut controller = start_controller(&env, &ns.name, "rd-restart-3");
+    wait_replicasets(&client, &ns.name, "app", 3, Duration::from_secs(20)).await;
+
+    // Restarts with no change roll nothing.
+    controller.terminate();
+    let _ = controller.wait_exit(Duration::from_secs(10)).await;
+    let _controller = start_controller(&env, &ns.name, "rd-restart-4");
+    hold_replicasets(&client, &ns.name, "app", 3, DELAY + Duration::from_secs(4)).await;
+}
+
+#[tokio::test]
+async fn deletion_does_not_roll_and_recreation_does() {
+    let env = test_env();
+    let ns = env.namespace("rd-delete").await;
+    let client = env.client().await;
+    configmap(&client, &ns.name, "cfg", json!({ "a": "1" })).await;
+    deployment(&client, &ns.name, "app", "configmap/cfg", 1).await;
+    let _controller = start_controller(&env, &ns.name, "rd-delete");
+    wait_recorded::<Deployment>(&client, &ns.name, "app").await;
+    wait_replicasets(&client, &ns.name, "app", 1, Duration::from_secs(20)).await;
+
+    Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
+        .delete("cfg", &DeleteParams::default())
+        .await
+        .unwrap();
+    let note = wait_event(&client, &ns.name, "app", "WatchedObjectDeleted").await;
+    assert!(note.contains("configmap/cfg"), "{note}");
+    hold_replicasets(&client, &ns.name, "app", 1, DELAY + Duration::from_secs(1)).await;
+
+    configmap(&client, &ns.name, "cfg", json!({ "a": "new" })).await;
+    wait_replicasets(&client, &ns.name, "app", 2, DELAY + Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn invalid_annotation_warns_and_is_not_acted_on() {
+    let env = test_env();
+    let ns = env.namespace("rd-invalid").await;
+    let client = env.client().await;
+    configmap(&client, &ns.name, "cfg", json!({ "a": "1" })).await;
+    // An object that got in without the admission policy (the e2e admission test scopes its binding to
+    // its own namespaces; retry while a just-changed binding propagates).
+    let api = Api::<Deployment>::namespaced(client.clone(), &ns.name);
+    let bad: Deployment = serde_json::from_value(json!({
+        "metadata": { "name": "bad", "annotations": { ANNOTATION: "ConfigMap/cfg" } }, "spec": pod_spec("bad")
+    }))
+    .unwrap();
+    wait::until(
+        "the invalid Deployment to be created",
+        Duration::from_secs(20),
+        Duration::from_millis(250),
+        || async {
+            api.create(&PostParams::default(), &bad)
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+    let controller = start_controller(&env, &ns.name, "rd-invalid");
+    let note = wait_event(&client, &ns.name, "bad", "InvalidAnnotation").await;
+    assert!(
+        note.contains("ConfigMap/cfg") && note.contains("configmap/"),
+        "{note}"
+    );
+    let flagged = wait::until(
+        "invalid-annotation metric",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            match controller
+                .metric("pack_operator_invalid_annotations_total{kind=\"Deployment\"}")
+                .await
+            {
+                Ok(Some(v)) if v >= 1.0 => Ok(Some(v)),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(flagged, 1.0);
+    patch_cm(&client, &ns.name, "cfg", json!({ "data": { "a": "2" } })).await;
+    wait_replicasets(&client, &ns.name, "bad", 1, Duration::from_secs(20)).await;
+    hold_replicasets(&client, &ns.name, "bad", 1, DELAY + Duration::from_secs(1)).await;
+    let d = Api::<Deployment>::namespaced(client.clone(), &ns.name)
+        .get("bad")
+        .await
+        .unwrap();
+    assert!(
+        !d.metadata.annotations.unwrap().contains_key(HASHES),
+        "nothing recorded for an invalid annotation"
+    );
+    assert_eq!(
+        controller.get("/healthz").await.unwrap().0,
+        200,
+        "the controller is alive"
+    );
+    // One Event per invalid value, not one per reconcile.
+    assert_eq!(
+        events_for(&client, &ns.name, "bad", "InvalidAnnotation")
+            .await
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn pack_annotation_redeploys_every_workload_of_its_release_once() {
+    let env = test_env();
+    let ns = env.namespace("rd-pack").await;
+    let client = env.client().await;
+    configmap(&client, &ns.name, "test-cm-1", json!({ "var1": "value1" })).await;
+    // A Helm release installed as a user would, with the real helm CLI.
+    let values = std::env::temp_dir().join(format!("{}-values.yaml", ns.name));
+    std::fs::write(
+        &values,
+        "gonbad:\n  workloads:\n    web:\n      replicaCount: 1\n      containers:\n        web: {image: {repository: nginx}}\n    worker:\n      replicaCount: 2\n      containers:\n        web: {image: {repository: nginx}}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(tool("helm").unwrap())
+        .args(["install", "test"])
+        .arg(workspace_root().join("tests/charts/genpack"))
+        .args(["--namespace", &ns.name, "--kubeconfig"])
+        .arg(&env.kubeconfig)
+        .arg("-f")
+        .arg(&values)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helm install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let packs: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+            "k8s.kubit.ir",
+            "v1alpha1",
+            "Pack",
+        )),
+    );
+    let pack: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "k8s.kubit.ir/v1alpha1", "kind": "Pack",
+        "metadata": { "name": "test", "annotations": { ANNOTATION: "configmap/test-cm-1" } },
+        "spec": { "chart": { "repository": { "kind": "ClusterPackRepository", "name": "kubit-packs" }, "name": "genpack" } }
+    }))
+    .unwrap();
+    packs.create(&PostParams::default(), &pack).await.unwrap();
+    let _controller = start_controller(&env, &ns.name, "rd-pack");
+    wait::until(
+        "hashes recorded on the Pack",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            let p = packs.get("test").await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(p.metadata.annotations.and_then(|a| a.get(HASHES).cloned()))
+        },
+    )
+    .await;
+    for app in ["test-web", "test-worker"] {
+        wait_replicasets_by(&client, &ns.name, app, 1).await;
+    }
+
+    patch_cm(
+        &client,
+        &ns.name,
+        "test-cm-1",
+        json!({ "data": { "var1": "changed" } }),
+    )
+    .await;
+    for app in ["test-web", "test-worker"] {
+        wait_replicasets_by(&client, &ns.name, app, 2).await;
+    }
+    wait::holds(
+        "one rollout each",
+        DELAY + Duration::from_secs(2),
+        Duration::from_millis(200),
+        || async {
+            let n = (
+                count_by(&client, &ns.name, "test-web").await,
+                count_by(&client, &ns.name, "test-worker").await,
+            );
+            if n == (2, 2) { Ok(()) } else { Err(n) }
+        },
+    )
+    .await;
+    let note = wait_event(&client, &ns.name, "test", "Redeployed").await;
+    assert!(
+        note.contains("Deployment/test-web") && note.contains("Deployment/test-worker"),
+        "{note}"
+    );
+
+    // The template annotation survives a later helm upgrade of the chart that rendered the workloads.
+    let out = std::process::Command::new(tool("helm").unwrap())
+        .args(["upgrade", "test"])
+        .arg(workspace_root().join("tests/charts/genpack"))
+        .args(["--namespace", &ns.name, "--kubeconfig"])
+        .arg(&env.kubeconfig)
+        .arg("-f")
+        .arg(&values)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helm upgrade: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait::holds(
+        "no rollout from helm upgrade",
+        Duration::from_secs(3),
+        Duration::from_millis(200),
+        || async {
+            let n = (
+                count_by(&client, &ns.name, "test-web").await,
+                count_by(&client, &ns.name, "test-worker").await,
+            );
+            if n == (2, 2) { Ok(()) } else { Err(n) }
+        },
+    )
+    .await;
+}
+
+async fn count_by(client: &Client, ns: &str, app: &str) -> usize {
+    Api::<ReplicaSet>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/name={app}")))
+        .await
+        .map(|l| l.items.len())
+        .unwrap_or(0)
+}
+
+async fn wait_replicasets_by(client: &Client, ns: &str, app: &str, want: usize) {
+    wait::until(
+        &format!("{want} ReplicaSet(s) of {app}"),
+        DELAY + Duration::from_secs(15),
+        Duration::from_millis(100),
+        || async {
+            let n = count_by(client, ns, app).await;
+            if n == want { Ok(Some(())) } else { Err(n) }
+        },
+    )
+    .await;
+}
