@@ -52,6 +52,8 @@ use crate::{
 };
 
 const FIELD_MANAGER: &str = "redeploy-controller";
+/// How often a paused Deployment with a pending change is looked at again.
+const PAUSED_RECHECK: Duration = Duration::from_secs(10);
 const HELM_RELEASE_NAME: &str = "meta.helm.sh/release-name";
 const HELM_RELEASE_NAMESPACE: &str = "meta.helm.sh/release-namespace";
 
@@ -270,7 +272,7 @@ async fn reconcile_workload(
                     publish(ctx, reference, EventType::Normal, "RedeployPaused", format!(
                         "{} changed, but the Deployment is paused: it rolls out after `kubectl rollout resume`", changed.join(", ")
                     )).await;
-                    Ok(Action::requeue(Duration::from_secs(30)))
+                    Ok(Action::requeue(PAUSED_RECHECK))
                 }
             }
         }

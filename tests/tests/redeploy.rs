@@ -629,3 +629,46 @@ async fn wait_replicasets_by(client: &Client, ns: &str, app: &str, want: usize) 
     )
     .await;
 }
+
+#[tokio::test]
+async fn paused_deployment_is_not_touched_until_resumed() {
+    let env = test_env();
+    let ns = env.namespace("rd-paused").await;
+    let client = env.client().await;
+    configmap(&client, &ns.name, "cfg", json!({ "a": "1" })).await;
+    deployment(&client, &ns.name, "app", "configmap/cfg", 1).await;
+    let _controller = start_controller(&env, &ns.name, "rd-paused");
+    wait_recorded::<Deployment>(&client, &ns.name, "app").await;
+    wait_replicasets(&client, &ns.name, "app", 1, Duration::from_secs(20)).await;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
+    let pause = |paused: bool| json!({ "spec": { "paused": paused } });
+    deployments
+        .patch("app", &PatchParams::default(), &Patch::Merge(&pause(true)))
+        .await
+        .unwrap();
+    let generation = deployments.get("app").await.unwrap().metadata.generation;
+
+    patch_cm(&client, &ns.name, "cfg", json!({ "data": { "a": "2" } })).await;
+    let note = wait_event(&client, &ns.name, "app", "RedeployPaused").await;
+    assert!(
+        note.contains("paused") && note.contains("configmap/cfg"),
+        "{note}"
+    );
+    wait::holds(
+        "the paused Deployment's spec is untouched",
+        Duration::from_secs(2),
+        Duration::from_millis(200),
+        || async {
+            let g = deployments.get("app").await.unwrap().metadata.generation;
+            if g == generation { Ok(()) } else { Err(g) }
+        },
+    )
+    .await;
+
+    // Resumed: the pending change rolls out (the controller re-checks paused workloads periodically).
+    deployments
+        .patch("app", &PatchParams::default(), &Patch::Merge(&pause(false)))
+        .await
+        .unwrap();
+    wait_replicasets(&client, &ns.name, "app", 2, Duration::from_secs(45)).await;
+}
