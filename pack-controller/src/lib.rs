@@ -1,8 +1,10 @@
 //! pack-controller: installs, upgrades and uninstalls the Helm release of each `Pack`.
 //!
 //! Modules (grow with the issues): `reconcile` (the Pack reconcile loop), `versions` (chart version
-//! constraints and picking the highest match), `vars` (`{{ vars.NAME }}` substitution in values).
+//! constraints and picking the highest match), `vars` (`{{ vars.NAME }}` substitution in values), `index`
+//! (fetching, parsing and the shared cache of each repository's `index.yaml`).
 
+pub mod index;
 pub mod reconcile;
 pub mod vars;
 pub mod versions;
