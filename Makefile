@@ -1,5 +1,5 @@
 # Pack Operator. `make run` runs it on a local control plane; `make test` runs the whole suite.
-.PHONY: run test tools cluster cluster-down crds build fmt lint
+.PHONY: run test tools cluster cluster-down crds build fmt lint bench
 
 run: ## control plane + CRDs + all three controllers + samples
 	hack/run.sh
@@ -16,6 +16,10 @@ cluster: tools ## start (or reuse) the local control plane; kubeconfig in .clust
 
 cluster-down: ## stop the local control plane
 	@if [ -x target/debug/testcluster ]; then target/debug/testcluster down --dir .cluster; fi
+
+bench: tools ## benchmarks (figures, not tests): BENCH_ARGS="--deployments 100" to shrink
+	cargo build --release -p redeploy-controller -p bench
+	target/release/redeploy-bench $(BENCH_ARGS)
 
 crds: ## regenerate deploy/crds from the Rust types
 	cargo run -q -p common --bin crdgen

@@ -43,12 +43,28 @@ impl ControllerProcess {
         args: &[&str],
     ) -> anyhow::Result<Self> {
         let path = tools::workspace_binary(binary)?;
+        Self::start_path(kubeconfig, &path, identity, args)
+    }
+
+    /// Starts the controller binary at `path` (e.g. a release build, for benchmarks).
+    pub fn start_path(
+        kubeconfig: &std::path::Path,
+        path: &std::path::Path,
+        identity: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let binary = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("controller")
+            .to_owned();
+        let binary = binary.as_str();
         let metrics_port = free_port()?;
         let log_dir = std::env::temp_dir().join("pack-operator-e2e-logs");
         fs::create_dir_all(&log_dir)?;
         let log = log_dir.join(format!("{binary}-{identity}.log"));
         let file = fs::File::create(&log)?;
-        let mut cmd = Command::new(&path);
+        let mut cmd = Command::new(path);
         cmd.env("KUBECONFIG", kubeconfig)
             .env_remove("RUST_LOG")
             .arg(format!("--metrics-address=127.0.0.1:{metrics_port}"))
@@ -76,6 +92,11 @@ impl ControllerProcess {
             log,
             child,
         })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn url(&self, path: &str) -> String {
