@@ -68,6 +68,11 @@ pub struct RuntimeArgs {
     #[arg(long, env = "LEADER_ELECTION_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
     pub retry_period: Duration,
 
+    /// Reconciles run at once, per controller loop. Bounds API connections and memory: each concurrent
+    /// reconcile may hold its own HTTP/TLS connection.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
     /// Identity of this replica in the Lease (default: POD_NAME or the host name, plus a random suffix).
     #[arg(long, env = "LEADER_ELECTION_IDENTITY")]
     pub identity: Option<String>,

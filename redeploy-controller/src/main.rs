@@ -35,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
         delay: cli.delay,
         rate: cli.rate,
         burst: cli.burst,
+        concurrency: cli.runtime.concurrency,
     };
     let mut runtime = Runtime::new(
         "redeploy-controller",

@@ -81,6 +81,8 @@ pub struct Settings {
     pub rate: f64,
     /// Rollouts allowed at once before the rate applies.
     pub burst: u32,
+    /// Reconciles at once, per workload kind.
+    pub concurrency: u16,
 }
 
 /// State shared by every reconcile.
@@ -509,6 +511,40 @@ where
     }
 }
 
+/// A controller over the metadata of one workload kind. What it caches is trimmed to what reconciles
+/// read: managedFields and kubectl's last-applied copy of the whole object are dropped before they
+/// reach the store (they are most of a workload's metadata).
+fn workload_controller<K>(
+    client: &Client,
+    namespace: &Option<String>,
+    config: kube::runtime::controller::Config,
+) -> Controller<PartialObjectMeta<K>>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = kube::runtime::reflector::store();
+    let stream = watcher(
+        scoped::<PartialObjectMeta<K>>(client, namespace),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(|obj: &mut PartialObjectMeta<K>| {
+        obj.metadata.managed_fields = None;
+        if let Some(a) = obj.metadata.annotations.as_mut() {
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+    })
+    .reflect(writer)
+    .applied_objects();
+    Controller::for_stream(stream, reader).with_config(config)
+}
+
 /// Watches ConfigMaps or Secrets (metadata only, nothing cached) and wakes the workloads that watch one
 /// when it changes, is created or is deleted.
 async fn watch_sources<S>(
@@ -601,20 +637,11 @@ pub async fn run(
     reconciles: ReconcileMetrics,
 ) {
     let client = leading.client.clone();
-    let wc = || watcher::Config::default().any_semantic();
-    let deployments = Controller::new(
-        scoped::<PartialObjectMeta<Deployment>>(&client, &namespace),
-        wc(),
-    );
-    let statefulsets = Controller::new(
-        scoped::<PartialObjectMeta<StatefulSet>>(&client, &namespace),
-        wc(),
-    );
-    let daemonsets = Controller::new(
-        scoped::<PartialObjectMeta<DaemonSet>>(&client, &namespace),
-        wc(),
-    );
-    let packs = Controller::new(scoped::<PartialObjectMeta<Pack>>(&client, &namespace), wc());
+    let cc = kube::runtime::controller::Config::default().concurrency(settings.concurrency);
+    let deployments = workload_controller::<Deployment>(&client, &namespace, cc.clone());
+    let statefulsets = workload_controller::<StatefulSet>(&client, &namespace, cc.clone());
+    let daemonsets = workload_controller::<DaemonSet>(&client, &namespace, cc.clone());
+    let packs = workload_controller::<Pack>(&client, &namespace, cc);
     common::runtime::report_sync_when_ready(deployments.store(), leading.health.clone());
 
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| "redeploy-controller".into());
