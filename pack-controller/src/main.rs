@@ -17,7 +17,14 @@ async fn main() -> anyhow::Result<()> {
     let namespace = cli.runtime.namespace.clone();
     let mut runtime =
         Runtime::new("pack-controller", env!("CARGO_PKG_VERSION"), cli.runtime).await?;
-    let metrics = ReconcileMetrics::register(runtime.registry(), "pack");
+    let metrics = pack_controller::reconcile::Metrics {
+        packs: ReconcileMetrics::register(runtime.registry(), "pack"),
+        // A sub-registry: the same families registered twice would be duplicates in the exposition.
+        repositories: ReconcileMetrics::register(
+            runtime.registry().sub_registry_with_prefix("repository"),
+            "clusterpackrepository",
+        ),
+    };
     runtime
         .run(move |leading| pack_controller::run(leading, namespace.clone(), metrics.clone()))
         .await?;

@@ -100,6 +100,9 @@ pub struct PackStatus {
     /// The chart version the constraint resolved to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// SHA-256 (lowercase hex) of the resolved chart archive, as the repository index gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart_digest: Option<String>,
 }
 
 pub(crate) fn free_form_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

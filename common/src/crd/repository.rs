@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
     category = "pack-operator",
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".spec.url"}"#,
     printcolumn = r#"{"name":"Charts","type":"integer","jsonPath":".status.charts"}"#,
+    printcolumn = r#"{"name":"Versions","type":"integer","jsonPath":".status.versions","priority":1}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -55,4 +56,13 @@ pub struct ClusterPackRepositoryStatus {
     /// Number of charts in the index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub charts: Option<i64>,
+    /// Number of chart versions in the index, over all charts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<i64>,
+    /// SHA-256 (lowercase hex) of the index now serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_digest: Option<String>,
+    /// When the index was last fetched successfully (a `304 Not Modified` answer counts), RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fetch_time: Option<String>,
 }

@@ -1,0 +1,526 @@
+//! The ClusterPackRepository reconcile: fetches each repository's index on its interval into the shared
+//! [`IndexCache`] and reports the outcome on the repository's status.
+//!
+//! ClusterPackRepository is cluster-scoped, so this controller watches every repository whatever
+//! `--namespace` says: a namespace-scoped pack-controller still needs the indexes its Packs use.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use common::{
+    conditions,
+    crd::{ClusterPackRepository, ClusterPackRepositoryStatus, repository::SecretReference},
+    metrics::ReconcileMetrics,
+};
+use futures::StreamExt;
+use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType, Recorder},
+        reflector::Store,
+        watcher,
+    },
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::index::{
+    CachedRepository, FetchOutcome, FetchRequest, IndexCache, IndexError, IndexFetcher,
+    RedactedString,
+};
+
+/// Field manager of every status write of pack-controller.
+pub const FIELD_MANAGER: &str = "pack-controller";
+/// Refresh interval when `spec.interval` is not set.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Errors of a repository reconcile that are not reported on its status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl Error {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubeApi",
+        }
+    }
+}
+
+/// Why the fetch could not even be attempted (the spec or its Secrets are wrong).
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error("spec.interval: {0}")]
+    Interval(String),
+    #[error("Secret {namespace}/{name} ({field}) does not exist")]
+    SecretMissing {
+        field: &'static str,
+        namespace: String,
+        name: String,
+    },
+    #[error("Secret {namespace}/{name} ({field}) has no key `{key}`")]
+    SecretKeyMissing {
+        field: &'static str,
+        namespace: String,
+        name: String,
+        key: &'static str,
+    },
+    #[error("cannot read Secret {namespace}/{name} ({field}): {source}")]
+    SecretRead {
+        field: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+}
+
+impl SetupError {
+    fn reason(&self) -> &'static str {
+        match self {
+            SetupError::Interval(_) => "InvalidInterval",
+            SetupError::SecretMissing { .. } | SetupError::SecretKeyMissing { .. } => {
+                "SecretInvalid"
+            }
+            SetupError::SecretRead { .. } => "SecretUnreadable",
+        }
+    }
+}
+
+/// State shared by every repository reconcile.
+pub struct Context {
+    pub client: Client,
+    pub fetcher: IndexFetcher,
+    pub cache: IndexCache,
+    pub metrics: ReconcileMetrics,
+    pub recorder: Recorder,
+    pub store: Store<ClusterPackRepository>,
+    /// Names this controller put into `cache`, to forget deleted repositories.
+    pub cached_names: Mutex<HashSet<String>>,
+    /// When each repository was last fetched, and which object (uid/generation): the watch also wakes a repository
+    /// for its own status writes, which must not trigger a fetch before the interval is over.
+    pub last_fetch: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+async fn reconcile(repo: Arc<ClusterPackRepository>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.start();
+    let name = repo.name_any();
+    prune_deleted(&ctx);
+
+    let interval = match parse_interval(repo.spec.interval.as_deref()) {
+        Ok(i) => i,
+        Err(e) => {
+            let status = failed_status(&repo, &ctx.cache, &e.to_string(), e.reason(), true);
+            write_status(&ctx, &repo, status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let version = format!(
+        "{}/{}",
+        repo.uid().unwrap_or_default(),
+        repo.metadata.generation.unwrap_or_default()
+    );
+    if let Some(wait) = fetch_due_in(&ctx, &name, version, interval) {
+        return Ok(Action::requeue(wait));
+    }
+    let request = match fetch_request(&ctx.client, &repo).await {
+        Ok(r) => r,
+        Err(e) => {
+            let status = failed_status(&repo, &ctx.cache, &e.to_string(), e.reason(), false);
+            write_status(&ctx, &repo, status)
+                .await
+                .inspect_err(|_| forget_fetch(&ctx, &name))?;
+            return Ok(Action::requeue(interval));
+        }
+    };
+
+    let previous = ctx.cache.get(&name);
+    let validators = previous
+        .as_deref()
+        .and_then(|p| p.validators_for(&request.url));
+    let now = Timestamp::now();
+    let status = match ctx.fetcher.fetch(&request, validators).await {
+        Ok(FetchOutcome::Fetched { index, validators }) => {
+            let changed = previous
+                .as_deref()
+                .is_none_or(|p| p.index.digest != index.digest);
+            ctx.cached_names
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(name.clone());
+            ctx.cache.insert(
+                name.clone(),
+                CachedRepository::new(&request.url, index, validators),
+            );
+            let cached = ctx.cache.get(&name);
+            if changed && let Some(c) = &cached {
+                info!(
+                    charts = c.index.chart_count(),
+                    versions = c.index.version_count(),
+                    digest = %c.index.digest,
+                    "repository index updated"
+                );
+            }
+            ready_status(&repo, cached.as_deref(), now)
+        }
+        Ok(FetchOutcome::NotModified) => ready_status(&repo, previous.as_deref(), now),
+        Err(e) => {
+            warn!(error = %e, "repository index fetch failed");
+            failed_status(
+                &repo,
+                &ctx.cache,
+                &fetch_message(&e, &ctx.cache, &name),
+                e.reason(),
+                false,
+            )
+        }
+    };
+    write_status(&ctx, &repo, status)
+        .await
+        .inspect_err(|_| forget_fetch(&ctx, &name))?;
+    Ok(Action::requeue(interval))
+}
+
+/// `Some(time left)` when this `version` (uid/generation) of the repository was fetched less than
+/// `interval` ago; else records a fetch starting now.
+fn fetch_due_in(
+    ctx: &Context,
+    name: &str,
+    version: String,
+    interval: Duration,
+) -> Option<Duration> {
+    let mut last = ctx
+        .last_fetch
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let now = Instant::now();
+    if let Some((seen, at)) = last.get(name)
+        && *seen == version
+    {
+        let elapsed = now.duration_since(*at);
+        // A little slack so that the requeue scheduled by the last fetch is never turned away.
+        if elapsed + Duration::from_millis(100) < interval {
+            return Some(interval - elapsed);
+        }
+    }
+    last.insert(name.to_owned(), (version, now));
+    None
+}
+
+/// Lets the next reconcile fetch at once (its status could not be written, it retries soon).
+fn forget_fetch(ctx: &Context, name: &str) {
+    ctx.last_fetch
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(name);
+}
+
+fn fetch_message(e: &IndexError, cache: &IndexCache, name: &str) -> String {
+    match cache.get(name) {
+        Some(c) => format!(
+            "{e}; still serving the index fetched at {} (digest {})",
+            c.index.fetched_at, c.index.digest
+        ),
+        None => e.to_string(),
+    }
+}
+
+fn parse_interval(interval: Option<&str>) -> Result<Duration, SetupError> {
+    let Some(text) = interval else {
+        return Ok(DEFAULT_INTERVAL);
+    };
+    let d = common::cli::parse_duration(text).map_err(SetupError::Interval)?;
+    if d.is_zero() {
+        return Err(SetupError::Interval(format!(
+            "{text:?} is zero; give a positive duration such as 5m"
+        )));
+    }
+    Ok(d)
+}
+
+async fn fetch_request(
+    client: &Client,
+    repo: &ClusterPackRepository,
+) -> Result<FetchRequest, SetupError> {
+    let mut req = FetchRequest::new(repo.spec.url.clone());
+    if let Some(r) = &repo.spec.secret_ref {
+        let secret = read_secret(client, r, "spec.secretRef").await?;
+        let username = secret_key(&secret, r, "spec.secretRef", "username")?;
+        let password = secret_key(&secret, r, "spec.secretRef", "password")?;
+        req.basic_auth = Some((
+            String::from_utf8_lossy(&username).into_owned(),
+            RedactedString::new(String::from_utf8_lossy(&password).into_owned()),
+        ));
+    }
+    if let Some(r) = &repo.spec.ca_secret_ref {
+        let secret = read_secret(client, r, "spec.caSecretRef").await?;
+        req.ca_pem = Some(secret_key(&secret, r, "spec.caSecretRef", "ca.crt")?);
+    }
+    Ok(req)
+}
+
+async fn read_secret(
+    client: &Client,
+    r: &SecretReference,
+    field: &'static str,
+) -> Result<Secret, SetupError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &r.namespace);
+    match api.get_opt(&r.name).await {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(SetupError::SecretMissing {
+            field,
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+        }),
+        Err(source) => Err(SetupError::SecretRead {
+            field,
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+            source: Box::new(source),
+        }),
+    }
+}
+
+fn secret_key(
+    secret: &Secret,
+    r: &SecretReference,
+    field: &'static str,
+    key: &'static str,
+) -> Result<Vec<u8>, SetupError> {
+    let from_data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone());
+    let from_string = || {
+        secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|s| s.as_bytes().to_vec())
+    };
+    from_data
+        .or_else(from_string)
+        .ok_or_else(|| SetupError::SecretKeyMissing {
+            field,
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+            key,
+        })
+}
+
+/// Status after a successful fetch (or a 304): counts and digest of the index now serving.
+fn ready_status(
+    repo: &ClusterPackRepository,
+    cached: Option<&CachedRepository>,
+    now: Timestamp,
+) -> ClusterPackRepositoryStatus {
+    let generation = repo.metadata.generation;
+    let mut status = repo.status.clone().unwrap_or_default();
+    status.observed_generation = generation;
+    if let Some(c) = cached {
+        status.charts = Some(c.index.chart_count() as i64);
+        status.versions = Some(c.index.version_count() as i64);
+        status.index_digest = Some(c.index.digest.clone());
+        let message = format!(
+            "fetched index: {} charts, {} versions",
+            c.index.chart_count(),
+            c.index.version_count()
+        );
+        conditions::set(
+            &mut status.conditions,
+            conditions::new(conditions::READY, true, "Succeeded", message, generation),
+        );
+    }
+    // Whole seconds, as Kubernetes writes its own timestamps.
+    status.last_fetch_time = Some(format!("{now:.0}"));
+    conditions::remove(&mut status.conditions, conditions::STALLED);
+    status
+}
+
+/// Status after a failure: Ready=False with the cause; counts of a still-cached index are kept.
+fn failed_status(
+    repo: &ClusterPackRepository,
+    cache: &IndexCache,
+    message: &str,
+    reason: &str,
+    stalled: bool,
+) -> ClusterPackRepositoryStatus {
+    let generation = repo.metadata.generation;
+    let mut status = repo.status.clone().unwrap_or_default();
+    status.observed_generation = generation;
+    if let Some(c) = cache.get(&repo.name_any()) {
+        status.charts = Some(c.index.chart_count() as i64);
+        status.versions = Some(c.index.version_count() as i64);
+        status.index_digest = Some(c.index.digest.clone());
+    }
+    conditions::set(
+        &mut status.conditions,
+        conditions::new(conditions::READY, false, reason, message, generation),
+    );
+    if stalled {
+        conditions::set(
+            &mut status.conditions,
+            conditions::new(conditions::STALLED, true, reason, message, generation),
+        );
+    } else {
+        conditions::remove(&mut status.conditions, conditions::STALLED);
+    }
+    status
+}
+
+/// Writes the status (server-side apply on the status subresource) unless nothing changed, and emits an
+/// Event when the Ready reason changes.
+async fn write_status(
+    ctx: &Context,
+    repo: &ClusterPackRepository,
+    status: ClusterPackRepositoryStatus,
+) -> Result<(), Error> {
+    let old = repo.status.clone().unwrap_or_default();
+    if old == status {
+        return Ok(());
+    }
+    let old_ready = conditions::find(&old.conditions, conditions::READY).cloned();
+    let new_ready = conditions::find(&status.conditions, conditions::READY).cloned();
+    let api: Api<ClusterPackRepository> = Api::all(ctx.client.clone());
+    let patch = serde_json::json!({
+        "apiVersion": ClusterPackRepository::api_version(&()),
+        "kind": ClusterPackRepository::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &repo.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    if let Some(new) = new_ready
+        && old_ready.as_ref().map(|c| (&c.reason, &c.status)) != Some((&new.reason, &new.status))
+    {
+        let event = Event {
+            type_: if new.status == "True" {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: new.reason.clone(),
+            note: Some(truncate_note(&new.message)),
+            action: "FetchIndex".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &repo.object_ref(&())).await {
+            warn!(error = %e, "cannot publish Event");
+        }
+    }
+    Ok(())
+}
+
+/// Event notes are limited to 1 kB.
+pub(crate) fn truncate_note(message: &str) -> String {
+    if message.len() <= 1000 {
+        return message.to_owned();
+    }
+    let mut end = 1000;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}
+
+/// Drops cached indexes of repositories that no longer exist.
+fn prune_deleted(ctx: &Context) {
+    let mut names = ctx
+        .cached_names
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    names.retain(|name| {
+        let exists = ctx
+            .store
+            .get(&kube::runtime::reflector::ObjectRef::new(name))
+            .is_some();
+        if !exists {
+            ctx.cache.remove(name);
+            ctx.last_fetch
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(name);
+        }
+        exists
+    });
+}
+
+fn error_policy(_repo: Arc<ClusterPackRepository>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(%error, "repository reconcile failed");
+    ctx.metrics.failure(error.reason());
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// Runs the repository controller until `stop` is cancelled.
+pub async fn run(
+    client: Client,
+    cache: IndexCache,
+    recorder: Recorder,
+    metrics: ReconcileMetrics,
+    stop: CancellationToken,
+) {
+    let api: Api<ClusterPackRepository> = Api::all(client.clone());
+    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let ctx = Arc::new(Context {
+        client,
+        fetcher: IndexFetcher::new(),
+        cache,
+        metrics,
+        recorder,
+        store: controller.store(),
+        cached_names: Mutex::default(),
+        last_fetch: Mutex::default(),
+    });
+    controller
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .run(
+            |repo, ctx| {
+                let span = info_span!("repository", name = %repo.name_any());
+                reconcile(repo, ctx).instrument(span)
+            },
+            error_policy,
+            ctx,
+        )
+        .for_each(|_| std::future::ready(()))
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval(None).unwrap(), DEFAULT_INTERVAL);
+        assert_eq!(parse_interval(Some("2s")).unwrap(), Duration::from_secs(2));
+        assert_eq!(
+            parse_interval(Some("5m")).unwrap(),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            parse_interval(Some("nope")).unwrap_err().reason(),
+            "InvalidInterval"
+        );
+        assert!(parse_interval(Some("0s")).is_err());
+    }
+
+    #[test]
+    fn notes_are_capped() {
+        let long = "é".repeat(900);
+        assert!(truncate_note(&long).len() <= 1004);
+        assert_eq!(truncate_note("short"), "short");
+    }
+}

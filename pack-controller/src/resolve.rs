@@ -1,0 +1,320 @@
+//! Resolving a Pack: its chart + version constraint against the cached index of its repository, and its
+//! `vars` against its `values`. Pure: the reconcile looks the repository up and hands the result here.
+//!
+//! Checks that depend only on the Pack (constraint syntax, vars) come first, so a broken spec is reported
+//! as such whatever the repository's state.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use common::crd::PackSpec;
+use serde_json::Value;
+
+use crate::{
+    index::{ChartVersionEntry, RepositoryIndex},
+    vars::{self, VarsError},
+    versions::{self, VersionConstraint, VersionError},
+};
+
+/// How many versions a message lists at most (the highest ones).
+pub const LISTED_VERSIONS: usize = 10;
+
+/// What the reconcile knows about the repository a Pack references.
+#[derive(Debug, Clone, Copy)]
+pub enum RepositoryLookup<'a> {
+    /// No repository object of that name.
+    NotFound,
+    /// The object exists but no index of it is cached yet; `detail` says why (its Ready message).
+    NotReady { detail: &'a str },
+    /// The index now serving (possibly older than a failed refresh).
+    Ready(&'a RepositoryIndex),
+}
+
+/// A Pack's chart resolved to one version of the index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolution {
+    /// Chart name.
+    pub chart: String,
+    /// The version as the index writes it.
+    pub version: String,
+    /// SHA-256 of the chart archive (lowercase hex), if the index has one.
+    pub digest: Option<String>,
+    /// Where the archive can be downloaded.
+    pub urls: Vec<String>,
+    /// `values` with vars substituted.
+    pub values: Value,
+}
+
+/// Why a Pack could not be resolved. [`ResolveError::reason`] feeds the `Ready` condition and Events.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ResolveError {
+    #[error(
+        "ClusterPackRepository `{repository}` does not exist; create it or fix spec.chart.repository.name"
+    )]
+    RepositoryNotFound { repository: String },
+    #[error("ClusterPackRepository `{repository}` has no index yet: {detail}")]
+    RepositoryNotReady { repository: String, detail: String },
+    #[error(
+        "chart `{chart}` is not in ClusterPackRepository `{repository}`{}",
+        list("; charts there", .available, .more)
+    )]
+    ChartNotFound {
+        repository: String,
+        chart: String,
+        /// Chart names of the repository (up to [`LISTED_VERSIONS`]).
+        available: Vec<String>,
+        /// How many more names were left out.
+        more: usize,
+    },
+    #[error("{0}")]
+    InvalidVersionConstraint(#[from] VersionError),
+    #[error(
+        "no version of chart `{chart}` in ClusterPackRepository `{repository}` matches `{constraint}`{}",
+        list("; highest versions", .available, .more)
+    )]
+    NoMatchingVersion {
+        repository: String,
+        chart: String,
+        constraint: String,
+        /// The highest versions of the chart, highest first (up to [`LISTED_VERSIONS`]).
+        available: Vec<String>,
+        more: usize,
+    },
+    #[error("spec.vars cannot be applied to spec.values: {0}")]
+    InvalidVars(#[from] VarsError),
+}
+
+impl ResolveError {
+    /// The reason for status conditions, Events and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ResolveError::RepositoryNotFound { .. } => "RepositoryNotFound",
+            ResolveError::RepositoryNotReady { .. } => "RepositoryNotReady",
+            ResolveError::ChartNotFound { .. } => "ChartNotFound",
+            ResolveError::InvalidVersionConstraint(e) => e.reason(),
+            ResolveError::NoMatchingVersion { .. } => "NoMatchingVersion",
+            ResolveError::InvalidVars(e) => e.reason(),
+        }
+    }
+
+    /// Whether only a change of the Pack's spec can fix it (the Pack is `Invalid` and `Stalled`); other
+    /// causes heal when the repository changes.
+    pub fn is_invalid_spec(&self) -> bool {
+        matches!(
+            self,
+            ResolveError::InvalidVersionConstraint(_) | ResolveError::InvalidVars(_)
+        )
+    }
+}
+
+fn list(prefix: &str, items: &[String], more: &usize) -> String {
+    if items.is_empty() {
+        return "; the repository lists none".into();
+    }
+    let mut s = format!("{prefix}: {}", items.join(", "));
+    if *more > 0 {
+        let _ = write!(s, " and {more} more");
+    }
+    s
+}
+
+/// Resolves `spec` against the repository named `repository` in the state `lookup`.
+pub fn resolve(spec: &PackSpec, lookup: RepositoryLookup<'_>) -> Result<Resolution, ResolveError> {
+    let repository = spec.chart.repository.name.clone();
+    let chart = spec.chart.name.clone();
+    let constraint = VersionConstraint::parse(spec.chart.version.as_deref().unwrap_or(""))?;
+    let values = spec
+        .values
+        .clone()
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    let values = vars::substitute(&spec.vars, &values)?;
+
+    let index = match lookup {
+        RepositoryLookup::NotFound => return Err(ResolveError::RepositoryNotFound { repository }),
+        RepositoryLookup::NotReady { detail } => {
+            return Err(ResolveError::RepositoryNotReady {
+                repository,
+                detail: detail.to_owned(),
+            });
+        }
+        RepositoryLookup::Ready(index) => index,
+    };
+    let Some(entries) = index.chart(&chart) else {
+        let names: Vec<String> = index.chart_names().map(str::to_owned).collect();
+        let (available, more) = truncate(names);
+        return Err(ResolveError::ChartNotFound {
+            repository,
+            chart,
+            available,
+            more,
+        });
+    };
+    let Some(entry) = versions::highest_match_by(&constraint, entries.iter(), |e| &e.version)
+    else {
+        let (available, more) = truncate(highest_first(entries));
+        return Err(ResolveError::NoMatchingVersion {
+            repository,
+            chart,
+            constraint: constraint.original().to_owned(),
+            available,
+            more,
+        });
+    };
+    Ok(Resolution {
+        chart,
+        version: entry.version.clone(),
+        digest: entry.digest.clone(),
+        urls: entry.urls.clone(),
+        values,
+    })
+}
+
+fn truncate(mut items: Vec<String>) -> (Vec<String>, usize) {
+    let more = items.len().saturating_sub(LISTED_VERSIONS);
+    items.truncate(LISTED_VERSIONS);
+    (items, more)
+}
+
+/// Versions of a chart, highest first; unparsable ones last, as written.
+fn highest_first(entries: &[ChartVersionEntry]) -> Vec<String> {
+    let mut parsed: BTreeMap<semver::Version, String> = BTreeMap::new();
+    let mut unparsed = Vec::new();
+    for e in entries {
+        match versions::parse_version(&e.version) {
+            Ok(v) => {
+                parsed.insert(v, e.version.clone());
+            }
+            Err(_) => unparsed.push(e.version.clone()),
+        }
+    }
+    parsed.into_values().rev().chain(unparsed).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::parse_index;
+    use common::crd::pack::{ChartReference, RepositoryKind, RepositoryReference};
+    use serde_json::json;
+
+    fn index() -> RepositoryIndex {
+        let yaml = br#"
+apiVersion: v1
+entries:
+  genpack:
+    - {version: 0.1.0, urls: [genpack-0.1.0.tgz], digest: aa}
+    - {version: 0.1.3, urls: [genpack-0.1.3.tgz], digest: bb}
+    - {version: 0.2.0, urls: [genpack-0.2.0.tgz], digest: cc}
+    - {version: 1.0.0, urls: [genpack-1.0.0.tgz], digest: dd}
+    - {version: 1.1.0-rc.1, urls: [genpack-1.1.0-rc.1.tgz]}
+  other:
+    - {version: 2.0.0, urls: [other-2.0.0.tgz]}
+"#;
+        parse_index(yaml, "http://127.0.0.1:1/repo").unwrap()
+    }
+
+    fn spec(chart: &str, version: &str) -> PackSpec {
+        PackSpec {
+            chart: ChartReference {
+                repository: RepositoryReference {
+                    kind: RepositoryKind::ClusterPackRepository,
+                    name: "packs".into(),
+                },
+                name: chart.into(),
+                version: Some(version.into()),
+            },
+            vars: BTreeMap::new(),
+            values: None,
+        }
+    }
+
+    #[test]
+    fn resolves_the_highest_match() {
+        let idx = index();
+        let cases = [
+            ("~=0.1", "0.2.0"),
+            ("0.1.3", "0.1.3"),
+            ("^1.0", "1.0.0"),
+            ("", "1.0.0"),
+            (">=1.1.0-0", "1.1.0-rc.1"),
+        ];
+        for (constraint, want) in cases {
+            let got = resolve(&spec("genpack", constraint), RepositoryLookup::Ready(&idx))
+                .unwrap_or_else(|e| panic!("{constraint}: {e}"));
+            assert_eq!(got.version, want, "{constraint}");
+        }
+        let got = resolve(&spec("genpack", "0.1.3"), RepositoryLookup::Ready(&idx)).unwrap();
+        assert_eq!(got.digest.as_deref(), Some("bb"));
+        assert_eq!(
+            got.urls,
+            vec!["http://127.0.0.1:1/repo/genpack-0.1.3.tgz".to_string()]
+        );
+    }
+
+    #[test]
+    fn reports_each_cause() {
+        let idx = index();
+        let ready = RepositoryLookup::Ready(&idx);
+        let err = resolve(&spec("genpack", ">=5"), ready).unwrap_err();
+        assert_eq!(err.reason(), "NoMatchingVersion");
+        let msg = err.to_string();
+        assert!(msg.contains("`>=5`") && msg.contains("packs"), "{msg}");
+        assert!(
+            msg.contains("1.1.0-rc.1, 1.0.0, 0.2.0, 0.1.3, 0.1.0"),
+            "{msg}"
+        );
+
+        let err = resolve(&spec("nope", "1"), ready).unwrap_err();
+        assert_eq!(err.reason(), "ChartNotFound");
+        assert!(err.to_string().contains("genpack, other"), "{err}");
+
+        let err = resolve(&spec("genpack", "~=1"), ready).unwrap_err();
+        assert_eq!(err.reason(), "InvalidVersionConstraint");
+        assert!(err.is_invalid_spec());
+
+        let err = resolve(&spec("genpack", "1"), RepositoryLookup::NotFound).unwrap_err();
+        assert_eq!(err.reason(), "RepositoryNotFound");
+        assert!(!err.is_invalid_spec());
+
+        let err = resolve(
+            &spec("genpack", "1"),
+            RepositoryLookup::NotReady { detail: "HTTP 404" },
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), "RepositoryNotReady");
+        assert!(err.to_string().contains("HTTP 404"));
+    }
+
+    #[test]
+    fn spec_errors_come_before_repository_errors() {
+        let mut s = spec("genpack", "1");
+        s.values = Some(json!({"tag": "{{ vars.MISSING }}"}));
+        let err = resolve(&s, RepositoryLookup::NotFound).unwrap_err();
+        assert_eq!(err.reason(), "InvalidVars");
+        assert!(err.is_invalid_spec());
+        assert!(err.to_string().contains("MISSING"), "{err}");
+    }
+
+    #[test]
+    fn substitutes_vars() {
+        let idx = index();
+        let mut s = spec("genpack", "0.1.0");
+        s.vars.insert("TAG".into(), json!("1.4.2"));
+        s.values = Some(json!({"image": {"tag": "{{ vars.TAG }}"}}));
+        let got = resolve(&s, RepositoryLookup::Ready(&idx)).unwrap();
+        assert_eq!(got.values, json!({"image": {"tag": "1.4.2"}}));
+    }
+
+    #[test]
+    fn lists_at_most_ten_versions() {
+        let mut yaml = String::from("apiVersion: v1\nentries:\n  c:\n");
+        for i in 0..15 {
+            let _ = writeln!(yaml, "    - {{version: 0.0.{i}, urls: [c.tgz]}}");
+        }
+        let idx = parse_index(yaml.as_bytes(), "http://h/").unwrap();
+        let err = resolve(&spec("c", ">=1"), RepositoryLookup::Ready(&idx)).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("0.0.14, 0.0.13"), "{msg}");
+        assert!(msg.contains("and 5 more"), "{msg}");
+        assert!(!msg.contains("0.0.4,"), "{msg}");
+    }
+}

@@ -1,0 +1,383 @@
+//! pack-controller resolves Packs against a real Helm repository: charts packaged with the real helm CLI,
+//! indexed with `helm repo index`, and served over HTTP on loopback by the test.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, Uri},
+    response::IntoResponse,
+};
+use common::crd::{ClusterPackRepository, Pack};
+use e2e::{
+    TestEnv,
+    controller::ControllerProcess,
+    test_env,
+    tools::{tool, workspace_root},
+    wait,
+};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, PostParams},
+};
+use serde_json::json;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const EVERY: Duration = Duration::from_millis(250);
+
+/// A directory served over HTTP; `broken` makes every request answer 404.
+struct ChartServer {
+    dir: PathBuf,
+    url: String,
+    broken: Arc<AtomicBool>,
+}
+
+#[derive(Clone)]
+struct Served {
+    dir: PathBuf,
+    broken: Arc<AtomicBool>,
+}
+
+async fn serve_file(State(s): State<Served>, uri: Uri) -> impl IntoResponse {
+    let name = uri.path().trim_start_matches('/');
+    if s.broken.load(Ordering::SeqCst) || name.is_empty() || name.contains("..") {
+        return (StatusCode::NOT_FOUND, Vec::new());
+    }
+    match tokio::fs::read(s.dir.join(name)).await {
+        Ok(bytes) => (StatusCode::OK, bytes),
+        Err(_) => (StatusCode::NOT_FOUND, Vec::new()),
+    }
+}
+
+impl ChartServer {
+    async fn start(dir: PathBuf) -> Self {
+        let broken = Arc::new(AtomicBool::new(false));
+        let app = Router::new().fallback(serve_file).with_state(Served {
+            dir: dir.clone(),
+            broken: broken.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        ChartServer { dir, url, broken }
+    }
+}
+
+fn helm(args: &[&str], home: &Path) {
+    let out = std::process::Command::new(tool("helm").expect("helm"))
+        .args(args)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()
+        .expect("run helm");
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Packages genpack at `version` into `dir` and re-indexes `dir`.
+fn publish(dir: &Path, version: &str) {
+    let chart = workspace_root().join("tests/charts/genpack");
+    let d = dir.to_str().unwrap();
+    helm(
+        &[
+            "package",
+            chart.to_str().unwrap(),
+            "--version",
+            version,
+            "--destination",
+            d,
+        ],
+        dir.parent().unwrap(),
+    );
+    helm(&["repo", "index", d], dir.parent().unwrap());
+}
+
+fn start_controller(env: &TestEnv, ns: &str) -> ControllerProcess {
+    let args = [
+        format!("--namespace={ns}"),
+        format!("--lease-namespace={ns}"),
+        "--lease-name=pack".to_owned(),
+        "--lease-duration=3s".to_owned(),
+        "--renew-deadline=2s".to_owned(),
+        "--retry-period=500ms".to_owned(),
+        "--log-level=info,pack_controller=debug".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ControllerProcess::start(env, "pack-controller", "pack-0", &args)
+        .expect("start pack-controller")
+}
+
+async fn create_repository(client: &Client, name: &str, url: &str) {
+    let repo: ClusterPackRepository = serde_json::from_value(json!({
+        "apiVersion": "k8s.kubit.ir/v1alpha1",
+        "kind": "ClusterPackRepository",
+        "metadata": { "name": name },
+        "spec": { "url": url, "interval": "2s" },
+    }))
+    .unwrap();
+    Api::<ClusterPackRepository>::all(client.clone())
+        .create(&PostParams::default(), &repo)
+        .await
+        .unwrap();
+}
+
+async fn create_pack(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    repo: &str,
+    chart: &str,
+    version: &str,
+) {
+    let pack: Pack = serde_json::from_value(json!({
+        "apiVersion": "k8s.kubit.ir/v1alpha1",
+        "kind": "Pack",
+        "metadata": { "name": name },
+        "spec": {
+            "chart": {
+                "repository": { "kind": "ClusterPackRepository", "name": repo },
+                "name": chart,
+                "version": version,
+            },
+            "vars": { "TAG": "1.4.2" },
+            "values": { "image": { "tag": "{{ vars.TAG }}" } },
+        },
+    }))
+    .unwrap();
+    Api::<Pack>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pack)
+        .await
+        .unwrap();
+}
+
+/// (Ready reason, Ready message, resolved version) of a Pack.
+async fn pack_state(api: &Api<Pack>, name: &str) -> (String, String, Option<String>) {
+    let pack = api.get(name).await.unwrap();
+    let status = pack.status.unwrap_or_default();
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+    (
+        ready.map(|c| c.reason.clone()).unwrap_or_default(),
+        ready.map(|c| c.message.clone()).unwrap_or_default(),
+        status.version,
+    )
+}
+
+async fn wait_pack(api: &Api<Pack>, name: &str, reason: &str, version: Option<&str>) -> String {
+    wait::until(
+        &format!("Pack {name}: reason {reason}, version {version:?}"),
+        TIMEOUT,
+        EVERY,
+        || async {
+            let (r, message, v) = pack_state(api, name).await;
+            if r == reason && (version.is_none() || v.as_deref() == version) {
+                Ok(Some(message))
+            } else {
+                Err((r, message, v))
+            }
+        },
+    )
+    .await
+}
+
+/// Deletes the cluster-scoped repositories of a test, pass or fail.
+struct RepositoriesGuard {
+    client: Client,
+    names: Vec<String>,
+}
+
+impl Drop for RepositoriesGuard {
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        let names = std::mem::take(&mut self.names);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let api = Api::<ClusterPackRepository>::all(client);
+                for n in names {
+                    let _ = api.delete(&n, &DeleteParams::default()).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resolves_packs_against_a_served_repository() {
+    let env = test_env();
+    let ns = env.namespace("pack-resolve").await;
+    let client = env.client().await;
+
+    let root = std::env::temp_dir().join(format!("pack-operator-e2e-{}", ns.name));
+    let _ = std::fs::remove_dir_all(&root);
+    let dir = root.join("repo");
+    std::fs::create_dir_all(&dir).unwrap();
+    for v in ["0.1.0", "0.1.3", "0.2.0", "1.0.0"] {
+        publish(&dir, v);
+    }
+    let server = ChartServer::start(dir.clone()).await;
+
+    let repo = format!("{}-packs", ns.name);
+    let later = format!("{}-later", ns.name);
+    let _guard = RepositoriesGuard {
+        client: client.clone(),
+        names: vec![repo.clone(), later.clone()],
+    };
+    create_repository(&client, &repo, &server.url).await;
+    let controller = start_controller(&env, &ns.name);
+
+    let repos = Api::<ClusterPackRepository>::all(client.clone());
+    wait::until(
+        "repository Ready with 1 chart and 4 versions",
+        TIMEOUT,
+        EVERY,
+        || async {
+            let r = repos.get(&repo).await.unwrap();
+            let s = r.status.unwrap_or_default();
+            let ready = s
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            if ready && s.charts == Some(1) && s.versions == Some(4) && s.index_digest.is_some() {
+                Ok(Some(()))
+            } else {
+                Err(format!("{s:?}\n{}", controller.logs()))
+            }
+        },
+    )
+    .await;
+
+    let packs: Api<Pack> = Api::namespaced(client.clone(), &ns.name);
+    create_pack(&client, &ns.name, "compat", &repo, "genpack", "~=0.1").await;
+    create_pack(&client, &ns.name, "exact", &repo, "genpack", "0.1.3").await;
+    create_pack(&client, &ns.name, "caret", &repo, "genpack", "^1.0").await;
+    create_pack(&client, &ns.name, "impossible", &repo, "genpack", ">=5").await;
+    create_pack(&client, &ns.name, "nochart", &repo, "nochart", "*").await;
+    create_pack(&client, &ns.name, "invalid", &repo, "genpack", "~=1").await;
+    create_pack(&client, &ns.name, "norepo", &later, "genpack", "~=0.1").await;
+
+    let message = wait_pack(&packs, "compat", "Resolved", Some("0.2.0")).await;
+    assert!(message.contains("genpack 0.2.0"), "{message}");
+    let digest = packs
+        .get("compat")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .chart_digest;
+    assert_eq!(digest.map(|d| d.len()), Some(64));
+    wait_pack(&packs, "exact", "Resolved", Some("0.1.3")).await;
+    wait_pack(&packs, "caret", "Resolved", Some("1.0.0")).await;
+    let message = wait_pack(&packs, "impossible", "NoMatchingVersion", None).await;
+    assert!(
+        message.contains(">=5") && message.contains("1.0.0, 0.2.0, 0.1.3, 0.1.0"),
+        "{message}"
+    );
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns.name);
+    wait::until(
+        "a Warning Event NoMatchingVersion on Pack impossible",
+        TIMEOUT,
+        EVERY,
+        || async {
+            let list = events
+                .list(&ListParams::default().fields("involvedObject.name=impossible"))
+                .await
+                .unwrap();
+            let reasons: Vec<_> = list
+                .items
+                .iter()
+                .map(|e| (e.type_.clone(), e.reason.clone()))
+                .collect();
+            if reasons.iter().any(|(t, r)| {
+                t.as_deref() == Some("Warning") && r.as_deref() == Some("NoMatchingVersion")
+            }) {
+                Ok(Some(()))
+            } else {
+                Err(reasons)
+            }
+        },
+    )
+    .await;
+    let message = wait_pack(&packs, "nochart", "ChartNotFound", None).await;
+    assert!(message.contains("genpack"), "{message}");
+    wait_pack(&packs, "invalid", "InvalidVersionConstraint", None).await;
+    let invalid = packs.get("invalid").await.unwrap().status.unwrap();
+    assert_eq!(invalid.state, Some(common::crd::pack::PackState::Invalid));
+    let message = wait_pack(&packs, "norepo", "RepositoryNotFound", None).await;
+    assert!(message.contains(&later), "{message}");
+
+    // The missing repository appears: the Pack heals without a restart.
+    create_repository(&client, &later, &server.url).await;
+    wait_pack(&packs, "norepo", "Resolved", Some("0.2.0")).await;
+
+    // A new matching version is published: `~=0.1` moves to it after an interval or two.
+    publish(&dir, "0.3.0");
+    wait_pack(&packs, "compat", "Resolved", Some("0.3.0")).await;
+    wait_pack(&packs, "caret", "Resolved", Some("1.0.0")).await;
+
+    // The repository answers 404: Ready=False with the HTTP status, the previous index keeps serving.
+    server.broken.store(true, Ordering::SeqCst);
+    wait::until(
+        "repository Ready=False with HTTP 404",
+        TIMEOUT,
+        EVERY,
+        || async {
+            let s = repos.get(&repo).await.unwrap().status.unwrap_or_default();
+            let ready = s.conditions.iter().find(|c| c.type_ == "Ready").cloned();
+            match ready {
+                Some(c) if c.status == "False" && c.message.contains("404") => Ok(Some((c, s))),
+                other => Err(other),
+            }
+        },
+    )
+    .await;
+    let s = repos.get(&repo).await.unwrap().status.unwrap();
+    assert_eq!((s.charts, s.versions), (Some(1), Some(5)));
+    wait::holds(
+        "Pack compat stays resolved to 0.3.0",
+        Duration::from_secs(5),
+        EVERY,
+        || async {
+            match pack_state(&packs, "compat").await {
+                (r, _, Some(v)) if r == "Resolved" && v == "0.3.0" => Ok(()),
+                other => Err(other),
+            }
+        },
+    )
+    .await;
+
+    // Recovery.
+    server.broken.store(false, Ordering::SeqCst);
+    wait::until("repository Ready again", TIMEOUT, EVERY, || async {
+        let s = repos.get(&repo).await.unwrap().status.unwrap_or_default();
+        if s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+        {
+            Ok(Some(()))
+        } else {
+            Err(s)
+        }
+    })
+    .await;
+    drop(controller);
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = server.dir;
+}
