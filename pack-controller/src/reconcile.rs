@@ -247,7 +247,13 @@ pub struct Metrics {
 
 /// Runs the Pack controller and the ClusterPackRepository controller until `leading.stop` is cancelled.
 /// `namespace` scopes the Packs; repositories are cluster-scoped and always all watched.
-pub async fn run(leading: Leading, namespace: Option<String>, metrics: Metrics) {
+/// Runs the Pack and ClusterPackRepository controllers until `leading.stop` is cancelled.
+pub async fn run(
+    leading: Leading,
+    namespace: Option<String>,
+    metrics: Metrics,
+    max_index_bytes: u64,
+) {
     let client = leading.client.clone();
     let packs: Api<Pack> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -302,6 +308,7 @@ pub async fn run(leading: Leading, namespace: Option<String>, metrics: Metrics) 
         cache,
         recorder,
         metrics.repositories,
+        max_index_bytes,
         leading.stop.clone(),
     );
     futures::future::join(packs, repositories).await;

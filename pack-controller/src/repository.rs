@@ -100,6 +100,8 @@ impl SetupError {
 pub struct Context {
     pub client: Client,
     pub fetcher: IndexFetcher,
+    /// Largest index accepted (`--max-index-size`).
+    pub max_index_bytes: u64,
     pub cache: IndexCache,
     pub metrics: ReconcileMetrics,
     pub recorder: Recorder,
@@ -132,7 +134,7 @@ async fn reconcile(repo: Arc<ClusterPackRepository>, ctx: Arc<Context>) -> Resul
     if let Some(wait) = fetch_due_in(&ctx, &name, version, interval) {
         return Ok(Action::requeue(wait));
     }
-    let request = match fetch_request(&ctx.client, &repo).await {
+    let request = match fetch_request(&ctx.client, &repo, ctx.max_index_bytes).await {
         Ok(r) => r,
         Err(e) => {
             let status = failed_status(&repo, &ctx.cache, &e.to_string(), e.reason(), false);
@@ -250,8 +252,10 @@ fn parse_interval(interval: Option<&str>) -> Result<Duration, SetupError> {
 async fn fetch_request(
     client: &Client,
     repo: &ClusterPackRepository,
+    max_index_bytes: u64,
 ) -> Result<FetchRequest, SetupError> {
     let mut req = FetchRequest::new(repo.spec.url.clone());
+    req.max_bytes = max_index_bytes;
     if let Some(r) = &repo.spec.secret_ref {
         let secret = read_secret(client, r, "spec.secretRef").await?;
         let username = secret_key(&secret, r, "spec.secretRef", "username")?;
@@ -470,6 +474,7 @@ pub async fn run(
     cache: IndexCache,
     recorder: Recorder,
     metrics: ReconcileMetrics,
+    max_index_bytes: u64,
     stop: CancellationToken,
 ) {
     let api: Api<ClusterPackRepository> = Api::all(client.clone());
@@ -477,6 +482,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client,
         fetcher: IndexFetcher::new(),
+        max_index_bytes,
         cache,
         metrics,
         recorder,

@@ -381,3 +381,119 @@ async fn resolves_packs_against_a_served_repository() {
     let _ = std::fs::remove_dir_all(&root);
     let _ = server.dir;
 }
+
+/// Waits until repository `name` is Ready=False with `reason`; returns its message.
+async fn wait_repository_failure(
+    repos: &Api<ClusterPackRepository>,
+    name: &str,
+    reason: &str,
+) -> String {
+    wait::until(
+        &format!("repository {name} Ready=False/{reason}"),
+        TIMEOUT,
+        EVERY,
+        || async {
+            let s = repos
+                .get(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            match s.conditions.iter().find(|c| c.type_ == "Ready") {
+                Some(c) if c.status == "False" && c.reason == reason => Ok(Some(c.message.clone())),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_indexes_are_reported_and_the_previous_index_keeps_serving() {
+    let env = test_env();
+    let ns = env.namespace("pack-badindex").await;
+    let client = env.client().await;
+    let root = std::env::temp_dir().join(format!("pack-operator-e2e-{}", ns.name));
+    let _ = std::fs::remove_dir_all(&root);
+    let dir = root.join("repo");
+    std::fs::create_dir_all(&dir).unwrap();
+    publish(&dir, "0.1.0");
+    let server = ChartServer::start(dir.clone()).await;
+    let repo = format!("{}-packs", ns.name);
+    let unreachable = format!("{}-unreachable", ns.name);
+    let _guard = RepositoriesGuard {
+        client: client.clone(),
+        names: vec![repo.clone(), unreachable.clone()],
+    };
+    create_repository(&client, &repo, &server.url).await;
+    let _controller = start_controller(&env, &ns.name);
+    let repos = Api::<ClusterPackRepository>::all(client.clone());
+    let packs = Api::<Pack>::namespaced(client.clone(), &ns.name);
+    create_pack(&client, &ns.name, "app", &repo, "genpack", "~=0.1").await;
+    wait_pack(&packs, "app", "Resolved", Some("0.1.0")).await;
+    let good_index = std::fs::read(dir.join("index.yaml")).unwrap();
+
+    // Invalid YAML: the message says where, and the previous index keeps serving.
+    std::fs::write(
+        dir.join("index.yaml"),
+        "apiVersion: v1\nentries:\n  genpack:\n    - version: [1.0\n",
+    )
+    .unwrap();
+    let msg = wait_repository_failure(&repos, &repo, "IndexInvalid").await;
+    assert!(msg.contains("line"), "the parse error names a line: {msg}");
+    let s = repos.get(&repo).await.unwrap().status.unwrap();
+    assert_eq!(s.versions, Some(1), "previous index kept");
+    wait_pack(&packs, "app", "Resolved", Some("0.1.0")).await;
+
+    // Larger than the cap (default 50 MiB): refused without being read whole.
+    let mut huge = good_index.clone();
+    huge.extend(std::iter::repeat_n(b'#', 51 * 1024 * 1024));
+    std::fs::write(dir.join("index.yaml"), &huge).unwrap();
+    drop(huge);
+    let msg = wait_repository_failure(&repos, &repo, "IndexTooLarge").await;
+    assert!(
+        msg.contains("MiB") || msg.contains("bytes"),
+        "names the limit: {msg}"
+    );
+    wait_pack(&packs, "app", "Resolved", Some("0.1.0")).await;
+
+    // Fixed: Ready again.
+    std::fs::write(dir.join("index.yaml"), &good_index).unwrap();
+    wait::until("repository Ready again", TIMEOUT, EVERY, || async {
+        let s = repos.get(&repo).await.unwrap().status.unwrap_or_default();
+        if s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+        {
+            Ok(Some(()))
+        } else {
+            Err(s)
+        }
+    })
+    .await;
+
+    // Nothing listens there: a connection error, reported as such.
+    let port = e2e::cluster::free_port().unwrap();
+    create_repository(
+        &client,
+        &unreachable,
+        &format!("http://127.0.0.1:{port}/charts"),
+    )
+    .await;
+    let msg = wait_repository_failure(&repos, &unreachable, "IndexFetchFailed").await;
+    assert!(msg.to_lowercase().contains("connect"), "{msg}");
+
+    // Not an http(s) URL: rejected by the CRD schema at admission.
+    let bad: ClusterPackRepository = serde_json::from_value(json!({
+        "apiVersion": "k8s.kubit.ir/v1alpha1", "kind": "ClusterPackRepository",
+        "metadata": { "name": format!("{}-ftp", ns.name) }, "spec": { "url": "ftp://charts.example.com" }
+    }))
+    .unwrap();
+    let err = repos
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("spec.url"), "{err}");
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = server.dir;
+}
