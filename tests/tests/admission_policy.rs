@@ -35,10 +35,13 @@ struct Case {
 }
 
 async fn install_policy(client: &Client) {
-    let text = std::fs::read_to_string(
-        workspace_root().join("deploy/admission/watch-to-redeploy-policy.yaml"),
-    )
-    .unwrap();
+    install_policy_file(client, "watch-to-redeploy-policy.yaml").await;
+}
+
+/// Applies `deploy/admission/<file>`, with each binding scoped to namespaces labelled for these tests.
+async fn install_policy_file(client: &Client, file: &str) {
+    let text =
+        std::fs::read_to_string(workspace_root().join("deploy/admission").join(file)).unwrap();
     let pp = PatchParams::apply("pack-operator-e2e").force();
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let value = serde_yaml::Value::deserialize(doc).unwrap();
@@ -227,4 +230,48 @@ async fn denial_names_the_bad_segment() {
     assert!(msg.contains("ConfigMap/Bad"), "{msg}");
     let parser = parse_watch_targets("configmap/ok, ConfigMap/Bad").unwrap_err();
     assert_eq!(parser.bad_segment(), Some("ConfigMap/Bad"));
+}
+
+#[tokio::test]
+async fn pack_vars_must_be_scalars() {
+    let env = test_env();
+    let ns = env.namespace("vap-vars").await;
+    let client = env.client().await;
+    label_namespace(&client, &ns.name).await;
+    install_policy_file(&client, "pack-vars-policy.yaml").await;
+    let packs = api_for(&client, &ns.name, "Pack");
+    let pack = |vars: serde_json::Value| {
+        let mut p = workload("Pack", "p", None);
+        p["spec"]["vars"] = vars;
+        p
+    };
+    let msg = wait::until(
+        "the vars policy to be enforced",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            match admit(&packs, pack(json!({ "TAG": "1.0", "LIST": [1, 2] }))).await {
+                Err(msg) => Ok(Some(msg)),
+                Ok(()) => Err("list var admitted"),
+            }
+        },
+    )
+    .await;
+    assert!(
+        msg.contains("spec.vars.LIST") && msg.contains("scalars"),
+        "{msg}"
+    );
+    let msg = admit(&packs, pack(json!({ "OBJ": { "a": 1 } })))
+        .await
+        .unwrap_err();
+    assert!(msg.contains("spec.vars.OBJ is a map"), "{msg}");
+    admit(
+        &packs,
+        pack(json!({ "S": "x", "N": 3, "F": 1.5, "B": true, "Z": null })),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("scalar vars denied: {e}"));
+    admit(&packs, workload("Pack", "novars", None))
+        .await
+        .unwrap_or_else(|e| panic!("Pack without vars denied: {e}"));
 }
