@@ -23,6 +23,8 @@ use serde_json::json;
 const ANNOTATION: &str = "pack-operator.k8s.kubit.ir/watch-to-redeploy";
 const HASHES: &str = "pack-operator.k8s.kubit.ir/watched-hashes";
 const DELAY: Duration = Duration::from_secs(2);
+/// The pod label of every workload here; the genpack test chart uses the same.
+const APP: &str = "app.kubernetes.io/name";
 
 fn start_controller(env: &TestEnv, ns: &str, identity: &str) -> ControllerProcess {
     let args = [
@@ -41,8 +43,8 @@ fn start_controller(env: &TestEnv, ns: &str, identity: &str) -> ControllerProces
 
 fn pod_spec(name: &str) -> serde_json::Value {
     json!({
-        "selector": { "matchLabels": { "app": name } },
-        "template": { "metadata": { "labels": { "app": name } }, "spec": { "containers": [{ "name": "c", "image": "nginx" }] } }
+        "selector": { "matchLabels": { APP: name } },
+        "template": { "metadata": { "labels": { APP: name } }, "spec": { "containers": [{ "name": "c", "image": "nginx" }] } }
     })
 }
 
@@ -93,7 +95,7 @@ async fn deployment(client: &Client, ns: &str, name: &str, watch: &str, replicas
 
 async fn replicasets(client: &Client, ns: &str, app: &str) -> usize {
     Api::<ReplicaSet>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&format!("app={app}")))
+        .list(&ListParams::default().labels(&format!("{APP}={app}")))
         .await
         .map(|l| l.items.len())
         .unwrap_or(0)
@@ -505,20 +507,7 @@ async fn pack_annotation_redeploys_every_workload_of_its_release_once() {
         "gonbad:\n  workloads:\n    web:\n      replicaCount: 1\n      containers:\n        web: {image: {repository: nginx}}\n    worker:\n      replicaCount: 2\n      containers:\n        web: {image: {repository: nginx}}\n",
     )
     .unwrap();
-    let out = std::process::Command::new(tool("helm").unwrap())
-        .args(["install", "test"])
-        .arg(workspace_root().join("tests/charts/genpack"))
-        .args(["--namespace", &ns.name, "--kubeconfig"])
-        .arg(&env.kubeconfig)
-        .arg("-f")
-        .arg(&values)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "helm install: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    helm_release(&env, &ns.name, "install", &values);
     let packs: Api<kube::api::DynamicObject> = Api::namespaced_with(
         client.clone(),
         &ns.name,
@@ -547,7 +536,7 @@ async fn pack_annotation_redeploys_every_workload_of_its_release_once() {
     )
     .await;
     for app in ["test-web", "test-worker"] {
-        wait_replicasets_by(&client, &ns.name, app, 1).await;
+        wait_replicasets(&client, &ns.name, app, 1, DELAY + Duration::from_secs(15)).await;
     }
 
     patch_cm(
@@ -558,7 +547,7 @@ async fn pack_annotation_redeploys_every_workload_of_its_release_once() {
     )
     .await;
     for app in ["test-web", "test-worker"] {
-        wait_replicasets_by(&client, &ns.name, app, 2).await;
+        wait_replicasets(&client, &ns.name, app, 2, DELAY + Duration::from_secs(15)).await;
     }
     wait::holds(
         "one rollout each",
@@ -566,8 +555,8 @@ async fn pack_annotation_redeploys_every_workload_of_its_release_once() {
         Duration::from_millis(200),
         || async {
             let n = (
-                count_by(&client, &ns.name, "test-web").await,
-                count_by(&client, &ns.name, "test-worker").await,
+                replicasets(&client, &ns.name, "test-web").await,
+                replicasets(&client, &ns.name, "test-worker").await,
             );
             if n == (2, 2) { Ok(()) } else { Err(n) }
         },
@@ -580,51 +569,17 @@ async fn pack_annotation_redeploys_every_workload_of_its_release_once() {
     );
 
     // The template annotation survives a later helm upgrade of the chart that rendered the workloads.
-    let out = std::process::Command::new(tool("helm").unwrap())
-        .args(["upgrade", "test"])
-        .arg(workspace_root().join("tests/charts/genpack"))
-        .args(["--namespace", &ns.name, "--kubeconfig"])
-        .arg(&env.kubeconfig)
-        .arg("-f")
-        .arg(&values)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "helm upgrade: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    helm_release(&env, &ns.name, "upgrade", &values);
     wait::holds(
         "no rollout from helm upgrade",
         Duration::from_secs(3),
         Duration::from_millis(200),
         || async {
             let n = (
-                count_by(&client, &ns.name, "test-web").await,
-                count_by(&client, &ns.name, "test-worker").await,
+                replicasets(&client, &ns.name, "test-web").await,
+                replicasets(&client, &ns.name, "test-worker").await,
             );
             if n == (2, 2) { Ok(()) } else { Err(n) }
-        },
-    )
-    .await;
-}
-
-async fn count_by(client: &Client, ns: &str, app: &str) -> usize {
-    Api::<ReplicaSet>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&format!("app.kubernetes.io/name={app}")))
-        .await
-        .map(|l| l.items.len())
-        .unwrap_or(0)
-}
-
-async fn wait_replicasets_by(client: &Client, ns: &str, app: &str, want: usize) {
-    wait::until(
-        &format!("{want} ReplicaSet(s) of {app}"),
-        DELAY + Duration::from_secs(15),
-        Duration::from_millis(100),
-        || async {
-            let n = count_by(client, ns, app).await;
-            if n == want { Ok(Some(())) } else { Err(n) }
         },
     )
     .await;
@@ -671,4 +626,22 @@ async fn paused_deployment_is_not_touched_until_resumed() {
         .await
         .unwrap();
     wait_replicasets(&client, &ns.name, "app", 2, Duration::from_secs(45)).await;
+}
+
+/// `helm <verb> test tests/charts/genpack -n <ns> -f <values>` with the real helm CLI, as a user would.
+fn helm_release(env: &TestEnv, ns: &str, verb: &str, values: &std::path::Path) {
+    let out = std::process::Command::new(tool("helm").unwrap())
+        .args([verb, "test"])
+        .arg(workspace_root().join("tests/charts/genpack"))
+        .args(["--namespace", ns, "--kubeconfig"])
+        .arg(&env.kubeconfig)
+        .arg("-f")
+        .arg(values)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helm {verb}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
