@@ -177,32 +177,45 @@ impl Runtime {
     }
 }
 
-/// Marks `health` synced once `store` holds its first complete listing (or never, if the writer is
-/// dropped first).
+/// Waits until `store` holds its first complete listing; false if its writer was dropped first (the
+/// controller stopped before syncing).
+pub async fn store_synced<K>(store: &kube::runtime::reflector::Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    // Re-poll instead of awaiting once: kube-runtime's DelayedInit wakes only the most recently
+    // registered waiter, and the Controller registers its own after ours, so a single await may never
+    // be woken.
+    loop {
+        match tokio::time::timeout(
+            std::time::Duration::from_millis(250),
+            store.wait_until_ready(),
+        )
+        .await
+        {
+            Ok(Ok(())) => return true,
+            Ok(Err(_)) => return false,
+            Err(_) => {} // not yet, or not woken: look again
+        }
+    }
+}
+
+/// Marks `health` synced once `synced` resolves true (e.g. every cache of a controller is ready).
+pub fn report_sync_when(synced: impl Future<Output = bool> + Send + 'static, health: Health) {
+    tokio::spawn(async move {
+        if synced.await {
+            tracing::info!("caches synced; ready");
+            health.set_synced(true);
+        }
+    });
+}
+
+/// Marks `health` synced once `store` holds its first complete listing.
 pub fn report_sync_when_ready<K>(store: kube::runtime::reflector::Store<K>, health: Health)
 where
     K: kube::Resource + Clone + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    tokio::spawn(async move {
-        // Re-poll instead of awaiting once: kube-runtime's DelayedInit wakes only the most recently
-        // registered waiter, and the Controller registers its own after ours, so a single await may
-        // never be woken.
-        loop {
-            match tokio::time::timeout(
-                std::time::Duration::from_millis(250),
-                store.wait_until_ready(),
-            )
-            .await
-            {
-                Ok(Ok(())) => {
-                    tracing::info!("caches synced; ready");
-                    health.set_synced(true);
-                    return;
-                }
-                Ok(Err(_)) => return, // the writer was dropped: the controller stopped before syncing
-                Err(_) => {}          // not yet, or not woken: look again
-            }
-        }
-    });
+    report_sync_when(async move { store_synced(&store).await }, health);
 }

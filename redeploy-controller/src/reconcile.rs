@@ -642,7 +642,23 @@ pub async fn run(
     let statefulsets = workload_controller::<StatefulSet>(&client, &namespace, cc.clone());
     let daemonsets = workload_controller::<DaemonSet>(&client, &namespace, cc.clone());
     let packs = workload_controller::<Pack>(&client, &namespace, cc);
-    common::runtime::report_sync_when_ready(deployments.store(), leading.health.clone());
+    // Ready once every workload cache holds a complete listing.
+    let stores = (
+        deployments.store(),
+        statefulsets.store(),
+        daemonsets.store(),
+        packs.store(),
+    );
+    common::runtime::report_sync_when(
+        async move {
+            use common::runtime::store_synced;
+            store_synced(&stores.0).await
+                && store_synced(&stores.1).await
+                && store_synced(&stores.2).await
+                && store_synced(&stores.3).await
+        },
+        leading.health.clone(),
+    );
 
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| "redeploy-controller".into());
     let ctx = Arc::new(Context {
