@@ -58,6 +58,19 @@ async fn serve_file(State(s): State<Served>, uri: Uri) -> impl IntoResponse {
 }
 
 impl ChartServer {
+    /// A fresh repository for test namespace `ns`, with `versions` of genpack packaged and indexed by the
+    /// real helm CLI, served on loopback. Its directory is removed when the server is dropped.
+    async fn with_versions(ns: &str, versions: &[&str]) -> Self {
+        let root = std::env::temp_dir().join(format!("pack-operator-e2e-{ns}"));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("repo");
+        std::fs::create_dir_all(&dir).unwrap();
+        for v in versions {
+            publish(&dir, v);
+        }
+        Self::start(dir).await
+    }
+
     async fn start(dir: PathBuf) -> Self {
         let broken = Arc::new(AtomicBool::new(false));
         let app = Router::new().fallback(serve_file).with_state(Served {
@@ -70,6 +83,14 @@ impl ChartServer {
             axum::serve(listener, app).await.unwrap();
         });
         ChartServer { dir, url, broken }
+    }
+}
+
+impl Drop for ChartServer {
+    fn drop(&mut self) {
+        if let Some(root) = self.dir.parent() {
+            let _ = std::fs::remove_dir_all(root);
+        }
     }
 }
 
@@ -225,14 +246,8 @@ async fn resolves_packs_against_a_served_repository() {
     let ns = env.namespace("pack-resolve").await;
     let client = env.client().await;
 
-    let root = std::env::temp_dir().join(format!("pack-operator-e2e-{}", ns.name));
-    let _ = std::fs::remove_dir_all(&root);
-    let dir = root.join("repo");
-    std::fs::create_dir_all(&dir).unwrap();
-    for v in ["0.1.0", "0.1.3", "0.2.0", "1.0.0"] {
-        publish(&dir, v);
-    }
-    let server = ChartServer::start(dir.clone()).await;
+    let server = ChartServer::with_versions(&ns.name, &["0.1.0", "0.1.3", "0.2.0", "1.0.0"]).await;
+    let dir = server.dir.clone();
 
     let repo = format!("{}-packs", ns.name);
     let later = format!("{}-later", ns.name);
@@ -378,8 +393,6 @@ async fn resolves_packs_against_a_served_repository() {
     })
     .await;
     drop(controller);
-    let _ = std::fs::remove_dir_all(&root);
-    let _ = server.dir;
 }
 
 /// Waits until repository `name` is Ready=False with `reason`; returns its message.
@@ -413,12 +426,8 @@ async fn broken_indexes_are_reported_and_the_previous_index_keeps_serving() {
     let env = test_env();
     let ns = env.namespace("pack-badindex").await;
     let client = env.client().await;
-    let root = std::env::temp_dir().join(format!("pack-operator-e2e-{}", ns.name));
-    let _ = std::fs::remove_dir_all(&root);
-    let dir = root.join("repo");
-    std::fs::create_dir_all(&dir).unwrap();
-    publish(&dir, "0.1.0");
-    let server = ChartServer::start(dir.clone()).await;
+    let server = ChartServer::with_versions(&ns.name, &["0.1.0"]).await;
+    let dir = server.dir.clone();
     let repo = format!("{}-packs", ns.name);
     let unreachable = format!("{}-unreachable", ns.name);
     let _guard = RepositoriesGuard {
@@ -494,6 +503,4 @@ async fn broken_indexes_are_reported_and_the_previous_index_keeps_serving() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("spec.url"), "{err}");
-    let _ = std::fs::remove_dir_all(&root);
-    let _ = server.dir;
 }

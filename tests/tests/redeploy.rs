@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use e2e::{
     TestEnv,
+    cluster::TestNamespace,
     controller::ControllerProcess,
     test_env,
     tools::{tool, workspace_root},
@@ -182,6 +183,19 @@ async fn wait_event(client: &Client, ns: &str, name: &str, reason: &str) -> Stri
         },
     )
     .await
+}
+
+/// A namespace with ConfigMap `cfg` and Deployment `app` watching it, a controller running, and the
+/// baseline recorded (one ReplicaSet).
+async fn watched_app(env: &TestEnv, prefix: &str) -> (TestNamespace, Client, ControllerProcess) {
+    let ns = env.namespace(prefix).await;
+    let client = env.client().await;
+    configmap(&client, &ns.name, "cfg", json!({ "a": "1" })).await;
+    deployment(&client, &ns.name, "app", "configmap/cfg", 1).await;
+    let controller = start_controller(env, &ns.name, &format!("{prefix}-1"));
+    wait_recorded::<Deployment>(&client, &ns.name, "app").await;
+    wait_replicasets(&client, &ns.name, "app", 1, Duration::from_secs(20)).await;
+    (ns, client, controller)
 }
 
 #[tokio::test]
@@ -369,13 +383,7 @@ async fn secret_statefulset_daemonset_and_two_sources() {
 #[tokio::test]
 async fn restart_during_the_delay_rolls_exactly_once_and_a_quiet_restart_rolls_nothing() {
     let env = test_env();
-    let ns = env.namespace("rd-restart").await;
-    let client = env.client().await;
-    configmap(&client, &ns.name, "cfg", json!({ "a": "1" })).await;
-    deployment(&client, &ns.name, "app", "configmap/cfg", 1).await;
-    let mut controller = start_controller(&env, &ns.name, "rd-restart-1");
-    wait_recorded::<Deployment>(&client, &ns.name, "app").await;
-    wait_replicasets(&client, &ns.name, "app", 1, Duration::from_secs(20)).await;
+    let (ns, client, mut controller) = watched_app(&env, "rd-restart").await;
 
     // Change, then the controller dies before the delay ends; its successor acts once.
     patch_cm(&client, &ns.name, "cfg", json!({ "data": { "a": "2" } })).await;
@@ -402,13 +410,7 @@ async fn restart_during_the_delay_rolls_exactly_once_and_a_quiet_restart_rolls_n
 #[tokio::test]
 async fn deletion_does_not_roll_and_recreation_does() {
     let env = test_env();
-    let ns = env.namespace("rd-delete").await;
-    let client = env.client().await;
-    configmap(&client, &ns.name, "cfg", json!({ "a": "1" })).await;
-    deployment(&client, &ns.name, "app", "configmap/cfg", 1).await;
-    let _controller = start_controller(&env, &ns.name, "rd-delete");
-    wait_recorded::<Deployment>(&client, &ns.name, "app").await;
-    wait_replicasets(&client, &ns.name, "app", 1, Duration::from_secs(20)).await;
+    let (ns, client, _controller) = watched_app(&env, "rd-delete").await;
 
     Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
         .delete("cfg", &DeleteParams::default())
@@ -588,13 +590,7 @@ async fn pack_annotation_redeploys_every_workload_of_its_release_once() {
 #[tokio::test]
 async fn paused_deployment_is_not_touched_until_resumed() {
     let env = test_env();
-    let ns = env.namespace("rd-paused").await;
-    let client = env.client().await;
-    configmap(&client, &ns.name, "cfg", json!({ "a": "1" })).await;
-    deployment(&client, &ns.name, "app", "configmap/cfg", 1).await;
-    let _controller = start_controller(&env, &ns.name, "rd-paused");
-    wait_recorded::<Deployment>(&client, &ns.name, "app").await;
-    wait_replicasets(&client, &ns.name, "app", 1, Duration::from_secs(20)).await;
+    let (ns, client, _controller) = watched_app(&env, "rd-paused").await;
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
     let pause = |paused: bool| json!({ "spec": { "paused": paused } });
     deployments
