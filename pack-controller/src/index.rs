@@ -648,7 +648,7 @@ fn redact_url(url: &Url) -> String {
     }
 }
 
-fn redact_url_text(url: &str) -> String {
+pub(crate) fn redact_url_text(url: &str) -> String {
     match Url::parse(url.trim()) {
         Ok(parsed) => redact_url(&parsed),
         Err(_) => match url.rsplit_once('@') {
@@ -802,6 +802,41 @@ impl IndexFetcher {
             "fetched repository index"
         );
         Ok(FetchOutcome::Fetched { index, validators })
+    }
+
+    /// Downloads a chart archive from `archive_url` (absolute, as [`ChartVersionEntry::urls`] gives it)
+    /// with the repository's TLS settings, under `req.max_bytes` and `req.timeout`. Basic auth is sent
+    /// only when the archive is on the repository's own origin, as Helm does without `--pass-credentials`.
+    pub async fn fetch_archive(
+        &self,
+        req: &FetchRequest,
+        archive_url: &str,
+    ) -> Result<Vec<u8>, IndexError> {
+        let secret = req
+            .basic_auth
+            .as_ref()
+            .map(|(_, p)| p.expose())
+            .unwrap_or("");
+        let result = async {
+            let base = repository_base(&req.url)?;
+            let url = repository_base(archive_url).and_then(|_| {
+                Url::parse(archive_url.trim()).map_err(|e| IndexError::InvalidUrl {
+                    url: redact_url_text(archive_url),
+                    message: e.to_string(),
+                })
+            })?;
+            let mut req = req.clone();
+            if url.origin() != base.origin() {
+                req.basic_auth = None;
+            }
+            let client = self.client(req.ca_pem.as_deref())?;
+            let downloaded = tokio::time::timeout(req.timeout, download(&client, &url, &req, None))
+                .await
+                .map_err(|_| IndexError::Timeout { after: req.timeout })??;
+            Ok(downloaded.map(|(body, _)| body).unwrap_or_default())
+        }
+        .await;
+        result.map_err(|e: IndexError| e.scrub(secret))
     }
 
     fn client(&self, ca_pem: Option<&[u8]>) -> Result<reqwest::Client, IndexError> {

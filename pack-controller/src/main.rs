@@ -1,5 +1,12 @@
+use std::{path::PathBuf, time::Duration};
+
 use clap::Parser;
-use common::{RuntimeArgs, metrics::ReconcileMetrics, runtime::Runtime};
+use common::{RuntimeArgs, cli::parse_duration, metrics::ReconcileMetrics, runtime::Runtime};
+use pack_controller::{
+    helm::HelmConfig,
+    metrics::{HelmMetrics, PackStates},
+    reconcile::{Metrics, Settings},
+};
 
 /// pack-controller: installs, upgrades and uninstalls the Helm release of each Pack.
 #[derive(Parser)]
@@ -12,29 +19,62 @@ struct Cli {
     /// leaves the repository Ready=False (IndexTooLarge) and keeps serving the previous index.
     #[arg(long, env = "MAX_INDEX_SIZE", default_value_t = pack_controller::index::DEFAULT_MAX_INDEX_BYTES)]
     max_index_size: u64,
+
+    /// The helm binary (Helm 3.13+ or 4).
+    #[arg(long, env = "HELM_BINARY", default_value = "helm")]
+    helm_binary: PathBuf,
+
+    /// Writable directory for Helm's cache/config, values files and downloaded charts.
+    #[arg(long, env = "PACK_WORK_DIR", default_value = "/tmp/pack-operator")]
+    work_dir: PathBuf,
+
+    /// `helm --timeout` of each install, upgrade, rollback and uninstall.
+    #[arg(long, env = "HELM_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    helm_timeout: Duration,
+
+    /// `helm --history-max`: release revisions kept (each holds the values, in a Secret capped at 1 MiB).
+    #[arg(long, env = "HELM_MAX_HISTORY", default_value_t = 5)]
+    max_history: u32,
+
+    /// Helm processes at once, across all Packs (one per Pack at a time in any case).
+    #[arg(long, env = "HELM_CONCURRENCY", default_value_t = 4)]
+    helm_concurrency: usize,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     cli.runtime.validate().map_err(anyhow::Error::msg)?;
+    if cli.helm_concurrency == 0 {
+        anyhow::bail!("--helm-concurrency must be at least 1");
+    }
     common::telemetry::init(cli.runtime.log_format, &cli.runtime.log_level)?;
-    let namespace = cli.runtime.namespace.clone();
-    let max_index_size = cli.max_index_size;
+    let settings = Settings {
+        namespace: cli.runtime.namespace.clone(),
+        max_index_bytes: cli.max_index_size,
+        concurrency: cli.runtime.concurrency,
+        helm: HelmConfig {
+            binary: cli.helm_binary,
+            work_dir: cli.work_dir,
+            timeout: cli.helm_timeout,
+            max_history: cli.max_history,
+            concurrency: cli.helm_concurrency,
+        },
+    };
     let mut runtime =
         Runtime::new("pack-controller", env!("CARGO_PKG_VERSION"), cli.runtime).await?;
-    let metrics = pack_controller::reconcile::Metrics {
+    let metrics = Metrics {
         packs: ReconcileMetrics::register(runtime.registry(), "pack"),
         // A sub-registry: the same families registered twice would be duplicates in the exposition.
         repositories: ReconcileMetrics::register(
             runtime.registry().sub_registry_with_prefix("repository"),
             "clusterpackrepository",
         ),
+        helm: HelmMetrics::register(runtime.registry()),
+        states: PackStates::register(runtime.registry()),
     };
     runtime
-        .run(move |leading| {
-            pack_controller::run(leading, namespace.clone(), metrics.clone(), max_index_size)
-        })
+        .run(move |leading| pack_controller::run(leading, settings.clone(), metrics.clone()))
         .await?;
     Ok(())
 }

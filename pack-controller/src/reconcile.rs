@@ -1,44 +1,55 @@
-//! The Pack reconcile loop: resolves each Pack's chart against the cached index of its repository and
-//! reports the outcome on the Pack's status. Installing with Helm comes with issue 5.
+//! The Pack reconcile loop: resolve the chart against the cached index of its repository, then make the
+//! Helm release match (install, upgrade, recover a stuck release, uninstall on deletion), reporting every
+//! decision on the Pack's status and as Events.
 //!
-//! Packs are reconciled again whenever the repository they reference changes (created, deleted, or its
-//! status written after a fetch — the index is inserted into the cache before that write), so a Pack
-//! waiting for its repository heals without polling, and a newly published matching version moves the
-//! resolved version.
+//! Packs are reconciled again when the repository they reference changes (a newly published matching
+//! version upgrades them), when their Helm release's Secrets change (a manual `helm rollback` or
+//! `helm uninstall` is corrected), on spec/annotation changes, and on a periodic resync. A reconcile whose
+//! [`ReleaseDigest`] matches the deployed release runs no Helm process: it costs one metadata list call.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use common::{
     conditions,
-    crd::{
-        ClusterPackRepository, Pack, PackStatus,
-        pack::{PackState, RepositoryKind},
-    },
+    crd::{ClusterPackRepository, Pack, PackStatus, pack::RepositoryKind},
     metrics::ReconcileMetrics,
     runtime::Leading,
 };
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{PartialObjectMeta, Patch, PatchParams},
     runtime::{
-        Controller,
-        controller::Action,
+        Controller, WatchStreamExt,
+        controller::{self, Action},
         events::{Event, EventType, Recorder, Reporter},
+        finalizer::{self, finalizer},
         reflector::{ObjectRef, Store},
         watcher,
     },
 };
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
-    index::IndexCache,
+    chart::{ChartCache, ChartError},
+    helm::{Helm, HelmConfig, HelmError, Upgrade},
+    index::{IndexCache, IndexFetcher},
+    metrics::{HelmMetrics, PackStates},
+    plan::{self, Facts, Plan, REQUESTED_AT, ReleaseDigest},
+    release::{self, DIGEST_LABEL, PACK_LABEL, ReleaseError, ReleaseRecord},
     repository::{self, FIELD_MANAGER, truncate_note},
-    resolve::{self, RepositoryLookup, ResolveError},
+    resolve::{self, RepositoryLookup, Resolution, ResolveError},
+    status,
 };
 
-/// Condition reason of a Pack whose chart version is resolved (the Helm install is not implemented yet).
-pub const RESOLVED: &str = "Resolved";
+/// Finalizer that keeps a Pack until its Helm release is uninstalled.
+pub const FINALIZER: &str = "pack-operator.k8s.kubit.ir/helm-release";
 
 /// How often a Pack is looked at again when nothing it watches changed (a safety net).
 const RESYNC: Duration = Duration::from_secs(600);
@@ -46,19 +57,47 @@ const RESYNC: Duration = Duration::from_secs(600);
 /// How soon a Pack is looked at again while this process has not fetched its (ready) repository yet.
 const WARM_UP: Duration = Duration::from_secs(2);
 
-/// Errors of a Pack reconcile.
+/// Errors of a Pack reconcile that are retried by the error policy (with backoff). Helm failures of an
+/// install/upgrade are not errors here: they are reported on the Pack and retried on its own schedule.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API request failed: {0}")]
     Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Release(#[from] ReleaseError),
+    #[error("helm uninstall failed: {0}")]
+    Uninstall(HelmError),
+    #[error("the Helm operation was cancelled because the controller is stopping")]
+    Cancelled,
+    #[error("{0}")]
+    Finalizer(Box<finalizer::Error<Error>>),
 }
 
 impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Kube(_) => "KubeApi",
+            Error::Release(_) => "ReleaseRecord",
+            Error::Uninstall(_) => "UninstallFailed",
+            Error::Cancelled => "Cancelled",
+            Error::Finalizer(e) => match e.as_ref() {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
+                _ => "Finalizer",
+            },
         }
     }
+}
+
+/// What `run` needs besides the leader's client.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Only Packs of this namespace (all when `None`).
+    pub namespace: Option<String>,
+    /// Largest repository index accepted.
+    pub max_index_bytes: u64,
+    /// Pack reconciles at once (`--concurrency`).
+    pub concurrency: u16,
+    pub helm: HelmConfig,
 }
 
 /// State shared by every reconcile.
@@ -67,10 +106,54 @@ pub struct Context {
     pub cache: IndexCache,
     pub recorder: Recorder,
     pub metrics: ReconcileMetrics,
+    pub helm: Helm,
+    pub charts: ChartCache,
+    pub states: PackStates,
+    pub max_index_bytes: u64,
+    /// Cancelled when this process stops leading: running Helm processes get SIGTERM.
+    pub stop: CancellationToken,
+    /// Consecutive reconcile errors per Pack, for the error policy's backoff.
+    pub errors: Mutex<HashMap<ObjectRef<Pack>, u32>>,
 }
 
 async fn reconcile(pack: Arc<Pack>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.start();
+    let api: Api<Pack> = Api::namespaced(ctx.client.clone(), &namespace(&pack));
+    let key = ObjectRef::from_obj(pack.as_ref());
+    let result = finalizer(&api, FINALIZER, pack, |event| async {
+        match event {
+            finalizer::Event::Apply(pack) => apply(&pack, &ctx).await,
+            finalizer::Event::Cleanup(pack) => cleanup(&pack, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(Error::Cancelled)
+        | finalizer::Error::CleanupFailed(Error::Cancelled) => Error::Cancelled,
+        e => Error::Finalizer(Box::new(e)),
+    });
+    if result.is_ok() {
+        ctx.errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
+    }
+    result
+}
+
+fn namespace(pack: &Pack) -> String {
+    pack.namespace().unwrap_or_default()
+}
+
+fn state_key(pack: &Pack) -> String {
+    format!("{}/{}", namespace(pack), pack.name_any())
+}
+
+async fn apply(pack: &Pack, ctx: &Context) -> Result<Action, Error> {
+    if pack.spec.suspend {
+        debug!("suspended");
+        return Ok(Action::await_change());
+    }
     let repositories: Api<ClusterPackRepository> = Api::all(ctx.client.clone());
     let repo_name = &pack.spec.chart.repository.name;
     let repo = match pack.spec.chart.repository.kind {
@@ -103,10 +186,442 @@ async fn reconcile(pack: Arc<Pack>, ctx: Arc<Context>) -> Result<Action, Error> 
             }
         }
     };
-    let outcome = resolve::resolve(&pack.spec, lookup);
-    let status = next_status(&pack, &outcome);
-    write_status(&ctx, &pack, status).await?;
-    Ok(Action::requeue(RESYNC))
+    let resolution = match resolve::resolve(&pack.spec, lookup) {
+        Ok(r) => r,
+        Err(e) => {
+            let next = status::resolve_failed(pack, &e);
+            write_status(ctx, pack, &next).await?;
+            announce_resolve_failure(ctx, pack, &e).await;
+            return Ok(Action::requeue(RESYNC));
+        }
+    };
+    drop(cached);
+    // The repository exists here (resolution needs its index).
+    let Some(repo) = repo else {
+        return Ok(Action::requeue(WARM_UP));
+    };
+    install_or_upgrade(pack, ctx, &repo, resolution).await
+}
+
+async fn install_or_upgrade(
+    pack: &Pack,
+    ctx: &Context,
+    repo: &ClusterPackRepository,
+    resolution: Resolution,
+) -> Result<Action, Error> {
+    let ns = namespace(pack);
+    let name = pack.name_any();
+    let generation = pack.metadata.generation;
+    let digest = ReleaseDigest::of(
+        &resolution.chart,
+        &resolution.version,
+        resolution.digest.as_deref(),
+        &resolution.values,
+    );
+    let mut next = status::resolved(status::base(pack), &resolution);
+    let record = release::read(&ctx.client, &ns, &name).await?;
+    let requested_at = pack.annotations().get(REQUESTED_AT).map(String::as_str);
+    let facts = Facts {
+        pack: &name,
+        release: record.as_ref(),
+        status: &next,
+        requested_at,
+        since_last_attempt: status::since_last_attempt(&next),
+        rollback_on_failure: pack.spec.rollback_on_failure,
+    };
+    let decision = plan::decide(&digest, facts);
+    debug!(?decision, "plan");
+    let (install, recover) = match decision {
+        Plan::UpToDate => {
+            let revision = record.as_ref().map_or(0, |r| r.revision);
+            next = status::applied(next, &resolution, &digest, revision, &name, generation);
+            write_status(ctx, pack, &next).await?;
+            return Ok(Action::requeue(jitter(RESYNC)));
+        }
+        Plan::NotOwned => {
+            let message = format!(
+                "a Helm release named {name} already exists in namespace {ns} and was not installed by \
+                 this Pack; pack-controller does not take over releases it did not make. Uninstall it \
+                 (helm uninstall {name} -n {ns}), rename the Pack, or adopt the release with \
+                 `kubectl label secret -n {ns} -l owner=helm,name={name} {PACK_LABEL}={name}`"
+            );
+            let was = pack
+                .status
+                .as_ref()
+                .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+                .map(|c| c.reason.clone());
+            next = status::not_owned(next, message.clone(), generation);
+            write_status(ctx, pack, &next).await?;
+            if was.as_deref() != Some(status::RELEASE_NOT_OWNED) {
+                publish(
+                    ctx,
+                    pack,
+                    EventType::Warning,
+                    status::RELEASE_NOT_OWNED,
+                    "Install",
+                    &message,
+                )
+                .await;
+            }
+            return Ok(Action::requeue(jitter(RESYNC)));
+        }
+        Plan::Wait(d) => {
+            write_status(ctx, pack, &next).await?;
+            debug!(wait = ?d, "backing off after a failure");
+            return Ok(Action::requeue(d));
+        }
+        Plan::HeldAfterRollback => {
+            write_status(ctx, pack, &next).await?;
+            return Ok(Action::requeue(jitter(RESYNC)));
+        }
+        Plan::Apply { install, recover } => (install, recover),
+    };
+
+    if recover && let Some(r) = &record {
+        recover_stuck(ctx, pack, &mut next, r).await?;
+    }
+    let operation = if install { "install" } else { "upgrade" };
+    let verb = if install {
+        "Installing"
+    } else {
+        "Upgrading to"
+    };
+    next = status::progressing(
+        next,
+        format!("{verb} chart {} {}", resolution.chart, resolution.version),
+        generation,
+    );
+    write_status(ctx, pack, &next).await?;
+
+    let started = Instant::now();
+    let result = run_helm(ctx, repo, &resolution, &digest, &ns, &name, operation).await;
+    let took = started.elapsed();
+    let action = if install { "Install" } else { "Upgrade" };
+    match result {
+        Ok(outcome) => {
+            let previous = next.applied_version.clone();
+            status::push_history(
+                &mut next,
+                status::attempt(
+                    action,
+                    Some(&resolution.version),
+                    Some(&digest),
+                    Ok(Some(outcome.revision)),
+                    took,
+                ),
+            );
+            next.last_attempted_digest = Some(digest.as_str().to_owned());
+            next.last_handled_reconcile_at = requested_at.map(Into::into);
+            next = status::applied(
+                next,
+                &resolution,
+                &digest,
+                outcome.revision,
+                &name,
+                generation,
+            );
+            write_status(ctx, pack, &next).await?;
+            let note = match (install, previous) {
+                (true, _) => format!(
+                    "Installed chart {} {} as release {name} revision {}",
+                    resolution.chart, resolution.version, outcome.revision
+                ),
+                (false, Some(old)) if old != resolution.version => format!(
+                    "Upgraded chart {} {old} → {} (revision {})",
+                    resolution.chart, resolution.version, outcome.revision
+                ),
+                (false, _) => format!(
+                    "Upgraded chart {} {} with changed values{} (revision {})",
+                    resolution.chart,
+                    resolution.version,
+                    if requested_at.is_some() {
+                        " or on request"
+                    } else {
+                        ""
+                    },
+                    outcome.revision
+                ),
+            };
+            info!(revision = outcome.revision, version = %resolution.version, "{note}");
+            publish(
+                ctx,
+                pack,
+                EventType::Normal,
+                if install { "Installed" } else { "Upgraded" },
+                // Version and revision in the action: the Event recorder folds Events with equal
+                // (reason, action) into one series that keeps the first note.
+                &format!("{action} {} r{}", resolution.version, outcome.revision),
+                &note,
+            )
+            .await;
+            Ok(Action::requeue(jitter(RESYNC)))
+        }
+        Err(ApplyError::Helm(HelmError::Cancelled)) => Err(Error::Cancelled),
+        Err(e) => {
+            let reason = match &e {
+                ApplyError::Helm(HelmError::Failed { .. }) if install => status::INSTALL_FAILED,
+                ApplyError::Helm(HelmError::Failed { .. }) => status::UPGRADE_FAILED,
+                e => e.reason(),
+            };
+            let mut message = format!(
+                "helm {operation} of chart {} {} failed: {e}",
+                resolution.chart, resolution.version
+            );
+            status::push_history(
+                &mut next,
+                status::attempt(
+                    action,
+                    Some(&resolution.version),
+                    Some(&digest),
+                    Err(e.to_string()),
+                    took,
+                ),
+            );
+            next.last_handled_reconcile_at = requested_at.map(Into::into);
+            let mut stalled = false;
+            // Roll back only a failed upgrade of a release that was deployed before it.
+            let rollback_to = record
+                .as_ref()
+                .filter(|r| r.is_deployed() && pack.spec.rollback_on_failure && !install)
+                .map(|r| r.revision);
+            if let (Some(revision), ApplyError::Helm(HelmError::Failed { .. })) = (rollback_to, &e)
+            {
+                let started = Instant::now();
+                match ctx.helm.rollback(&ns, &name, revision, &ctx.stop).await {
+                    Ok(()) => {
+                        message.push_str(&format!(
+                            "; rolled back to revision {revision} (spec.rollbackOnFailure); not retried \
+                             until the spec, the chart version or the requestedAt annotation changes"
+                        ));
+                        stalled = true;
+                        let version = next.applied_version.clone();
+                        status::push_history(
+                            &mut next,
+                            status::attempt(
+                                "Rollback",
+                                version.as_deref(),
+                                None,
+                                Ok(None),
+                                started.elapsed(),
+                            ),
+                        );
+                    }
+                    Err(HelmError::Cancelled) => return Err(Error::Cancelled),
+                    Err(rb) => {
+                        message.push_str(&format!(
+                            "; rollback to revision {revision} failed too: {rb}"
+                        ));
+                        status::push_history(
+                            &mut next,
+                            status::attempt(
+                                "Rollback",
+                                None,
+                                None,
+                                Err(rb.to_string()),
+                                started.elapsed(),
+                            ),
+                        );
+                    }
+                }
+            }
+            let failures = if next.last_attempted_digest.as_deref() == Some(digest.as_str()) {
+                next.failures.unwrap_or(0) + 1
+            } else {
+                1
+            };
+            let retry = plan::backoff(failures);
+            if !stalled {
+                message.push_str(&format!("; retrying in {}s", retry.as_secs()));
+            }
+            warn!(reason, "{message}");
+            next =
+                status::apply_failed(next, &digest, reason, message.clone(), stalled, generation);
+            write_status(ctx, pack, &next).await?;
+            // Repeated failures of one spec fold into one Event series; another spec gets its own.
+            let event_action = format!("{action} {} {}", resolution.version, &digest.label()[..8]);
+            publish(
+                ctx,
+                pack,
+                EventType::Warning,
+                reason,
+                &event_action,
+                &message,
+            )
+            .await;
+            Ok(Action::requeue(if stalled {
+                jitter(RESYNC)
+            } else {
+                retry
+            }))
+        }
+    }
+}
+
+/// Why an install/upgrade could not be done.
+#[derive(Debug, thiserror::Error)]
+enum ApplyError {
+    #[error("{0}")]
+    Helm(HelmError),
+    #[error("{0}")]
+    Chart(#[from] ChartError),
+    #[error("cannot use the ClusterPackRepository's credentials: {0}")]
+    Repository(String, &'static str),
+}
+
+impl ApplyError {
+    fn reason(&self) -> &'static str {
+        match self {
+            ApplyError::Helm(e) => e.reason(),
+            ApplyError::Chart(e) => e.reason(),
+            ApplyError::Repository(_, reason) => reason,
+        }
+    }
+}
+
+async fn run_helm(
+    ctx: &Context,
+    repo: &ClusterPackRepository,
+    resolution: &Resolution,
+    digest: &ReleaseDigest,
+    ns: &str,
+    name: &str,
+    operation: &'static str,
+) -> Result<crate::helm::ReleaseOutcome, ApplyError> {
+    let request = repository::fetch_request(&ctx.client, repo, ctx.max_index_bytes)
+        .await
+        .map_err(|e| ApplyError::Repository(e.to_string(), e.reason()))?;
+    let chart = ctx.charts.archive(&request, resolution).await?;
+    let labels = [(PACK_LABEL, name), (DIGEST_LABEL, digest.label())];
+    let upgrade = Upgrade {
+        namespace: ns,
+        release: name,
+        chart: &chart,
+        values: &resolution.values,
+        labels: &labels,
+    };
+    ctx.helm
+        .upgrade_install(operation, &upgrade, &ctx.stop)
+        .await
+        .map_err(ApplyError::Helm)
+}
+
+/// Marks a release revision left `pending-*` by an interrupted Helm process failed, so Helm accepts the
+/// next operation. Nothing else operates on this release here: the controller runs one reconcile per
+/// Pack at a time, and only the leader runs Helm.
+async fn recover_stuck(
+    ctx: &Context,
+    pack: &Pack,
+    next: &mut PackStatus,
+    record: &ReleaseRecord,
+) -> Result<(), Error> {
+    let ns = namespace(pack);
+    let started = Instant::now();
+    let description = format!(
+        "Release marked failed by pack-controller: it was left {} by an interrupted Helm process",
+        record.status
+    );
+    let result = release::mark_failed(&ctx.client, &ns, record, &description).await;
+    let took = started.elapsed();
+    ctx.helm.record(
+        "recover",
+        if result.is_ok() { "success" } else { "failure" },
+        took,
+    );
+    status::push_history(
+        next,
+        status::attempt(
+            "Recover",
+            None,
+            None,
+            result
+                .as_ref()
+                .map(|()| Some(record.revision))
+                .map_err(ToString::to_string),
+            took,
+        ),
+    );
+    result?;
+    let note = format!(
+        "release {} revision {} was stuck in {} (an interrupted Helm process); marked it failed and \
+         retrying",
+        pack.name_any(),
+        record.revision,
+        record.status
+    );
+    warn!("{note}");
+    publish(
+        ctx,
+        pack,
+        EventType::Warning,
+        "StuckReleaseRecovered",
+        "Recover",
+        &note,
+    )
+    .await;
+    Ok(())
+}
+
+async fn cleanup(pack: &Pack, ctx: &Context) -> Result<Action, Error> {
+    let ns = namespace(pack);
+    let name = pack.name_any();
+    let generation = pack.metadata.generation;
+    let record = release::read(&ctx.client, &ns, &name).await?;
+    match &record {
+        None => {
+            info!("no Helm release to uninstall");
+        }
+        Some(r) if r.pack.as_deref() != Some(name.as_str()) => {
+            let note = format!("release {name} was not installed by this Pack; left in place");
+            publish(
+                ctx,
+                pack,
+                EventType::Normal,
+                "ReleaseKept",
+                "Uninstall",
+                &note,
+            )
+            .await;
+        }
+        Some(r) => {
+            let next = status::removing(status::base(pack), None, generation);
+            write_status(ctx, pack, &next).await?;
+            if r.is_pending() {
+                let mut scratch = next.clone();
+                recover_stuck(ctx, pack, &mut scratch, r).await?;
+            }
+            if let Err(e) = ctx.helm.uninstall(&ns, &name, &ctx.stop).await {
+                if matches!(e, HelmError::Cancelled) {
+                    return Err(Error::Cancelled);
+                }
+                let message = format!("helm uninstall failed: {e}; retrying");
+                let next = status::removing(next, Some(message.clone()), generation);
+                write_status(ctx, pack, &next).await?;
+                publish(
+                    ctx,
+                    pack,
+                    EventType::Warning,
+                    status::UNINSTALL_FAILED,
+                    "Uninstall",
+                    &message,
+                )
+                .await;
+                return Err(Error::Uninstall(e));
+            }
+            let note = format!("Uninstalled release {name}");
+            info!("{note}");
+            publish(
+                ctx,
+                pack,
+                EventType::Normal,
+                "Uninstalled",
+                "Uninstall",
+                &note,
+            )
+            .await;
+        }
+    }
+    ctx.states.set(&state_key(pack), None);
+    Ok(Action::await_change())
 }
 
 fn repository_reports_ready(repo: &ClusterPackRepository) -> bool {
@@ -116,73 +631,13 @@ fn repository_reports_ready(repo: &ClusterPackRepository) -> bool {
         .is_some_and(|c| c.status == "True")
 }
 
-/// The Pack's status for a resolution outcome, built on its current status.
-pub fn next_status(pack: &Pack, outcome: &Result<resolve::Resolution, ResolveError>) -> PackStatus {
-    let generation = pack.metadata.generation;
-    let mut status = pack.status.clone().unwrap_or_default();
-    status.observed_generation = generation;
-    match outcome {
-        Ok(r) => {
-            status.version = Some(r.version.clone());
-            status.chart_digest = r.digest.clone();
-            // Nothing is applied yet: no summary state until the Helm part sets Applied/ApplyFailed.
-            if status.state == Some(PackState::Invalid) {
-                status.state = None;
-            }
-            let message = format!(
-                "resolved chart {} {} from ClusterPackRepository {} (constraint `{}`); \
-                 installing it with Helm is not implemented yet",
-                r.chart,
-                r.version,
-                pack.spec.chart.repository.name,
-                pack.spec.chart.version.as_deref().unwrap_or(""),
-            );
-            conditions::set(
-                &mut status.conditions,
-                conditions::new(conditions::READY, false, RESOLVED, message, generation),
-            );
-            conditions::remove(&mut status.conditions, conditions::STALLED);
-        }
-        Err(e) => {
-            // Keep the last resolved version: it is still what a (future) release runs.
-            let message = e.to_string();
-            conditions::set(
-                &mut status.conditions,
-                conditions::new(
-                    conditions::READY,
-                    false,
-                    e.reason(),
-                    message.clone(),
-                    generation,
-                ),
-            );
-            if e.is_invalid_spec() {
-                status.state = Some(PackState::Invalid);
-                conditions::set(
-                    &mut status.conditions,
-                    conditions::new(conditions::STALLED, true, e.reason(), message, generation),
-                );
-            } else {
-                if status.state == Some(PackState::Invalid) {
-                    status.state = None;
-                }
-                conditions::remove(&mut status.conditions, conditions::STALLED);
-            }
-        }
-    }
-    status
-}
-
-/// Writes the status (server-side apply on the status subresource) unless nothing changed, and emits an
-/// Event when the Ready reason (or the resolved version) changes.
-async fn write_status(ctx: &Context, pack: &Pack, status: PackStatus) -> Result<(), Error> {
-    let old = pack.status.clone().unwrap_or_default();
-    if old == status {
+/// Writes the status (server-side apply on the status subresource) unless nothing changed.
+async fn write_status(ctx: &Context, pack: &Pack, status: &PackStatus) -> Result<(), Error> {
+    ctx.states.set(&state_key(pack), Some(status.state));
+    if pack.status.as_ref() == Some(status) {
         return Ok(());
     }
-    let old_ready = conditions::find(&old.conditions, conditions::READY).cloned();
-    let new_ready = conditions::find(&status.conditions, conditions::READY).cloned();
-    let api: Api<Pack> = Api::namespaced(ctx.client.clone(), &pack.namespace().unwrap_or_default());
+    let api: Api<Pack> = Api::namespaced(ctx.client.clone(), &namespace(pack));
     let patch = serde_json::json!({
         "apiVersion": Pack::api_version(&()),
         "kind": Pack::kind(&()),
@@ -194,35 +649,68 @@ async fn write_status(ctx: &Context, pack: &Pack, status: PackStatus) -> Result<
         &Patch::Apply(&patch),
     )
     .await?;
-    let Some(new) = new_ready else {
-        return Ok(());
-    };
-    let reason_changed = old_ready.as_ref().map(|c| &c.reason) != Some(&new.reason);
-    let version_changed = new.reason == RESOLVED && old.version != status.version;
-    if reason_changed || version_changed {
-        info!(reason = %new.reason, message = %new.message, "pack status changed");
-        let event = Event {
-            type_: if new.reason == RESOLVED {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            },
-            reason: new.reason.clone(),
-            note: Some(truncate_note(&new.message)),
-            action: "Resolve".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &pack.object_ref(&())).await {
-            warn!(error = %e, "cannot publish Event");
-        }
-    }
     Ok(())
 }
 
-fn error_policy(_pack: Arc<Pack>, error: &Error, ctx: Arc<Context>) -> Action {
-    warn!(%error, "reconcile failed");
+/// A Warning Event when the reason a Pack cannot be resolved changes.
+async fn announce_resolve_failure(ctx: &Context, pack: &Pack, e: &ResolveError) {
+    let old = pack
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+        .map(|c| c.reason.as_str());
+    if old != Some(e.reason()) {
+        info!(reason = e.reason(), "{e}");
+        publish(
+            ctx,
+            pack,
+            EventType::Warning,
+            e.reason(),
+            "Resolve",
+            &e.to_string(),
+        )
+        .await;
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    pack: &Pack,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate_note(note)),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &pack.object_ref(&())).await {
+        warn!(error = %e, "cannot publish Event");
+    }
+}
+
+/// `d` ± 10 %, so Packs created together do not resync together.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::random_range(0.9..1.1))
+}
+
+fn error_policy(pack: Arc<Pack>, error: &Error, ctx: Arc<Context>) -> Action {
+    if matches!(error, Error::Cancelled) {
+        return Action::await_change();
+    }
     ctx.metrics.failure(error.reason());
-    Action::requeue(Duration::from_secs(30))
+    let mut errors = ctx.errors.lock().unwrap_or_else(PoisonError::into_inner);
+    let n = errors
+        .entry(ObjectRef::from_obj(pack.as_ref()))
+        .or_insert(0);
+    *n = n.saturating_add(1);
+    let delay = jitter(plan::backoff(*n));
+    warn!(%error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }
 
 /// The Packs of `store` that reference repository `name`.
@@ -238,26 +726,33 @@ fn packs_of(store: &Store<Pack>, name: &str) -> Vec<ObjectRef<Pack>> {
         .collect()
 }
 
-/// Metrics of the two loops.
+/// Metrics of the two loops and of Helm.
 #[derive(Clone)]
 pub struct Metrics {
     pub packs: ReconcileMetrics,
     pub repositories: ReconcileMetrics,
+    pub helm: HelmMetrics,
+    pub states: PackStates,
 }
 
-/// Runs the Pack controller and the ClusterPackRepository controller until `leading.stop` is cancelled.
-/// `namespace` scopes the Packs; repositories are cluster-scoped and always all watched.
 /// Runs the Pack and ClusterPackRepository controllers until `leading.stop` is cancelled.
-pub async fn run(
-    leading: Leading,
-    namespace: Option<String>,
-    metrics: Metrics,
-    max_index_bytes: u64,
-) {
+/// `settings.namespace` scopes the Packs; repositories are cluster-scoped and always all watched.
+pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
     let client = leading.client.clone();
-    let packs: Api<Pack> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+    let helm = match Helm::new(settings.helm.clone(), metrics.helm.clone()) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, dir = %settings.helm.work_dir.display(), "cannot create the work directory; is it writable?");
+            leading.stop.cancelled().await;
+            return;
+        }
+    };
+    let (packs, secrets): (Api<Pack>, Api<PartialObjectMeta<Secret>>) = match &settings.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| "pack-controller".into());
     let recorder = Recorder::new(
@@ -269,20 +764,42 @@ pub async fn run(
     );
     let cache = IndexCache::new();
 
-    let controller = Controller::new(packs, watcher::Config::default().any_semantic());
+    let controller = Controller::new(packs, watcher::Config::default().any_semantic())
+        .with_config(controller::Config::default().concurrency(settings.concurrency));
     let store = controller.store();
     common::runtime::report_sync_when_ready(store.clone(), leading.health.clone());
     let mapper_store = store.clone();
-    let controller = controller.watches(
-        Api::<ClusterPackRepository>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-        move |repo: ClusterPackRepository| packs_of(&mapper_store, &repo.name_any()),
-    );
+    // Helm's release Secrets, metadata only: a release changed outside (manual rollback, uninstall, a
+    // finished operation) wakes the Pack of the same name.
+    let releases = watcher(
+        secrets,
+        watcher::Config::default()
+            .labels(release::OWNER_SELECTOR)
+            .any_semantic(),
+    )
+    .default_backoff()
+    .touched_objects();
+    let controller = controller
+        .watches(
+            Api::<ClusterPackRepository>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+            move |repo: ClusterPackRepository| packs_of(&mapper_store, &repo.name_any()),
+        )
+        .watches_stream(releases, |secret| {
+            let name = secret.labels().get("name")?.clone();
+            Some(ObjectRef::<Pack>::new(&name).within(&secret.namespace()?))
+        });
     let ctx = Arc::new(Context {
         client: client.clone(),
         cache: cache.clone(),
         recorder: recorder.clone(),
         metrics: metrics.packs,
+        charts: ChartCache::new(IndexFetcher::new(), settings.helm.work_dir.join("charts")),
+        helm,
+        states: metrics.states,
+        max_index_bytes: settings.max_index_bytes,
+        stop: leading.stop.clone(),
+        errors: Mutex::default(),
     });
     let packs = controller
         .graceful_shutdown_on(leading.stop.clone().cancelled_owned())
@@ -308,86 +825,8 @@ pub async fn run(
         cache,
         recorder,
         metrics.repositories,
-        max_index_bytes,
+        settings.max_index_bytes,
         leading.stop.clone(),
     );
     futures::future::join(packs, repositories).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::resolve::Resolution;
-    use common::crd::PackSpec;
-    use serde_json::json;
-
-    fn pack() -> Pack {
-        let spec: PackSpec = serde_json::from_value(json!({
-            "chart": {
-                "repository": {"kind": "ClusterPackRepository", "name": "packs"},
-                "name": "genpack",
-                "version": "~=0.1",
-            }
-        }))
-        .unwrap();
-        let mut pack = Pack::new("p", spec);
-        pack.metadata.generation = Some(3);
-        pack
-    }
-
-    fn resolved(version: &str) -> Result<Resolution, ResolveError> {
-        Ok(Resolution {
-            chart: "genpack".into(),
-            version: version.into(),
-            digest: Some("ab".into()),
-            urls: vec![],
-            values: json!({}),
-        })
-    }
-
-    #[test]
-    fn resolved_is_not_ready_until_helm_applies_it() {
-        let status = next_status(&pack(), &resolved("0.2.0"));
-        assert_eq!(status.version.as_deref(), Some("0.2.0"));
-        assert_eq!(status.chart_digest.as_deref(), Some("ab"));
-        assert_eq!(status.observed_generation, Some(3));
-        let ready = conditions::find(&status.conditions, conditions::READY).unwrap();
-        assert_eq!(
-            (ready.status.as_str(), ready.reason.as_str()),
-            ("False", RESOLVED)
-        );
-        assert!(ready.message.contains("genpack 0.2.0"), "{}", ready.message);
-        assert!(conditions::find(&status.conditions, conditions::STALLED).is_none());
-    }
-
-    #[test]
-    fn invalid_spec_stalls_and_recovers() {
-        let mut p = pack();
-        let err = Err(ResolveError::InvalidVersionConstraint(
-            crate::versions::VersionConstraint::parse("~=1").unwrap_err(),
-        ));
-        let status = next_status(&p, &err);
-        assert_eq!(status.state, Some(PackState::Invalid));
-        let stalled = conditions::find(&status.conditions, conditions::STALLED).unwrap();
-        assert_eq!(stalled.reason, "InvalidVersionConstraint");
-
-        p.status = Some(status);
-        let status = next_status(&p, &resolved("0.1.0"));
-        assert_eq!(status.state, None);
-        assert!(conditions::find(&status.conditions, conditions::STALLED).is_none());
-    }
-
-    #[test]
-    fn a_repository_problem_keeps_the_last_resolved_version() {
-        let mut p = pack();
-        p.status = Some(next_status(&p, &resolved("0.2.0")));
-        let err = Err(ResolveError::RepositoryNotFound {
-            repository: "packs".into(),
-        });
-        let status = next_status(&p, &err);
-        assert_eq!(status.version.as_deref(), Some("0.2.0"));
-        let ready = conditions::find(&status.conditions, conditions::READY).unwrap();
-        assert_eq!(ready.reason, "RepositoryNotFound");
-        assert_eq!(status.state, None);
-    }
 }

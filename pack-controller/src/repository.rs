@@ -58,7 +58,7 @@ impl Error {
 
 /// Why the fetch could not even be attempted (the spec or its Secrets are wrong).
 #[derive(Debug, thiserror::Error)]
-enum SetupError {
+pub(crate) enum SetupError {
     #[error("spec.interval: {0}")]
     Interval(String),
     #[error("Secret {namespace}/{name} ({field}) does not exist")]
@@ -85,7 +85,7 @@ enum SetupError {
 }
 
 impl SetupError {
-    fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             SetupError::Interval(_) => "InvalidInterval",
             SetupError::SecretMissing { .. } | SetupError::SecretKeyMissing { .. } => {
@@ -249,7 +249,7 @@ fn parse_interval(interval: Option<&str>) -> Result<Duration, SetupError> {
     Ok(d)
 }
 
-async fn fetch_request(
+pub(crate) async fn fetch_request(
     client: &Client,
     repo: &ClusterPackRepository,
     max_index_bytes: u64,

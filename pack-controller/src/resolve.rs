@@ -224,6 +224,8 @@ entries:
             },
             vars: BTreeMap::new(),
             values: None,
+            rollback_on_failure: false,
+            suspend: false,
         }
     }
 

@@ -479,6 +479,10 @@ impl Drop for TestNamespace {
             {
                 rt.block_on(async move {
                     if let Ok(client) = client_from(&kubeconfig).await {
+                        // The test's controllers are gone: finalizers they would have removed must
+                        // not keep the namespace Terminating forever.
+                        release_finalizers::<common::crd::Pack>(&client, &name).await;
+                        release_finalizers::<common::crd::SecretReflector>(&client, &name).await;
                         let _ = Api::<Namespace>::all(client)
                             .delete(&name, &DeleteParams::background())
                             .await;
@@ -488,5 +492,37 @@ impl Drop for TestNamespace {
         })
         .join()
         .ok();
+    }
+}
+
+/// Removes the finalizers of every `K` in `namespace` (best effort).
+async fn release_finalizers<K>(client: &Client, namespace: &str)
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let Ok(list) = api.list_metadata(&Default::default()).await else {
+        return;
+    };
+    for item in list.items {
+        if item
+            .metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| !f.is_empty())
+            && let Some(name) = item.metadata.name
+        {
+            let patch = serde_json::json!({"metadata": {"finalizers": null}});
+            let _ = api
+                .patch(
+                    &name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await;
+        }
     }
 }

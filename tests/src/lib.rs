@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod controller;
+pub mod packs;
 pub mod tools;
 pub mod wait;
 

@@ -1,160 +1,21 @@
 //! pack-controller resolves Packs against a real Helm repository: charts packaged with the real helm CLI,
 //! indexed with `helm repo index`, and served over HTTP on loopback by the test.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::atomic::Ordering, time::Duration};
 
-use axum::{
-    Router,
-    extract::State,
-    http::{StatusCode, Uri},
-    response::IntoResponse,
-};
 use common::crd::{ClusterPackRepository, Pack};
 use e2e::{
-    TestEnv,
-    controller::ControllerProcess,
-    test_env,
-    tools::{tool, workspace_root},
-    wait,
+    packs::{ChartServer, RepositoriesGuard, create_repository, publish, start_pack_controller},
+    test_env, wait,
 };
 use kube::{
     Api, Client,
-    api::{DeleteParams, ListParams, PostParams},
+    api::{ListParams, PostParams},
 };
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const EVERY: Duration = Duration::from_millis(250);
-
-/// A directory served over HTTP; `broken` makes every request answer 404.
-struct ChartServer {
-    dir: PathBuf,
-    url: String,
-    broken: Arc<AtomicBool>,
-}
-
-#[derive(Clone)]
-struct Served {
-    dir: PathBuf,
-    broken: Arc<AtomicBool>,
-}
-
-async fn serve_file(State(s): State<Served>, uri: Uri) -> impl IntoResponse {
-    let name = uri.path().trim_start_matches('/');
-    if s.broken.load(Ordering::SeqCst) || name.is_empty() || name.contains("..") {
-        return (StatusCode::NOT_FOUND, Vec::new());
-    }
-    match tokio::fs::read(s.dir.join(name)).await {
-        Ok(bytes) => (StatusCode::OK, bytes),
-        Err(_) => (StatusCode::NOT_FOUND, Vec::new()),
-    }
-}
-
-impl ChartServer {
-    /// A fresh repository for test namespace `ns`, with `versions` of genpack packaged and indexed by the
-    /// real helm CLI, served on loopback. Its directory is removed when the server is dropped.
-    async fn with_versions(ns: &str, versions: &[&str]) -> Self {
-        let root = std::env::temp_dir().join(format!("pack-operator-e2e-{ns}"));
-        let _ = std::fs::remove_dir_all(&root);
-        let dir = root.join("repo");
-        std::fs::create_dir_all(&dir).unwrap();
-        for v in versions {
-            publish(&dir, v);
-        }
-        Self::start(dir).await
-    }
-
-    async fn start(dir: PathBuf) -> Self {
-        let broken = Arc::new(AtomicBool::new(false));
-        let app = Router::new().fallback(serve_file).with_state(Served {
-            dir: dir.clone(),
-            broken: broken.clone(),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        ChartServer { dir, url, broken }
-    }
-}
-
-impl Drop for ChartServer {
-    fn drop(&mut self) {
-        if let Some(root) = self.dir.parent() {
-            let _ = std::fs::remove_dir_all(root);
-        }
-    }
-}
-
-fn helm(args: &[&str], home: &Path) {
-    let out = std::process::Command::new(tool("helm").expect("helm"))
-        .args(args)
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .output()
-        .expect("run helm");
-    assert!(
-        out.status.success(),
-        "helm {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Packages genpack at `version` into `dir` and re-indexes `dir`.
-fn publish(dir: &Path, version: &str) {
-    let chart = workspace_root().join("tests/charts/genpack");
-    let d = dir.to_str().unwrap();
-    helm(
-        &[
-            "package",
-            chart.to_str().unwrap(),
-            "--version",
-            version,
-            "--destination",
-            d,
-        ],
-        dir.parent().unwrap(),
-    );
-    helm(&["repo", "index", d], dir.parent().unwrap());
-}
-
-fn start_controller(env: &TestEnv, ns: &str) -> ControllerProcess {
-    let args = [
-        format!("--namespace={ns}"),
-        format!("--lease-namespace={ns}"),
-        "--lease-name=pack".to_owned(),
-        "--lease-duration=3s".to_owned(),
-        "--renew-deadline=2s".to_owned(),
-        "--retry-period=500ms".to_owned(),
-        "--log-level=info,pack_controller=debug".to_owned(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ControllerProcess::start(env, "pack-controller", "pack-0", &args)
-        .expect("start pack-controller")
-}
-
-async fn create_repository(client: &Client, name: &str, url: &str) {
-    let repo: ClusterPackRepository = serde_json::from_value(json!({
-        "apiVersion": "k8s.kubit.ir/v1alpha1",
-        "kind": "ClusterPackRepository",
-        "metadata": { "name": name },
-        "spec": { "url": url, "interval": "2s" },
-    }))
-    .unwrap();
-    Api::<ClusterPackRepository>::all(client.clone())
-        .create(&PostParams::default(), &repo)
-        .await
-        .unwrap();
-}
 
 async fn create_pack(
     client: &Client,
@@ -214,32 +75,6 @@ async fn wait_pack(api: &Api<Pack>, name: &str, reason: &str, version: Option<&s
     .await
 }
 
-/// Deletes the cluster-scoped repositories of a test, pass or fail.
-struct RepositoriesGuard {
-    client: Client,
-    names: Vec<String>,
-}
-
-impl Drop for RepositoriesGuard {
-    fn drop(&mut self) {
-        let client = self.client.clone();
-        let names = std::mem::take(&mut self.names);
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let api = Api::<ClusterPackRepository>::all(client);
-                for n in names {
-                    let _ = api.delete(&n, &DeleteParams::default()).await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn resolves_packs_against_a_served_repository() {
     let env = test_env();
@@ -256,7 +91,7 @@ async fn resolves_packs_against_a_served_repository() {
         names: vec![repo.clone(), later.clone()],
     };
     create_repository(&client, &repo, &server.url).await;
-    let controller = start_controller(&env, &ns.name);
+    let controller = start_pack_controller(&env, &ns.name, "pack-0", &[]);
 
     let repos = Api::<ClusterPackRepository>::all(client.clone());
     wait::until(
@@ -288,7 +123,7 @@ async fn resolves_packs_against_a_served_repository() {
     create_pack(&client, &ns.name, "invalid", &repo, "genpack", "~=1").await;
     create_pack(&client, &ns.name, "norepo", &later, "genpack", "~=0.1").await;
 
-    let message = wait_pack(&packs, "compat", "Resolved", Some("0.2.0")).await;
+    let message = wait_pack(&packs, "compat", "Applied", Some("0.2.0")).await;
     assert!(message.contains("genpack 0.2.0"), "{message}");
     let digest = packs
         .get("compat")
@@ -298,8 +133,8 @@ async fn resolves_packs_against_a_served_repository() {
         .unwrap()
         .chart_digest;
     assert_eq!(digest.map(|d| d.len()), Some(64));
-    wait_pack(&packs, "exact", "Resolved", Some("0.1.3")).await;
-    wait_pack(&packs, "caret", "Resolved", Some("1.0.0")).await;
+    wait_pack(&packs, "exact", "Applied", Some("0.1.3")).await;
+    wait_pack(&packs, "caret", "Applied", Some("1.0.0")).await;
     let message = wait_pack(&packs, "impossible", "NoMatchingVersion", None).await;
     assert!(
         message.contains(">=5") && message.contains("1.0.0, 0.2.0, 0.1.3, 0.1.0"),
@@ -340,12 +175,12 @@ async fn resolves_packs_against_a_served_repository() {
 
     // The missing repository appears: the Pack heals without a restart.
     create_repository(&client, &later, &server.url).await;
-    wait_pack(&packs, "norepo", "Resolved", Some("0.2.0")).await;
+    wait_pack(&packs, "norepo", "Applied", Some("0.2.0")).await;
 
     // A new matching version is published: `~=0.1` moves to it after an interval or two.
     publish(&dir, "0.3.0");
-    wait_pack(&packs, "compat", "Resolved", Some("0.3.0")).await;
-    wait_pack(&packs, "caret", "Resolved", Some("1.0.0")).await;
+    wait_pack(&packs, "compat", "Applied", Some("0.3.0")).await;
+    wait_pack(&packs, "caret", "Applied", Some("1.0.0")).await;
 
     // The repository answers 404: Ready=False with the HTTP status, the previous index keeps serving.
     server.broken.store(true, Ordering::SeqCst);
@@ -371,7 +206,7 @@ async fn resolves_packs_against_a_served_repository() {
         EVERY,
         || async {
             match pack_state(&packs, "compat").await {
-                (r, _, Some(v)) if r == "Resolved" && v == "0.3.0" => Ok(()),
+                (r, _, Some(v)) if r == "Applied" && v == "0.3.0" => Ok(()),
                 other => Err(other),
             }
         },
@@ -435,11 +270,11 @@ async fn broken_indexes_are_reported_and_the_previous_index_keeps_serving() {
         names: vec![repo.clone(), unreachable.clone()],
     };
     create_repository(&client, &repo, &server.url).await;
-    let _controller = start_controller(&env, &ns.name);
+    let _controller = start_pack_controller(&env, &ns.name, "pack-0", &[]);
     let repos = Api::<ClusterPackRepository>::all(client.clone());
     let packs = Api::<Pack>::namespaced(client.clone(), &ns.name);
     create_pack(&client, &ns.name, "app", &repo, "genpack", "~=0.1").await;
-    wait_pack(&packs, "app", "Resolved", Some("0.1.0")).await;
+    wait_pack(&packs, "app", "Applied", Some("0.1.0")).await;
     let good_index = std::fs::read(dir.join("index.yaml")).unwrap();
 
     // Invalid YAML: the message says where, and the previous index keeps serving.
@@ -452,7 +287,7 @@ async fn broken_indexes_are_reported_and_the_previous_index_keeps_serving() {
     assert!(msg.contains("line"), "the parse error names a line: {msg}");
     let s = repos.get(&repo).await.unwrap().status.unwrap();
     assert_eq!(s.versions, Some(1), "previous index kept");
-    wait_pack(&packs, "app", "Resolved", Some("0.1.0")).await;
+    wait_pack(&packs, "app", "Applied", Some("0.1.0")).await;
 
     // Larger than the cap (default 50 MiB): refused without being read whole.
     let mut huge = good_index.clone();
@@ -464,7 +299,7 @@ async fn broken_indexes_are_reported_and_the_previous_index_keeps_serving() {
         msg.contains("MiB") || msg.contains("bytes"),
         "names the limit: {msg}"
     );
-    wait_pack(&packs, "app", "Resolved", Some("0.1.0")).await;
+    wait_pack(&packs, "app", "Applied", Some("0.1.0")).await;
 
     // Fixed: Ready again.
     std::fs::write(dir.join("index.yaml"), &good_index).unwrap();

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.version"}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.state"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Revision","type":"integer","priority":1,"jsonPath":".status.revision"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -40,6 +41,22 @@ pub struct PackSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_schema")]
     pub values: Option<serde_json::Value>,
+
+    /// When an upgrade fails, roll the release back to its last deployed revision and stop retrying that
+    /// spec until it changes (or a newer chart version, or a `reconcile.k8s.kubit.ir/requestedAt`
+    /// annotation, comes). Default `false`: the failed release stays and the upgrade is retried with
+    /// exponential backoff.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub rollback_on_failure: bool,
+
+    /// Stop reconciling: no install, upgrade or auto-upgrade until set back to `false`. Deleting a
+    /// suspended Pack still uninstalls its release.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub suspend: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Chart name, repository and version constraint.
@@ -103,6 +120,56 @@ pub struct PackStatus {
     /// SHA-256 (lowercase hex) of the resolved chart archive, as the repository index gives it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chart_digest: Option<String>,
+    /// The chart version of the release as last applied successfully.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_version: Option<String>,
+    /// The Helm release revision last installed or upgraded by this Pack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// Digest of (chart, version, chart digest, final values) last applied successfully. A reconcile whose
+    /// digest equals it, with the release `deployed`, runs no Helm command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_digest: Option<String>,
+    /// Digest of the last attempt, successful or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempted_digest: Option<String>,
+    /// Consecutive failed attempts of `lastAttemptedDigest`; reset when the spec or the resolved chart
+    /// changes. Drives the retry backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u32>,
+    /// The last `reconcile.k8s.kubit.ir/requestedAt` annotation value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
+    /// The last few Helm operations, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<PackAttempt>,
+}
+
+/// One Helm operation of a Pack, as kept in `status.history`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PackAttempt {
+    /// `Install`, `Upgrade`, `Rollback`, `Uninstall` or `Recover` (a stuck pending release marked failed).
+    pub action: String,
+    /// Chart version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The release digest (see `lastAppliedDigest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// `Succeeded` or `Failed`.
+    pub result: String,
+    /// The release revision the operation produced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// When the operation finished (RFC 3339).
+    pub time: String,
+    /// How long it took, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+    /// Helm's error for a failure (trimmed; never the values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 pub(crate) fn free_form_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -1,0 +1,249 @@
+//! Chart archives: downloaded from the URL the repository index gives, checked against the index's
+//! SHA-256 digest, and kept on local disk by digest, so Helm always installs a local, verified file and
+//! a chart version is downloaded once per process (the cache is an `emptyDir`).
+
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use sha2::{Digest as _, Sha256};
+use tracing::{debug, info};
+
+use crate::{
+    index::{FetchRequest, IndexError, IndexFetcher, redact_url_text},
+    plan::hex,
+    resolve::Resolution,
+};
+
+/// Largest chart archive accepted.
+pub const MAX_CHART_BYTES: u64 = 20 * 1024 * 1024;
+/// Archives kept on disk; the least recently written go first.
+const MAX_CACHED: usize = 256;
+
+/// Why a chart archive could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ChartError {
+    #[error("the repository index lists no download URL for chart {chart} {version}")]
+    NoUrl { chart: String, version: String },
+    #[error("cannot download chart {chart} {version} from {url}: {source}")]
+    Download {
+        chart: String,
+        version: String,
+        url: String,
+        source: IndexError,
+    },
+    #[error(
+        "chart {chart} {version} downloaded from {url} has SHA-256 {actual}, but the repository index \
+         says {expected}; the repository is inconsistent or the download was tampered with"
+    )]
+    DigestMismatch {
+        chart: String,
+        version: String,
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("cannot write the chart cache: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ChartError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ChartError::NoUrl { .. } | ChartError::Download { .. } => "ChartDownloadFailed",
+            ChartError::DigestMismatch { .. } => "ChartDigestMismatch",
+            ChartError::Io(_) => "ChartCacheFailed",
+        }
+    }
+}
+
+/// The on-disk cache of chart archives.
+#[derive(Debug, Clone)]
+pub struct ChartCache {
+    fetcher: IndexFetcher,
+    dir: PathBuf,
+}
+
+impl ChartCache {
+    /// A cache in `dir` (created by [`crate::helm::Helm::new`]).
+    pub fn new(fetcher: IndexFetcher, dir: PathBuf) -> Self {
+        ChartCache { fetcher, dir }
+    }
+
+    /// The local archive of `resolution`, downloaded with `repository`'s credentials and CA if not cached.
+    pub async fn archive(
+        &self,
+        repository: &FetchRequest,
+        resolution: &Resolution,
+    ) -> Result<PathBuf, ChartError> {
+        let expected = resolution.digest.as_deref().map(str::to_ascii_lowercase);
+        if let Some(digest) = &expected {
+            let path = self.dir.join(format!("{digest}.tgz"));
+            if matches!(fs::read(&path), Ok(bytes) if sha256(&bytes) == *digest) {
+                debug!(chart = %resolution.chart, version = %resolution.version, "chart archive cached");
+                return Ok(path);
+            }
+        }
+        if resolution.urls.is_empty() {
+            return Err(ChartError::NoUrl {
+                chart: resolution.chart.clone(),
+                version: resolution.version.clone(),
+            });
+        }
+        let mut req = repository.clone();
+        req.max_bytes = MAX_CHART_BYTES;
+        let mut last_error = None;
+        for url in &resolution.urls {
+            let bytes = match self.fetcher.fetch_archive(&req, url).await {
+                Ok(b) => b,
+                Err(source) => {
+                    last_error = Some(ChartError::Download {
+                        chart: resolution.chart.clone(),
+                        version: resolution.version.clone(),
+                        url: redact_url_text(url),
+                        source,
+                    });
+                    continue;
+                }
+            };
+            let actual = sha256(&bytes);
+            if let Some(expected) = &expected
+                && *expected != actual
+            {
+                last_error = Some(ChartError::DigestMismatch {
+                    chart: resolution.chart.clone(),
+                    version: resolution.version.clone(),
+                    url: redact_url_text(url),
+                    expected: expected.clone(),
+                    actual,
+                });
+                continue;
+            }
+            let path = self.dir.join(format!("{actual}.tgz"));
+            write_atomically(&path, &bytes)?;
+            info!(chart = %resolution.chart, version = %resolution.version, bytes = bytes.len(), "downloaded chart archive");
+            self.prune();
+            return Ok(path);
+        }
+        Err(last_error.unwrap_or_else(|| ChartError::NoUrl {
+            chart: resolution.chart.clone(),
+            version: resolution.version.clone(),
+        }))
+    }
+
+    /// Keeps at most [`MAX_CACHED`] archives.
+    fn prune(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "tgz"))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        if files.len() <= MAX_CACHED {
+            return;
+        }
+        files.sort();
+        for (_, path) in &files[..files.len() - MAX_CACHED] {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Writes `bytes` to a temporary file beside `path` and renames it, so Helm never reads half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{:08x}", rand::random::<u32>()));
+    let mut file = fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    async fn serve(body: &'static [u8], hits: Arc<AtomicUsize>) -> String {
+        let app = axum::Router::new().route(
+            "/{*path}",
+            axum::routing::get(move || {
+                hits.fetch_add(1, Ordering::SeqCst);
+                async move { body }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn resolution(url: &str, digest: Option<String>) -> Resolution {
+        Resolution {
+            chart: "genpack".into(),
+            version: "0.1.0".into(),
+            digest,
+            urls: vec![format!("{url}/charts/genpack-0.1.0.tgz")],
+            values: serde_json::json!({}),
+        }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("pack-chart-test-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn downloads_once_and_verifies_the_digest() {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let url = serve(b"chart bytes", hits.clone()).await;
+        let dir = temp_dir("ok");
+        let cache = ChartCache::new(IndexFetcher::new(), dir.clone());
+        let repo = FetchRequest::new(url.clone());
+        let r = resolution(&url, Some(sha256(b"chart bytes")));
+        let path = cache.archive(&repo, &r).await.unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"chart bytes");
+        let again = cache.archive(&repo, &r).await.unwrap();
+        assert_eq!(path, again);
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            1,
+            "the second call is served from disk"
+        );
+
+        let bad = resolution(&url, Some("00".repeat(32)));
+        let err = cache.archive(&repo, &bad).await.unwrap_err();
+        assert_eq!(err.reason(), "ChartDigestMismatch", "{err}");
+        assert!(!dir.join(format!("{}.tgz", "00".repeat(32))).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn unreachable_archive_names_the_url() {
+        let dir = temp_dir("down");
+        let cache = ChartCache::new(IndexFetcher::new(), dir.clone());
+        let r = resolution("http://127.0.0.1:9", None);
+        let err = cache
+            .archive(&FetchRequest::new("http://127.0.0.1:9"), &r)
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "ChartDownloadFailed");
+        assert!(err.to_string().contains("genpack-0.1.0.tgz"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,501 @@
+//! The Helm CLI driver: runs the real `helm` binary for install/upgrade, rollback and uninstall.
+//!
+//! - Values go in a file of mode 0600 in a 0700 directory, deleted when the operation ends; never on the
+//!   command line, in logs, Events or status. Helm's stdout (which echoes the values) is parsed for the
+//!   revision and status only and then dropped.
+//! - Helm's homes (cache, config, data, and the kube discovery cache under `HOME`) live under the work
+//!   directory, so the root filesystem can be read-only.
+//! - At most `concurrency` Helm processes run at once.
+//! - Stopping (SIGTERM to the controller, or losing leadership) sends SIGTERM to running Helm processes,
+//!   which makes Helm end the operation and record it as failed rather than leave it pending; a process
+//!   that has not exited 20 s later is killed. If the controller itself dies, the kernel sends the same
+//!   SIGTERM (`PR_SET_PDEATHSIG`).
+
+#![allow(unsafe_code)] // pre_exec: prctl(PR_SET_PDEATHSIG) and kill(2).
+
+use std::{
+    ffi::OsString,
+    fs,
+    io::Write as _,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::{process::Command, sync::Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::metrics::HelmMetrics;
+
+/// Longest Helm error kept for conditions, Events and history.
+pub const MAX_MESSAGE: usize = 1024;
+/// Strings of the values at least this long are blanked out of Helm's error messages.
+pub const REDACT_MIN_LEN: usize = 8;
+/// How long a Helm process gets to exit after SIGTERM.
+const TERM_GRACE: Duration = Duration::from_secs(20);
+
+/// How to run Helm.
+#[derive(Debug, Clone)]
+pub struct HelmConfig {
+    /// The `helm` binary.
+    pub binary: PathBuf,
+    /// Writable directory for Helm's homes, values files and the chart cache.
+    pub work_dir: PathBuf,
+    /// `--timeout` of every operation (hooks, and waiting when a chart asks for it).
+    pub timeout: Duration,
+    /// `--history-max`: revisions kept per release.
+    pub max_history: u32,
+    /// Helm processes at once.
+    pub concurrency: usize,
+}
+
+/// Why a Helm operation did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum HelmError {
+    /// Helm ran and failed; `message` is its error, trimmed and with values blanked.
+    #[error("{message}")]
+    Failed { message: String },
+    #[error("the Helm operation was cancelled because the controller is stopping")]
+    Cancelled,
+    #[error("cannot run helm ({binary}): {source}")]
+    Spawn {
+        binary: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write the values file: {0}")]
+    ValuesFile(std::io::Error),
+    #[error("helm printed output that is not a release: {0}")]
+    Output(String),
+}
+
+impl HelmError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HelmError::Failed { .. } => "HelmFailed",
+            HelmError::Cancelled => "Cancelled",
+            HelmError::Spawn { .. } => "HelmNotRunnable",
+            HelmError::ValuesFile(_) => "ValuesFile",
+            HelmError::Output(_) => "HelmOutput",
+        }
+    }
+}
+
+/// What `helm upgrade --install -o json` tells about the release it wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseOutcome {
+    pub revision: i64,
+    pub status: String,
+}
+
+/// An install/upgrade.
+#[derive(Debug)]
+pub struct Upgrade<'a> {
+    pub namespace: &'a str,
+    pub release: &'a str,
+    pub chart: &'a Path,
+    /// Final values (after vars).
+    pub values: &'a Value,
+    /// `helm upgrade --labels` (stored on Helm's release Secret).
+    pub labels: &'a [(&'a str, &'a str)],
+}
+
+/// Runs Helm. Cheap to clone.
+#[derive(Clone)]
+pub struct Helm {
+    config: Arc<HelmConfig>,
+    slots: Arc<Semaphore>,
+    metrics: HelmMetrics,
+}
+
+impl std::fmt::Debug for Helm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Helm")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Helm {
+    /// Creates the work directories (mode 0700).
+    pub fn new(config: HelmConfig, metrics: HelmMetrics) -> std::io::Result<Self> {
+        for dir in [
+            "values",
+            "charts",
+            "helm/cache",
+            "helm/config",
+            "helm/data",
+            "home",
+        ] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(config.work_dir.join(dir))?;
+        }
+        Ok(Helm {
+            slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            config: Arc::new(config),
+            metrics,
+        })
+    }
+
+    pub fn config(&self) -> &HelmConfig {
+        &self.config
+    }
+
+    /// `helm upgrade --install`; `operation` (`install` or `upgrade`) labels the metrics.
+    pub async fn upgrade_install(
+        &self,
+        operation: &'static str,
+        req: &Upgrade<'_>,
+        stop: &CancellationToken,
+    ) -> Result<ReleaseOutcome, HelmError> {
+        let values = ValuesFile::write(&self.config.work_dir.join("values"), req.values)?;
+        let labels = req
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let args: Vec<OsString> = vec![
+            "upgrade".into(),
+            req.release.into(),
+            req.chart.into(),
+            "--install".into(),
+            "--namespace".into(),
+            req.namespace.into(),
+            "--values".into(),
+            values.path.clone().into(),
+            "--reset-values".into(),
+            "--history-max".into(),
+            self.config.max_history.to_string().into(),
+            "--timeout".into(),
+            format!("{}s", self.config.timeout.as_secs()).into(),
+            "--labels".into(),
+            labels.into(),
+            "--output".into(),
+            "json".into(),
+        ];
+        let redact = value_strings(req.values);
+        let stdout = self.run(operation, args, &redact, stop).await?;
+        drop(values);
+        parse_release(&stdout)
+    }
+
+    /// `helm rollback <release> <revision>`.
+    pub async fn rollback(
+        &self,
+        namespace: &str,
+        release: &str,
+        revision: i64,
+        stop: &CancellationToken,
+    ) -> Result<(), HelmError> {
+        let args: Vec<OsString> = vec![
+            "rollback".into(),
+            release.into(),
+            revision.to_string().into(),
+            "--namespace".into(),
+            namespace.into(),
+            "--history-max".into(),
+            self.config.max_history.to_string().into(),
+            "--timeout".into(),
+            format!("{}s", self.config.timeout.as_secs()).into(),
+        ];
+        self.run("rollback", args, &[], stop).await.map(drop)
+    }
+
+    /// `helm uninstall --ignore-not-found`: a release already gone is success.
+    pub async fn uninstall(
+        &self,
+        namespace: &str,
+        release: &str,
+        stop: &CancellationToken,
+    ) -> Result<(), HelmError> {
+        let args: Vec<OsString> = vec![
+            "uninstall".into(),
+            release.into(),
+            "--namespace".into(),
+            namespace.into(),
+            "--ignore-not-found".into(),
+            "--timeout".into(),
+            format!("{}s", self.config.timeout.as_secs()).into(),
+        ];
+        self.run("uninstall", args, &[], stop).await.map(drop)
+    }
+
+    /// Records an operation that ran outside Helm (marking a stuck release failed).
+    pub fn record(&self, operation: &str, result: &str, took: Duration) {
+        self.metrics.record(operation, result, took);
+    }
+
+    async fn run(
+        &self,
+        operation: &'static str,
+        args: Vec<OsString>,
+        redact: &[String],
+        stop: &CancellationToken,
+    ) -> Result<Vec<u8>, HelmError> {
+        let _slot = tokio::select! {
+            slot = self.slots.acquire() => slot.map_err(|_| HelmError::Cancelled)?,
+            () = stop.cancelled() => return Err(HelmError::Cancelled),
+        };
+        let started = Instant::now();
+        let result = self.spawn_and_wait(args, redact, stop).await;
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(HelmError::Cancelled) => "cancelled",
+            Err(_) => "failure",
+        };
+        self.metrics.record(operation, outcome, started.elapsed());
+        debug!(operation, outcome, took = ?started.elapsed(), "helm finished");
+        result
+    }
+
+    async fn spawn_and_wait(
+        &self,
+        args: Vec<OsString>,
+        redact: &[String],
+        stop: &CancellationToken,
+    ) -> Result<Vec<u8>, HelmError> {
+        let work = &self.config.work_dir;
+        let mut cmd = Command::new(&self.config.binary);
+        cmd.args(&args)
+            .env("HELM_CACHE_HOME", work.join("helm/cache"))
+            .env("HELM_CONFIG_HOME", work.join("helm/config"))
+            .env("HELM_DATA_HOME", work.join("helm/data"))
+            .env("HOME", work.join("home"))
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // HOME moved: keep a user's default kubeconfig reachable when running outside a cluster.
+        if std::env::var_os("KUBECONFIG").is_none()
+            && let Some(home) = std::env::var_os("HOME")
+        {
+            let default = Path::new(&home).join(".kube/config");
+            if default.exists() {
+                cmd.env("KUBECONFIG", default);
+            }
+        }
+        // SAFETY: only prctl, which is async-signal-safe. Helm gets SIGTERM if this thread dies, and
+        // cancels its operation cleanly.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| HelmError::Spawn {
+            binary: self.config.binary.display().to_string(),
+            source,
+        })?;
+        let pid = child.id();
+        let output = child.wait_with_output();
+        tokio::pin!(output);
+        let output = tokio::select! {
+            out = &mut output => out,
+            () = stop.cancelled() => {
+                if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                    info!(pid, "stopping: sending SIGTERM to helm");
+                    // SAFETY: kill(2) on our own child's pid; it has not been reaped (we still await it).
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                }
+                match tokio::time::timeout(TERM_GRACE, &mut output).await {
+                    Ok(_) => return Err(HelmError::Cancelled),
+                    Err(_) => {
+                        warn!("helm did not exit after SIGTERM; killing it");
+                        // Dropping the future drops the child, which kills it (kill_on_drop).
+                        return Err(HelmError::Cancelled);
+                    }
+                }
+            }
+        };
+        let output = output.map_err(|source| HelmError::Spawn {
+            binary: self.config.binary.display().to_string(),
+            source,
+        })?;
+        if output.status.success() {
+            return Ok(output.stdout);
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let mut message = error_message(&stderr, redact);
+        if message.is_empty() {
+            message = format!("helm exited with {}", output.status);
+        }
+        Err(HelmError::Failed { message })
+    }
+}
+
+/// A values file that only this user can read, removed on drop.
+struct ValuesFile {
+    path: PathBuf,
+}
+
+impl ValuesFile {
+    fn write(dir: &Path, values: &Value) -> Result<Self, HelmError> {
+        let path = dir.join(format!("{:016x}.yaml", rand::random::<u64>()));
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(HelmError::ValuesFile)?;
+        let guard = ValuesFile { path };
+        // JSON is YAML.
+        let bytes = serde_json::to_vec(values).map_err(|e| HelmError::ValuesFile(e.into()))?;
+        file.write_all(&bytes).map_err(HelmError::ValuesFile)?;
+        Ok(guard)
+    }
+}
+
+impl Drop for ValuesFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+#[derive(Deserialize)]
+struct ReleaseJson {
+    version: i64,
+    info: InfoJson,
+}
+
+#[derive(Deserialize)]
+struct InfoJson {
+    status: String,
+}
+
+fn parse_release(stdout: &[u8]) -> Result<ReleaseOutcome, HelmError> {
+    // Helm may print warnings before the JSON document.
+    let start = stdout.iter().position(|b| *b == b'{').unwrap_or(0);
+    let r: ReleaseJson = serde_json::from_slice(&stdout[start..])
+        // Not the error's text: serde quotes the offending value, and the output holds the values.
+        .map_err(|e| {
+            HelmError::Output(format!(
+                "{:?} error at line {} column {} of {} bytes",
+                e.classify(),
+                e.line(),
+                e.column(),
+                stdout.len()
+            ))
+        })?;
+    Ok(ReleaseOutcome {
+        revision: r.version,
+        status: r.info.status,
+    })
+}
+
+/// Every string leaf of `values` long enough to be worth hiding.
+pub fn value_strings(values: &Value) -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::String(s) if s.chars().count() >= REDACT_MIN_LEN => out.push(s.clone()),
+            Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            Value::Object(o) => o.values().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(values, &mut out);
+    // Longest first, so a value containing another is blanked whole.
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.dedup();
+    out
+}
+
+/// Helm's error from its stderr: the text after the last `Error: ` (or all of it), on one line, with
+/// `redact` strings blanked, at most [`MAX_MESSAGE`] bytes.
+pub fn error_message(stderr: &str, redact: &[String]) -> String {
+    let text = match stderr.rfind("Error: ") {
+        Some(i) => &stderr[i + "Error: ".len()..],
+        None => stderr,
+    };
+    let mut message = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for secret in redact {
+        if message.contains(secret.as_str()) {
+            message = message.replace(secret.as_str(), "<value>");
+        }
+    }
+    truncate(message, MAX_MESSAGE)
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, with `…` when cut.
+pub fn truncate(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push('…');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn error_message_keeps_helms_error_on_one_line_without_values() {
+        let stderr = "level=WARN msg=\"something\"\nError: UPGRADE FAILED: template: genpack/templates/x.yaml:3:\n  hunter2hunter2 is not valid\n";
+        let values = json!({"a": {"password": "hunter2hunter2"}, "short": "abc", "n": 1});
+        let m = error_message(stderr, &value_strings(&values));
+        assert_eq!(
+            m,
+            "UPGRADE FAILED: template: genpack/templates/x.yaml:3: <value> is not valid"
+        );
+        assert_eq!(error_message("no prefix", &[]), "no prefix");
+        let long = "x".repeat(5000);
+        let m = error_message(&format!("Error: {long}"), &[]);
+        assert!(m.len() <= MAX_MESSAGE && m.ends_with('…'));
+    }
+
+    #[test]
+    fn value_strings_are_longest_first_and_unique() {
+        let values = json!({"a": ["password1", "password1-longer"], "b": "password1", "c": true});
+        assert_eq!(
+            value_strings(&values),
+            vec!["password1-longer", "password1"]
+        );
+    }
+
+    #[test]
+    fn parse_release_reads_revision_and_status_only() {
+        let out = br#"WARNING: x
+{"name":"t","info":{"status":"deployed","description":"Upgrade complete"},"config":{"s":"v"},"version":3}"#;
+        assert_eq!(
+            parse_release(out).unwrap(),
+            ReleaseOutcome {
+                revision: 3,
+                status: "deployed".into()
+            }
+        );
+        let err = parse_release(b"{\"config\": {\"password\": \"hunter2\"}}").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn values_file_is_private_and_removed() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("pack-values-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = ValuesFile::write(&dir, &json!({"a": 1})).unwrap();
+        let mode = fs::metadata(&file.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(fs::read_to_string(&file.path).unwrap(), r#"{"a":1}"#);
+        let path = file.path.clone();
+        drop(file);
+        assert!(!path.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,192 @@
+//! Fixtures for Pack tests: a Helm repository of the test chart `tests/charts/genpack`, packaged and
+//! indexed by the real helm CLI and served over HTTP on loopback; ClusterPackRepositories removed when a
+//! test ends; pack-controller started with the pinned helm.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, Uri},
+    response::IntoResponse,
+};
+use common::crd::ClusterPackRepository;
+use kube::{
+    Api, Client,
+    api::{DeleteParams, PostParams},
+};
+use serde_json::json;
+
+use crate::{
+    TestEnv,
+    controller::ControllerProcess,
+    tools::{tool, workspace_root},
+};
+
+/// A directory served over HTTP; `broken` makes every request answer 404.
+pub struct ChartServer {
+    pub dir: PathBuf,
+    pub url: String,
+    pub broken: Arc<AtomicBool>,
+}
+
+#[derive(Clone)]
+struct Served {
+    dir: PathBuf,
+    broken: Arc<AtomicBool>,
+}
+
+async fn serve_file(State(s): State<Served>, uri: Uri) -> impl IntoResponse {
+    let name = uri.path().trim_start_matches('/');
+    if s.broken.load(Ordering::SeqCst) || name.is_empty() || name.contains("..") {
+        return (StatusCode::NOT_FOUND, Vec::new());
+    }
+    match tokio::fs::read(s.dir.join(name)).await {
+        Ok(bytes) => (StatusCode::OK, bytes),
+        Err(_) => (StatusCode::NOT_FOUND, Vec::new()),
+    }
+}
+
+impl ChartServer {
+    /// A fresh repository for test namespace `ns`, with `versions` of genpack packaged and indexed by the
+    /// real helm CLI, served on loopback. Its directory is removed when the server is dropped.
+    pub async fn with_versions(ns: &str, versions: &[&str]) -> Self {
+        let root = std::env::temp_dir().join(format!("pack-operator-e2e-{ns}"));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("repo");
+        std::fs::create_dir_all(&dir).unwrap();
+        for v in versions {
+            publish(&dir, v);
+        }
+        Self::start(dir).await
+    }
+
+    pub async fn start(dir: PathBuf) -> Self {
+        let broken = Arc::new(AtomicBool::new(false));
+        let app = Router::new().fallback(serve_file).with_state(Served {
+            dir: dir.clone(),
+            broken: broken.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        ChartServer { dir, url, broken }
+    }
+}
+
+impl Drop for ChartServer {
+    fn drop(&mut self) {
+        if let Some(root) = self.dir.parent() {
+            let _ = std::fs::remove_dir_all(root);
+        }
+    }
+}
+
+/// Runs the pinned helm with its homes under `home`; panics with helm's stderr when it fails.
+pub fn helm(args: &[&str], home: &Path) -> String {
+    let out = std::process::Command::new(tool("helm").expect("helm"))
+        .args(args)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()
+        .expect("run helm");
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Packages genpack at `version` into `dir` and re-indexes `dir`.
+pub fn publish(dir: &Path, version: &str) {
+    let chart = workspace_root().join("tests/charts/genpack");
+    let d = dir.to_str().unwrap();
+    helm(
+        &[
+            "package",
+            chart.to_str().unwrap(),
+            "--version",
+            version,
+            "--destination",
+            d,
+        ],
+        dir.parent().unwrap(),
+    );
+    helm(&["repo", "index", d], dir.parent().unwrap());
+}
+
+/// Starts pack-controller for Packs of namespace `ns` only, with the pinned helm, a work directory of its
+/// own, and `extra` flags.
+pub fn start_pack_controller(
+    env: &TestEnv,
+    ns: &str,
+    identity: &str,
+    extra: &[&str],
+) -> ControllerProcess {
+    let work = std::env::temp_dir().join(format!("pack-operator-e2e-work-{ns}-{identity}"));
+    let mut args = vec![
+        format!("--namespace={ns}"),
+        format!("--lease-namespace={ns}"),
+        "--lease-name=pack".to_owned(),
+        "--lease-duration=3s".to_owned(),
+        "--renew-deadline=2s".to_owned(),
+        "--retry-period=500ms".to_owned(),
+        "--log-level=info,pack_controller=debug".to_owned(),
+        format!("--helm-binary={}", tool("helm").expect("helm").display()),
+        format!("--work-dir={}", work.display()),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ControllerProcess::start(env, "pack-controller", identity, &args)
+        .expect("start pack-controller")
+}
+
+pub async fn create_repository(client: &Client, name: &str, url: &str) {
+    let repo: ClusterPackRepository = serde_json::from_value(json!({
+        "apiVersion": "k8s.kubit.ir/v1alpha1",
+        "kind": "ClusterPackRepository",
+        "metadata": { "name": name },
+        "spec": { "url": url, "interval": "2s" },
+    }))
+    .unwrap();
+    Api::<ClusterPackRepository>::all(client.clone())
+        .create(&PostParams::default(), &repo)
+        .await
+        .unwrap();
+}
+
+/// Deletes the cluster-scoped repositories of a test, pass or fail.
+pub struct RepositoriesGuard {
+    pub client: Client,
+    pub names: Vec<String>,
+}
+
+impl Drop for RepositoriesGuard {
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        let names = std::mem::take(&mut self.names);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let api = Api::<ClusterPackRepository>::all(client);
+                for n in names {
+                    let _ = api.delete(&n, &DeleteParams::default()).await;
+                }
+            });
+        })
+        .join();
+    }
+}

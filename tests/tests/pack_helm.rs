@@ -1,0 +1,707 @@
+//! pack-controller drives the real helm CLI against the real API server: the README's sample Pack
+//! installs, upgrades on values, versions and vars, runs no Helm when nothing changed, uninstalls on
+//! deletion, reports Helm's failures and recovers, rolls back when asked, leaves releases it does not own
+//! alone, and recovers a release left pending by a killed Helm process.
+
+use std::{path::Path, time::Duration};
+
+use common::crd::{Pack, pack::PackState};
+use e2e::{
+    TestEnv,
+    controller::ControllerProcess,
+    packs::{
+        ChartServer, RepositoriesGuard, create_repository, helm, publish, start_pack_controller,
+    },
+    test_env, wait,
+};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Event};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+const EVERY: Duration = Duration::from_millis(250);
+
+/// The README's sample Pack, with the repository name of this test.
+fn sample_pack(repo: &str) -> Value {
+    json!({
+        "apiVersion": "k8s.kubit.ir/v1alpha1",
+        "kind": "Pack",
+        "metadata": {"name": "test"},
+        "spec": {
+            "chart": {
+                "repository": {"kind": "ClusterPackRepository", "name": repo},
+                "name": "genpack",
+                "version": "~=0.1",
+            },
+            "values": sample_values(),
+        },
+    })
+}
+
+fn sample_values() -> Value {
+    json!({
+        "gonbad": {
+            "workloads": {
+                "web": {
+                    "kind": "deployment",
+                    "replicaCount": 1,
+                    "annotations": {
+                        "pack-operator.k8s.kubit.ir/watch-to-redeploy": "configmap/test-cm-1"
+                    },
+                    "containers": {"web": {"image": {"repository": "nginx"}}},
+                },
+                "worker": {
+                    "kind": "deployment",
+                    "replicaCount": 2,
+                    "containers": {"web": {"image": {"repository": "nginx"}}},
+                },
+            }
+        }
+    })
+}
+
+struct Fixture {
+    env: TestEnv,
+    client: Client,
+    ns: e2e::cluster::TestNamespace,
+    server: ChartServer,
+    repo: String,
+    packs: Api<Pack>,
+    _guard: RepositoriesGuard,
+    helm_home: std::path::PathBuf,
+}
+
+async fn fixture(prefix: &str, versions: &[&str]) -> Fixture {
+    let env = test_env();
+    let ns = env.namespace(prefix).await;
+    let client = env.client().await;
+    let server = ChartServer::with_versions(&ns.name, versions).await;
+    let repo = format!("{}-kubit-packs", ns.name);
+    let guard = RepositoriesGuard {
+        client: client.clone(),
+        names: vec![repo.clone()],
+    };
+    create_repository(&client, &repo, &server.url).await;
+    let helm_home = server.dir.parent().unwrap().join("helm-user");
+    Fixture {
+        env,
+        packs: Api::namespaced(client.clone(), &ns.name),
+        client,
+        ns,
+        server,
+        repo,
+        _guard: guard,
+        helm_home,
+    }
+}
+
+impl Fixture {
+    /// Runs helm as a user would, with the test cluster's kubeconfig.
+    fn helm(&self, args: &[&str]) -> String {
+        let kubeconfig = self.env.kubeconfig.to_str().unwrap().to_owned();
+        let mut all = vec![
+            "--kubeconfig",
+            kubeconfig.as_str(),
+            "-n",
+            self.ns.name.as_str(),
+        ];
+        all.extend_from_slice(args);
+        helm(&all, &self.helm_home)
+    }
+
+    fn helm_json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.helm(args)).unwrap()
+    }
+
+    /// `helm history <release>` as JSON (oldest first).
+    fn history(&self, release: &str) -> Vec<Value> {
+        self.helm_json(&["history", release, "-o", "json"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    async fn create(&self, pack: Value) {
+        let pack: Pack = serde_json::from_value(pack).unwrap();
+        self.packs
+            .create(&PostParams::default(), &pack)
+            .await
+            .unwrap();
+    }
+
+    async fn patch_spec(&self, name: &str, spec: Value) {
+        self.packs
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": spec})),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Waits for `state` with Ready reason `reason` (and revision, when given); returns the Pack.
+    async fn wait_state(
+        &self,
+        name: &str,
+        state: PackState,
+        reason: &str,
+        revision: Option<i64>,
+        controller: &ControllerProcess,
+    ) -> Pack {
+        wait::until(
+            &format!("Pack {name}: {state:?} / {reason} / revision {revision:?}"),
+            TIMEOUT,
+            EVERY,
+            || async {
+                let p = self.packs.get(name).await.unwrap();
+                let s = p.status.clone().unwrap_or_default();
+                let ready = s.conditions.iter().find(|c| c.type_ == "Ready");
+                if s.state == Some(state)
+                    && ready.is_some_and(|c| c.reason == reason)
+                    && (revision.is_none() || s.revision == revision)
+                {
+                    Ok(Some(p))
+                } else {
+                    Err(format!(
+                        "state {:?}, ready {:?}, revision {:?}\n--- controller log tail:\n{}",
+                        s.state,
+                        ready.map(|c| (&c.reason, &c.message)),
+                        s.revision,
+                        tail(&controller.logs(), 8)
+                    ))
+                }
+            },
+        )
+        .await
+    }
+
+    async fn deployment(&self, name: &str) -> Option<Deployment> {
+        Api::<Deployment>::namespaced(self.client.clone(), &self.ns.name)
+            .get_opt(name)
+            .await
+            .unwrap()
+    }
+
+    /// Waits for an Event on `object` with `reason`; returns its note.
+    async fn wait_event(&self, object: &str, reason: &str, contains: &str) -> String {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
+        wait::until(
+            &format!("Event {reason} on {object} containing {contains:?}"),
+            TIMEOUT,
+            EVERY,
+            || async {
+                let list = events
+                    .list(&ListParams::default().fields(&format!("involvedObject.name={object}")))
+                    .await
+                    .unwrap();
+                let seen: Vec<_> = list
+                    .items
+                    .iter()
+                    .map(|e| {
+                        (
+                            e.reason.clone().unwrap_or_default(),
+                            e.message.clone().unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                match seen
+                    .iter()
+                    .find(|(r, m)| r == reason && m.contains(contains))
+                {
+                    Some((_, m)) => Ok(Some(m.clone())),
+                    None => Err(seen),
+                }
+            },
+        )
+        .await
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Helm processes the controller ran, any operation and result.
+async fn helm_operations(controller: &ControllerProcess) -> f64 {
+    let (_, body) = controller.get("/metrics").await.unwrap();
+    body.lines()
+        .filter(|l| l.starts_with("pack_operator_helm_operations_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn reconciles(controller: &ControllerProcess) -> f64 {
+    controller
+        .metric("pack_operator_reconciles_total{controller=\"pack\"}")
+        .await
+        .unwrap()
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sample_pack_installs_upgrades_and_uninstalls_with_real_helm() {
+    let f = fixture("pack-helm", &["0.1.0", "0.1.3", "1.0.0"]).await;
+    let controller = start_pack_controller(&f.env, &f.ns.name, "pack-0", &[]);
+    f.create(sample_pack(&f.repo)).await;
+
+    // Installed: ~=0.1 resolves to 0.1.3 (1.0.0 is outside).
+    let p = f
+        .wait_state("test", PackState::Applied, "Applied", Some(1), &controller)
+        .await;
+    let s = p.status.unwrap();
+    assert_eq!(s.version.as_deref(), Some("0.1.3"));
+    assert_eq!(s.applied_version.as_deref(), Some("0.1.3"));
+    assert_eq!(s.last_applied_digest.as_ref().map(String::len), Some(64));
+    assert_eq!(s.history[0].action, "Install");
+    assert_eq!(s.history[0].result, "Succeeded");
+    assert!(
+        p.metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&"pack-operator.k8s.kubit.ir/helm-release".to_owned())
+    );
+
+    // As a user sees it with helm.
+    let list = f.helm_json(&["list", "-o", "json"]);
+    let release = &list.as_array().unwrap()[0];
+    assert_eq!(release["name"], "test");
+    assert_eq!(release["status"], "deployed");
+    assert_eq!(release["chart"], "genpack-0.1.3");
+    assert_eq!(
+        f.helm_json(&["get", "values", "test", "-o", "json"]),
+        sample_values()
+    );
+    let web = f.deployment("test-web").await.expect("Deployment test-web");
+    assert_eq!(
+        web.metadata.annotations.unwrap_or_default()["pack-operator.k8s.kubit.ir/watch-to-redeploy"],
+        "configmap/test-cm-1"
+    );
+    let worker = f
+        .deployment("test-worker")
+        .await
+        .expect("Deployment test-worker");
+    assert_eq!(worker.spec.unwrap().replicas, Some(2));
+    f.wait_event("test", "Installed", "genpack 0.1.3").await;
+    assert_eq!(helm_operations(&controller).await, 1.0);
+
+    // Re-applying the same spec (and any change that does not touch the release) runs no helm.
+    let before = reconciles(&controller).await;
+    let mut same = sample_pack(&f.repo);
+    same["metadata"]["labels"] = json!({"touched": "yes"});
+    f.packs
+        .patch(
+            "test",
+            &PatchParams::apply("e2e-user").force(),
+            &Patch::Apply(&same),
+        )
+        .await
+        .unwrap();
+    wait::until(
+        "a reconcile after the no-op change",
+        TIMEOUT,
+        EVERY,
+        || async {
+            let n = reconciles(&controller).await;
+            if n > before { Ok(Some(())) } else { Err(n) }
+        },
+    )
+    .await;
+    wait::holds(
+        "no helm process for a no-op",
+        Duration::from_secs(3),
+        EVERY,
+        || async {
+            let n = helm_operations(&controller).await;
+            if n == 1.0 { Ok(()) } else { Err(n) }
+        },
+    )
+    .await;
+    assert_eq!(f.history("test").len(), 1);
+
+    // Values change → upgrade, revision 2.
+    let mut values = sample_values();
+    values["gonbad"]["workloads"]["worker"]["replicaCount"] = json!(3);
+    f.patch_spec("test", json!({"values": values})).await;
+    f.wait_state("test", PackState::Applied, "Applied", Some(2), &controller)
+        .await;
+    assert_eq!(
+        f.deployment("test-worker")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .replicas,
+        Some(3)
+    );
+    f.wait_event("test", "Upgraded", "changed values").await;
+
+    // A matching version is published: auto-upgrade, and the Event names old → new.
+    publish(&f.server.dir, "0.1.5");
+    let p = f
+        .wait_state("test", PackState::Applied, "Applied", Some(3), &controller)
+        .await;
+    assert_eq!(p.status.unwrap().applied_version.as_deref(), Some("0.1.5"));
+    f.wait_event("test", "Upgraded", "0.1.3 → 0.1.5").await;
+
+    // vars: substituted with their type; a var change upgrades.
+    values["gonbad"]["workloads"]["web"]["containers"]["web"]["image"]["tag"] =
+        json!("{{ vars.TAG }}");
+    values["gonbad"]["workloads"]["web"]["replicaCount"] = json!("{{ vars.REPLICAS }}");
+    f.patch_spec(
+        "test",
+        json!({"vars": {"TAG": "1.4.2", "REPLICAS": 2}, "values": values}),
+    )
+    .await;
+    f.wait_state("test", PackState::Applied, "Applied", Some(4), &controller)
+        .await;
+    let web = f.deployment("test-web").await.unwrap().spec.unwrap();
+    assert_eq!(web.replicas, Some(2), "a number var stays a number");
+    assert_eq!(
+        web.template.spec.unwrap().containers[0].image.as_deref(),
+        Some("nginx:1.4.2")
+    );
+    f.patch_spec("test", json!({"vars": {"TAG": "1.5.0"}}))
+        .await;
+    f.wait_state("test", PackState::Applied, "Applied", Some(5), &controller)
+        .await;
+    let got = f.helm_json(&["get", "values", "test", "-o", "json"]);
+    assert_eq!(
+        got["gonbad"]["workloads"]["web"]["containers"]["web"]["image"]["tag"],
+        "1.5.0"
+    );
+
+    // requestedAt forces one upgrade with the same digest; history stays capped at 5 revisions.
+    f.packs
+        .patch(
+            "test",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {"reconcile.k8s.kubit.ir/requestedAt": "now-1"}}})),
+        )
+        .await
+        .unwrap();
+    let p = f
+        .wait_state("test", PackState::Applied, "Applied", Some(6), &controller)
+        .await;
+    let s = p.status.unwrap();
+    assert_eq!(s.last_handled_reconcile_at.as_deref(), Some("now-1"));
+    assert!(s.history.len() <= 5 && s.history[0].action == "Upgrade");
+    assert_eq!(f.history("test").len(), 5, "--history-max 5");
+    let ops = helm_operations(&controller).await;
+    assert_eq!(ops, 6.0, "one helm process per change, none for no-ops");
+
+    // Deletion uninstalls, then the Pack goes.
+    f.packs
+        .delete("test", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait::until("Pack test gone", TIMEOUT, EVERY, || async {
+        match f.packs.get_opt("test").await.unwrap() {
+            None => Ok(Some(())),
+            Some(p) => Err(format!(
+                "{:?}\n{}",
+                p.status.map(|s| s.state),
+                tail(&controller.logs(), 8)
+            )),
+        }
+    })
+    .await;
+    assert_eq!(f.helm_json(&["list", "-o", "json"]), json!([]));
+    assert!(
+        f.deployment("test-web")
+            .await
+            .is_none_or(|d| d.metadata.deletion_timestamp.is_some())
+    );
+    let secrets =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(f.client.clone(), &f.ns.name)
+            .list_metadata(&ListParams::default().labels("owner=helm,name=test"))
+            .await
+            .unwrap();
+    assert!(secrets.items.is_empty(), "Helm's release records are gone");
+    f.wait_event("test", "Uninstalled", "test").await;
+    drop(controller);
+}
+
+/// A release the pack-controller did not make, installed as a user would.
+fn install_foreign(f: &Fixture, name: &str) {
+    let chart = e2e::tools::workspace_root().join("tests/charts/genpack");
+    f.helm(&["install", name, chart.to_str().unwrap()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn helm_failures_are_reported_retried_with_backoff_and_recover() {
+    let f = fixture("pack-fail", &["0.1.0"]).await;
+    let controller = start_pack_controller(&f.env, &f.ns.name, "pack-0", &[]);
+    f.create(sample_pack(&f.repo)).await;
+    f.wait_state("test", PackState::Applied, "Applied", Some(1), &controller)
+        .await;
+
+    // Values the API server rejects: helm fails; its error is on the Pack and in a Warning Event.
+    let mut bad = sample_values();
+    bad["gonbad"]["workloads"]["worker"]["replicaCount"] = json!("many");
+    f.patch_spec("test", json!({"values": bad})).await;
+    let p = f
+        .wait_state(
+            "test",
+            PackState::ApplyFailed,
+            "UpgradeFailed",
+            None,
+            &controller,
+        )
+        .await;
+    let s = p.status.unwrap();
+    let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(
+        ready
+            .message
+            .contains("helm upgrade of chart genpack 0.1.0 failed"),
+        "{}",
+        ready.message
+    );
+    assert!(ready.message.contains("retrying in"), "{}", ready.message);
+    assert_eq!(s.failures, Some(1));
+    assert_eq!(s.history[0].result, "Failed");
+    let note = f.wait_event("test", "UpgradeFailed", "helm upgrade").await;
+    assert!(
+        !note.contains("configmap/test-cm-1"),
+        "no values in Events: {note}"
+    );
+    // No hot loop: the next try waits 10 s, the one after 20 s.
+    let ops = helm_operations(&controller).await;
+    wait::holds(
+        "at most one retry within 8 s",
+        Duration::from_secs(8),
+        EVERY,
+        || async {
+            match helm_operations(&controller).await {
+                n if n <= ops + 1.0 => Ok(()),
+                n => Err(n),
+            }
+        },
+    )
+    .await;
+
+    // Fixed: applied again, the failure counter reset.
+    f.patch_spec("test", json!({"values": sample_values()}))
+        .await;
+    let p = f
+        .wait_state("test", PackState::Applied, "Applied", None, &controller)
+        .await;
+    assert_eq!(p.status.unwrap().failures, None);
+
+    // rollbackOnFailure: a failed upgrade is rolled back and not retried until something changes.
+    f.patch_spec("test", json!({"rollbackOnFailure": true, "values": bad}))
+        .await;
+    let p = f
+        .wait_state(
+            "test",
+            PackState::ApplyFailed,
+            "UpgradeFailed",
+            None,
+            &controller,
+        )
+        .await;
+    let s = p.status.unwrap();
+    let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(
+        ready.message.contains("rolled back to revision"),
+        "{}",
+        ready.message
+    );
+    assert!(
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Stalled" && c.status == "True")
+    );
+    assert_eq!(s.history[0].action, "Rollback");
+    let last = f.history("test").last().cloned().unwrap();
+    assert_eq!(last["status"], "deployed", "{last}");
+    let ops = helm_operations(&controller).await;
+    wait::holds(
+        "no retry after a rollback",
+        Duration::from_secs(12),
+        EVERY,
+        || async {
+            let n = helm_operations(&controller).await;
+            if n == ops { Ok(()) } else { Err(n) }
+        },
+    )
+    .await;
+
+    // A release of the same name that no Pack made is never touched, nor uninstalled.
+    install_foreign(&f, "foreign");
+    let mut foreign = sample_pack(&f.repo);
+    foreign["metadata"]["name"] = json!("foreign");
+    f.create(foreign).await;
+    let p = f
+        .wait_state(
+            "foreign",
+            PackState::ApplyFailed,
+            "ReleaseNotOwned",
+            None,
+            &controller,
+        )
+        .await;
+    let s = p.status.unwrap();
+    assert!(
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Stalled" && c.status == "True")
+    );
+    f.wait_event("foreign", "ReleaseNotOwned", "helm uninstall foreign")
+        .await;
+    f.packs
+        .delete("foreign", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait::until("Pack foreign gone", TIMEOUT, EVERY, || async {
+        f.packs
+            .get_opt("foreign")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+            .ok_or(())
+            .map(Some)
+    })
+    .await;
+    let history = f.history("foreign");
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0]["status"], "deployed");
+    drop(controller);
+}
+
+/// The pids of `helm` processes whose parent is `parent`.
+fn helm_children(parent: u32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) =
+            std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat"))
+        else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some((comm, rest)) = stat.split_once(") ") else {
+            continue;
+        };
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if comm.ends_with("(helm") && ppid == Some(parent) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+async fn wait_release_status(f: &Fixture, status: &str) -> Value {
+    wait::until(
+        &format!("release test latest {status}"),
+        TIMEOUT,
+        EVERY,
+        || async {
+            let last = f.history("test").last().cloned().unwrap_or_default();
+            if last["status"] == status {
+                Ok(Some(last))
+            } else {
+                Err(last)
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interrupted_helm_is_cancelled_cleanly_and_stuck_releases_recover() {
+    let f = fixture("pack-stuck", &["0.1.0"]).await;
+    let mut controller =
+        start_pack_controller(&f.env, &f.ns.name, "pack-0", &["--helm-timeout=2m"]);
+    f.create(sample_pack(&f.repo)).await;
+    f.wait_state("test", PackState::Applied, "Applied", Some(1), &controller)
+        .await;
+
+    // An upgrade that hangs on a pre-upgrade hook Job (no Job controller here).
+    let mut hanging = sample_values();
+    hanging["gonbad"]["hooks"] = json!({"preUpgradeJob": true});
+    f.patch_spec("test", json!({"values": hanging})).await;
+    wait_release_status(&f, "pending-upgrade").await;
+
+    // SIGTERM: the controller stops its helm, which records the upgrade failed instead of pending.
+    controller.terminate();
+    let exit = controller.wait_exit(Duration::from_secs(30)).await;
+    assert!(
+        exit.is_some(),
+        "controller exits after SIGTERM\n{}",
+        tail(&controller.logs(), 8)
+    );
+    wait_release_status(&f, "failed").await;
+
+    // A new controller retries, hangs again; its helm is killed -9: the release is left pending.
+    let controller = start_pack_controller(&f.env, &f.ns.name, "pack-1", &["--helm-timeout=2m"]);
+    wait_release_status(&f, "pending-upgrade").await;
+    let pids = wait::until("the controller's helm process", TIMEOUT, EVERY, || async {
+        let pids = helm_children(controller.pid());
+        if pids.is_empty() {
+            Err(pids)
+        } else {
+            Ok(Some(pids))
+        }
+    })
+    .await;
+    for pid in pids {
+        // SAFETY: kill(2) of a helm process started by the controller under test.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    f.wait_state(
+        "test",
+        PackState::ApplyFailed,
+        "UpgradeFailed",
+        None,
+        &controller,
+    )
+    .await;
+    assert_eq!(
+        f.history("test").last().unwrap()["status"],
+        "pending-upgrade"
+    );
+
+    // The hook is dropped (null deletes in a merge patch): the stuck revision is marked failed, and the
+    // upgrade goes through.
+    f.patch_spec("test", json!({"values": {"gonbad": {"hooks": null}}}))
+        .await;
+    let p = f
+        .wait_state("test", PackState::Applied, "Applied", None, &controller)
+        .await;
+    let s = p.status.unwrap();
+    assert!(
+        s.history
+            .iter()
+            .any(|a| a.action == "Recover" && a.result == "Succeeded"),
+        "{:?}",
+        s.history
+    );
+    f.wait_event("test", "StuckReleaseRecovered", "pending-upgrade")
+        .await;
+    let history = f.history("test");
+    let statuses: Vec<&str> = history
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses.last(), Some(&"deployed"), "{statuses:?}");
+    assert!(
+        !statuses.iter().any(|s| s.starts_with("pending")),
+        "{statuses:?}"
+    );
+    drop(controller);
+}
