@@ -5,7 +5,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-hack/tools.sh >/dev/null
+tools=$(hack/tools.sh)
+# pack-controller runs the pinned helm, with its work directory beside the control plane's files.
+export HELM_BINARY="$tools/helm" PACK_WORK_DIR="$root/.cluster/pack-work"
 cargo build --workspace --bins
 target/debug/testcluster up --dir .cluster
 export KUBECONFIG="$root/.cluster/kubeconfig"

@@ -152,11 +152,21 @@ pub fn start_pack_controller(
 }
 
 pub async fn create_repository(client: &Client, name: &str, url: &str) {
+    create_repository_with_interval(client, name, url, "2s").await;
+}
+
+/// Creates ClusterPackRepository `name` for `url`, refreshed every `interval`.
+pub async fn create_repository_with_interval(
+    client: &Client,
+    name: &str,
+    url: &str,
+    interval: &str,
+) {
     let repo: ClusterPackRepository = serde_json::from_value(json!({
         "apiVersion": "k8s.kubit.ir/v1alpha1",
         "kind": "ClusterPackRepository",
         "metadata": { "name": name },
-        "spec": { "url": url, "interval": "2s" },
+        "spec": { "url": url, "interval": interval },
     }))
     .unwrap();
     Api::<ClusterPackRepository>::all(client.clone())
@@ -189,4 +199,13 @@ impl Drop for RepositoriesGuard {
         })
         .join();
     }
+}
+
+/// Helm processes a pack-controller ran (any operation, any result), from its metrics.
+pub async fn helm_operations(controller: &ControllerProcess) -> f64 {
+    let (_, body) = controller.get("/metrics").await.unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with("pack_operator_helm_operations_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -1,0 +1,309 @@
+//! pack-controller benchmark on a real local control plane with the real helm:
+//!
+//! 1. `--packs` Packs of the test chart (one Deployment each) are created at once; reports the wall time
+//!    until every one is `Applied`, and the controller's resident memory (RSS, and its peak) — the Helm
+//!    processes it runs are separate processes and not counted;
+//! 2. steady state for `--steady-seconds`: CPU seconds the controller used, Helm processes run (expected
+//!    0), and reconciles (the repository is refreshed every `--repository-interval`, which wakes every
+//!    Pack referencing it);
+//! 3. the overhead of one Pack install over a bare `helm upgrade --install` of the same chart archive with
+//!    the same values, measured `--repeat` times each (medians) and given as a ratio.
+//!
+//!   cargo run --release -p bench --bin pack-bench -- [--packs 100 --steady-seconds 300]
+
+#![allow(clippy::print_stdout)] // a benchmark prints its figures
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use common::crd::{Pack, pack::PackState};
+use e2e::{
+    cluster::ControlPlane,
+    controller::ControllerProcess,
+    packs::{ChartServer, create_repository_with_interval, helm_operations},
+    tools,
+};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api,
+    api::{ListParams, PostParams},
+};
+use serde_json::json;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 100)]
+    packs: usize,
+    /// Length of the steady-state window.
+    #[arg(long, default_value_t = 300)]
+    steady_seconds: u64,
+    /// spec.interval of the repository (each refresh wakes every Pack that uses it).
+    #[arg(long, default_value = "1m")]
+    repository_interval: String,
+    /// The controller's --helm-concurrency.
+    #[arg(long, default_value_t = 4)]
+    helm_concurrency: usize,
+    /// Installs timed for the overhead ratio (each way).
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+}
+
+fn values(i: usize) -> serde_json::Value {
+    json!({"gonbad": {"workloads": {"app": {
+        "replicaCount": 1,
+        "annotations": {"bench": i.to_string()},
+        "containers": {"app": {"image": {"repository": "nginx", "tag": "1.27"}}},
+    }}}})
+}
+
+fn pack(name: &str, repo: &str, values: serde_json::Value) -> Pack {
+    serde_json::from_value(json!({
+        "apiVersion": "k8s.kubit.ir/v1alpha1", "kind": "Pack",
+        "metadata": {"name": name},
+        "spec": {
+            "chart": {"repository": {"kind": "ClusterPackRepository", "name": repo}, "name": "genpack", "version": "^1"},
+            "values": values,
+        },
+    }))
+    .unwrap()
+}
+
+fn proc_field(pid: u32, name: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds of `pid` (clock ticks of 1/100 s).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After "pid (comm) ": state is field 0, utime 11, stime 12.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+async fn applied(api: &Api<Pack>) -> anyhow::Result<usize> {
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.state) == Some(PackState::Applied))
+        .count())
+}
+
+async fn wait_applied(api: &Api<Pack>, n: usize, timeout: Duration) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        if applied(api).await? >= n {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "only {} of {n} Packs Applied after {timeout:?}",
+                applied(api).await?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = std::env::temp_dir().join(format!("pack-operator-pack-bench-{}", std::process::id()));
+    let plane = ControlPlane::start(&dir).await?;
+    let client = e2e::cluster::client_from(&plane.kubeconfig).await?;
+    for ns in ["bench-packs", "bench-helm", "bench-one"] {
+        let obj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &obj)
+            .await?;
+    }
+    let server = ChartServer::with_versions("pack-bench", &["1.0.0"]).await;
+    create_repository_with_interval(&client, "bench", &server.url, &args.repository_interval).await;
+
+    let binary = tools::workspace_root().join("target/release/pack-controller");
+    if !binary.exists() {
+        bail!(
+            "{} is missing: `cargo build --release -p pack-controller` first (make bench does)",
+            binary.display()
+        );
+    }
+    let helm = tools::tool("helm")?;
+    let work = dir.join("work");
+    let controller_args = [
+        "--lease-namespace=bench-packs".to_owned(),
+        "--log-level=info".to_owned(),
+        format!("--helm-binary={}", helm.display()),
+        format!("--work-dir={}", work.display()),
+        format!("--helm-concurrency={}", args.helm_concurrency),
+    ];
+    let controller_args: Vec<&str> = controller_args.iter().map(String::as_str).collect();
+    let controller =
+        ControllerProcess::start_path(&plane.kubeconfig, &binary, "pack-bench", &controller_args)
+            .context("start pack-controller")?;
+    let pid = controller.pid();
+
+    // 1. N Packs at once.
+    let packs: Api<Pack> = Api::namespaced(client.clone(), "bench-packs");
+    let started = Instant::now();
+    stream::iter(0..args.packs)
+        .map(|i| {
+            let packs = packs.clone();
+            async move {
+                packs
+                    .create(
+                        &PostParams::default(),
+                        &pack(&format!("p-{i}"), "bench", values(i)),
+                    )
+                    .await
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let mut peak_rss = 0;
+    let install_all = loop {
+        peak_rss = peak_rss.max(proc_field(pid, "VmRSS:"));
+        if applied(&packs).await? >= args.packs {
+            break started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!("Packs not Applied after 30 min:\n{}", controller.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let rss_after = proc_field(pid, "VmRSS:");
+    let hwm = proc_field(pid, "VmHWM:");
+    let ops_after_install = helm_operations(&controller).await;
+
+    // 2. Steady state.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let cpu0 = cpu_seconds(pid);
+    let ops0 = helm_operations(&controller).await;
+    let rec0 = controller
+        .metric("pack_operator_reconciles_total{controller=\"pack\"}")
+        .await?
+        .unwrap_or(0.0);
+    tokio::time::sleep(Duration::from_secs(args.steady_seconds)).await;
+    let cpu1 = cpu_seconds(pid);
+    let ops1 = helm_operations(&controller).await;
+    let rec1 = controller
+        .metric("pack_operator_reconciles_total{controller=\"pack\"}")
+        .await?
+        .unwrap_or(0.0);
+    let rss_steady = proc_field(pid, "VmRSS:");
+
+    // 3. One Pack install vs a bare helm upgrade --install of the same archive and values.
+    let archive = std::fs::read_dir(&server.dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "tgz"))
+        .context("chart archive")?;
+    let home = dir.join("helm-bare");
+    let values_file = dir.join("bare-values.json");
+    let mut bare = Vec::new();
+    let mut via_pack = Vec::new();
+    let one: Api<Pack> = Api::namespaced(client.clone(), "bench-one");
+    for r in 0..args.repeat {
+        std::fs::write(&values_file, serde_json::to_vec(&values(r))?)?;
+        let t = Instant::now();
+        let out = std::process::Command::new(&helm)
+            .args([
+                "--kubeconfig",
+                plane.kubeconfig.to_str().unwrap(),
+                "upgrade",
+                &format!("bare-{r}"),
+                archive.to_str().unwrap(),
+                "--install",
+                "-n",
+                "bench-helm",
+                "-f",
+                values_file.to_str().unwrap(),
+                "--history-max",
+                "5",
+                "-o",
+                "json",
+            ])
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .output()?;
+        if !out.status.success() {
+            bail!("helm: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        bare.push(t.elapsed().as_secs_f64());
+
+        let t = Instant::now();
+        one.create(
+            &PostParams::default(),
+            &pack(&format!("one-{r}"), "bench", values(r)),
+        )
+        .await?;
+        wait_applied(&one, r + 1, Duration::from_secs(120)).await?;
+        via_pack.push(t.elapsed().as_secs_f64());
+    }
+    let bare_median = median(bare);
+    let pack_median = median(via_pack);
+
+    let steady = args.steady_seconds as f64;
+    println!(
+        "pack-controller (release), helm {}, {} Packs, --helm-concurrency {}",
+        helm.display(),
+        args.packs,
+        args.helm_concurrency
+    );
+    println!(
+        "install {} Packs: {:.1} s wall ({:.2} s per Pack), {} helm processes",
+        args.packs,
+        install_all.as_secs_f64(),
+        install_all.as_secs_f64() / args.packs as f64,
+        ops_after_install
+    );
+    println!(
+        "controller RSS: {:.1} MiB after installing, {:.1} MiB peak sampled, {:.1} MiB high-water mark",
+        rss_after as f64 / 1024.0,
+        peak_rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    println!(
+        "steady state over {steady:.0} s (repository interval {}): {:.2} CPU s ({:.3}% of one core), {} helm processes, {} reconciles, RSS {:.1} MiB",
+        args.repository_interval,
+        cpu1 - cpu0,
+        (cpu1 - cpu0) / steady * 100.0,
+        ops1 - ops0,
+        rec1 - rec0,
+        rss_steady as f64 / 1024.0
+    );
+    println!(
+        "one install, median of {}: bare helm upgrade --install {:.2} s, Pack → Applied {:.2} s, ratio {:.2}×",
+        args.repeat,
+        bare_median,
+        pack_median,
+        pack_median / bare_median
+    );
+    drop(controller);
+    drop(plane);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
