@@ -1035,3 +1035,27 @@ async fn reflector_controller_rbac_reaches_secrets_but_never_workloads() {
             .await,
     );
 }
+
+/// The `NAME=value` assignment in `text` (first occurrence; value up to whitespace).
+fn assignment<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines().find_map(|line| {
+        let rest = line
+            .trim_start()
+            .trim_start_matches("ARG ")
+            .strip_prefix(name)?;
+        rest.strip_prefix('=')?.split_whitespace().next()
+    })
+}
+
+#[test]
+fn the_pack_controller_image_bundles_the_helm_the_tests_use() {
+    let root = workspace_root();
+    let tools = std::fs::read_to_string(root.join("hack/tools.sh")).unwrap();
+    let dockerfile = std::fs::read_to_string(root.join("deploy/docker/Dockerfile")).unwrap();
+    let pinned = assignment(&tools, "HELM_VERSION").expect("HELM_VERSION in hack/tools.sh");
+    assert_eq!(assignment(&dockerfile, "HELM_VERSION"), Some(pinned));
+    assert!(dockerfile.contains("COPY tests/tools/helm/go.mod tests/tools/helm/go.sum"));
+    let values = std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap();
+    assert!(dockerfile.contains("COPY --from=helm /out/helm /usr/local/bin/helm"));
+    assert!(values.contains("binary: /usr/local/bin/helm"));
+}
