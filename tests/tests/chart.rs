@@ -1059,3 +1059,177 @@ fn the_pack_controller_image_bundles_the_helm_the_tests_use() {
     assert!(dockerfile.contains("COPY --from=helm /out/helm /usr/local/bin/helm"));
     assert!(values.contains("binary: /usr/local/bin/helm"));
 }
+
+/// `kubectl apply` that retries while the API server's discovery catches up with just-installed CRDs.
+async fn apply_text(kubeconfig: &Path, text: &str) {
+    let mut last = String::new();
+    for _ in 0..30 {
+        match e2e::chart::kubectl(kubeconfig, &["apply", "-f", "-"], text) {
+            Ok(_) => return,
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("kubectl apply failed: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn samples_apply_and_work_on_a_cluster_with_the_chart_installed() {
+    // A private control plane: the whole chart (CRDs, policies, RBAC) installed as a user would.
+    let dir = std::env::temp_dir().join(format!("pack-operator-e2e-samples-{}", random_suffix()));
+    let plane = ControlPlane::start_without_crds(&dir).await.unwrap();
+    let kubeconfig = plane.kubeconfig.clone();
+    let release_ns = format!("po-{}", random_suffix());
+    helm(&[
+        "install",
+        "pack-operator",
+        chart_dir().to_str().unwrap(),
+        &format!("--namespace={release_ns}"),
+        "--create-namespace",
+        &format!("--kubeconfig={}", kubeconfig.display()),
+    ])
+    .unwrap();
+
+    // The samples, as they are; only the repository URL moves to this test's server.
+    let repo_dir = dir.join("repo");
+    genpack_repository(&repo_dir, &["0.1.0", "0.1.3", "0.2.0", "1.0.0"]);
+    let server = StaticFiles::serve(&repo_dir, "127.0.0.1:0").unwrap();
+    let samples = workspace_root().join("deploy/samples");
+    let mut files: Vec<_> = std::fs::read_dir(&samples)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("http://127.0.0.1:8879/", &server.url);
+        apply_text(&kubeconfig, &text).await;
+    }
+
+    // The controllers, each with the token of the ServiceAccount the chart made.
+    let env = e2e::TestEnv {
+        kubeconfig: kubeconfig.clone(),
+    };
+    let start = |controller: &str, sa: std::path::PathBuf, extra: &[&str]| {
+        let mut args = vec![
+            format!("--lease-namespace={release_ns}"),
+            format!("--lease-name={controller}"),
+            "--lease-duration=3s".to_owned(),
+            "--renew-deadline=2s".to_owned(),
+            "--retry-period=500ms".to_owned(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ControllerProcess::start_with_kubeconfig(
+            &sa,
+            controller,
+            &format!("samples-{controller}"),
+            &args,
+        )
+        .unwrap()
+    };
+    let redeploy = start(
+        "redeploy-controller",
+        env.service_account_kubeconfig(&release_ns, "pack-operator-redeploy-controller")
+            .await,
+        &["--delay=1s"],
+    );
+    let pack = start(
+        "pack-controller",
+        env.service_account_kubeconfig(&release_ns, "pack-operator-pack-controller")
+            .await,
+        &[],
+    );
+
+    let client = client_from(&kubeconfig).await.unwrap();
+    let packs: Api<Pack> = Api::namespaced(client.clone(), "default");
+    wait::until(
+        "sample Pack test resolved to 0.2.0",
+        TIMEOUT,
+        EVERY,
+        || async {
+            let s = packs
+                .get("test")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            if s.version.as_deref() == Some("0.2.0") {
+                Ok(Some(()))
+            } else {
+                Err(format!("{s:?}\n{}", pack.logs()))
+            }
+        },
+    )
+    .await;
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    wait::until(
+        "sample Deployment test recorded",
+        TIMEOUT,
+        EVERY,
+        || async {
+            let d = deployments.get("test").await.map_err(|e| e.to_string())?;
+            if d.annotations()
+                .contains_key("pack-operator.k8s.kubit.ir/watched-hashes")
+            {
+                Ok(Some(()))
+            } else {
+                Err(redeploy.logs())
+            }
+        },
+    )
+    .await;
+    let rs = |n: usize| {
+        let client = client.clone();
+        async move {
+            wait::until(
+                &format!("{n} ReplicaSet(s) of test"),
+                TIMEOUT,
+                EVERY,
+                || async {
+                    let got = Api::<ReplicaSet>::namespaced(client.clone(), "default")
+                        .list(&ListParams::default().labels("app.kubernetes.io/name=test"))
+                        .await
+                        .map(|l| l.items.len())
+                        .unwrap_or(0);
+                    if got == n { Ok(Some(())) } else { Err(got) }
+                },
+            )
+            .await
+        }
+    };
+    rs(1).await;
+    Api::<ConfigMap>::namespaced(client.clone(), "default")
+        .patch(
+            "test-cm-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "data": { "var1": "changed" } })),
+        )
+        .await
+        .unwrap();
+    rs(2).await;
+
+    // The chart's admission policy is in force: an invalid annotation is refused.
+    let err = deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": "bad", "annotations": { WATCH_TO_REDEPLOY: "ConfigMap/test-cm-1" } },
+                "spec": { "selector": { "matchLabels": { "a": "b" } },
+                          "template": { "metadata": { "labels": { "a": "b" } },
+                                        "spec": { "containers": [{ "name": "c", "image": "x" }] } } }
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("watch-to-redeploy"), "{err}");
+
+    drop((redeploy, pack));
+    drop(plane);
+    let _ = std::fs::remove_dir_all(&dir);
+}
