@@ -22,7 +22,7 @@ use e2e::{
 use k8s_openapi::{
     api::{
         admissionregistration::v1::ValidatingAdmissionPolicy,
-        apps::v1::{Deployment, ReplicaSet},
+        apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
         core::v1::{ConfigMap, Event, Pod, Secret, ServiceAccount},
         rbac::v1::{ClusterRole, ClusterRoleBinding, Role},
     },
@@ -691,6 +691,31 @@ async fn redeploy_controller_with_the_chart_rbac_rolls_out_and_nothing_more() {
         .await
         .unwrap();
 
+    // A StatefulSet and a DaemonSet too: their rights are list/watch/patch only.
+    let template = json!({
+        "selector": { "matchLabels": { "app": "other" } },
+        "template": { "metadata": { "labels": { "app": "other" } },
+                      "spec": { "containers": [{ "name": "c", "image": "nginx" }] } }
+    });
+    let meta =
+        json!({ "name": "other", "annotations": { WATCH_TO_REDEPLOY: "configmap/test-cm-1" } });
+    let mut sts = template.clone();
+    sts["serviceName"] = json!("other");
+    Api::<StatefulSet>::namespaced(admin.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({ "metadata": meta, "spec": sts })).unwrap(),
+        )
+        .await
+        .unwrap();
+    Api::<DaemonSet>::namespaced(admin.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({ "metadata": meta, "spec": template })).unwrap(),
+        )
+        .await
+        .unwrap();
+
     let args = controller_args(&ns.name, "redeploy-controller", &["--delay=1s".to_owned()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let controller = ControllerProcess::start_with_kubeconfig(
@@ -724,6 +749,31 @@ async fn redeploy_controller_with_the_chart_rbac_rolls_out_and_nothing_more() {
     .unwrap();
     wait_replicasets(&admin, &ns.name, "web", 2).await;
     wait_event(&admin, &ns.name, "web", "Redeployed", || controller.logs()).await;
+    let hash = "pack-operator.k8s.kubit.ir/config-hash";
+    let sts_api = Api::<StatefulSet>::namespaced(admin.clone(), &ns.name);
+    let ds_api = Api::<DaemonSet>::namespaced(admin.clone(), &ns.name);
+    wait::until(
+        "StatefulSet and DaemonSet rolled",
+        TIMEOUT,
+        EVERY,
+        || async {
+            let s = sts_api.get("other").await.map_err(|e| e.to_string())?;
+            let d = ds_api.get("other").await.map_err(|e| e.to_string())?;
+            let rolled = |t: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
+                t.and_then(|t| t.metadata.as_ref())
+                    .and_then(|m| m.annotations.as_ref())
+                    .is_some_and(|a| a.contains_key(hash))
+            };
+            if rolled(s.spec.as_ref().map(|s| &s.template))
+                && rolled(d.spec.as_ref().map(|d| &d.template))
+            {
+                Ok(Some(()))
+            } else {
+                Err(controller.logs())
+            }
+        },
+    )
+    .await;
     // The Secret it watches is read through the same rights.
     secrets
         .patch(
