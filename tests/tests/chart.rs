@@ -726,18 +726,28 @@ async fn redeploy_controller_with_the_chart_rbac_rolls_out_and_nothing_more() {
     )
     .unwrap();
 
-    // The baseline is recorded (a patch of the Deployment), then a data change rolls it out.
-    wait::until("hashes recorded on web", TIMEOUT, EVERY, || async {
-        let d = deployments.get("web").await.map_err(|e| e.to_string())?;
-        let recorded = d
-            .annotations()
-            .contains_key("pack-operator.k8s.kubit.ir/watched-hashes");
-        if recorded {
-            Ok(Some(()))
-        } else {
-            Err(controller.logs())
-        }
-    })
+    // The baselines are recorded (a patch of each workload), then a data change rolls them out.
+    let recorded = "pack-operator.k8s.kubit.ir/watched-hashes";
+    let sts_api = Api::<StatefulSet>::namespaced(admin.clone(), &ns.name);
+    let ds_api = Api::<DaemonSet>::namespaced(admin.clone(), &ns.name);
+    wait::until(
+        "hashes recorded on every workload",
+        TIMEOUT,
+        EVERY,
+        || async {
+            let d = deployments.get("web").await.map_err(|e| e.to_string())?;
+            let s = sts_api.get("other").await.map_err(|e| e.to_string())?;
+            let x = ds_api.get("other").await.map_err(|e| e.to_string())?;
+            if d.annotations().contains_key(recorded)
+                && s.annotations().contains_key(recorded)
+                && x.annotations().contains_key(recorded)
+            {
+                Ok(Some(()))
+            } else {
+                Err(controller.logs())
+            }
+        },
+    )
     .await;
     wait_replicasets(&admin, &ns.name, "web", 1).await;
     cms.patch(
@@ -750,8 +760,6 @@ async fn redeploy_controller_with_the_chart_rbac_rolls_out_and_nothing_more() {
     wait_replicasets(&admin, &ns.name, "web", 2).await;
     wait_event(&admin, &ns.name, "web", "Redeployed", || controller.logs()).await;
     let hash = "pack-operator.k8s.kubit.ir/config-hash";
-    let sts_api = Api::<StatefulSet>::namespaced(admin.clone(), &ns.name);
-    let ds_api = Api::<DaemonSet>::namespaced(admin.clone(), &ns.name);
     wait::until(
         "StatefulSet and DaemonSet rolled",
         TIMEOUT,
