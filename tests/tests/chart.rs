@@ -1288,6 +1288,41 @@ async fn samples_apply_and_work_on_a_cluster_with_the_chart_installed() {
     assert!(err.to_string().contains("watch-to-redeploy"), "{err}");
 
     drop((redeploy, pack));
+
+    // Uninstall keeps the CRDs and so the custom resources (helm.sh/resource-policy: keep); installing
+    // the same release again adopts them.
+    let kc = format!("--kubeconfig={}", kubeconfig.display());
+    let ns_flag = format!("--namespace={release_ns}");
+    helm(&["uninstall", "pack-operator", &ns_flag, &kc]).unwrap();
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    for crd in [
+        "packs.k8s.kubit.ir",
+        "clusterpackrepositories.k8s.kubit.ir",
+        "secretreflectors.k8s.kubit.ir",
+    ] {
+        assert!(crds.get_opt(crd).await.unwrap().is_some(), "{crd} kept");
+    }
+    assert!(
+        packs.get_opt("test").await.unwrap().is_some(),
+        "Pack test kept"
+    );
+    assert!(
+        Api::<ClusterRole>::all(client.clone())
+            .get_opt("pack-operator-redeploy-controller")
+            .await
+            .unwrap()
+            .is_none(),
+        "everything else is removed"
+    );
+    helm(&[
+        "install",
+        "pack-operator",
+        chart_dir().to_str().unwrap(),
+        &ns_flag,
+        &kc,
+    ])
+    .unwrap();
+
     drop(plane);
     let _ = std::fs::remove_dir_all(&dir);
 }
