@@ -1,5 +1,5 @@
 # Pack Operator. `make run` runs it on a local control plane; `make test` runs the whole suite.
-.PHONY: run test tools cluster cluster-down crds build fmt lint bench bench-pack fuzz
+.PHONY: run test tools cluster cluster-down crds manifests build fmt lint bench bench-pack fuzz
 
 run: ## control plane + CRDs + all three controllers + samples
 	hack/run.sh
@@ -29,8 +29,12 @@ fuzz: ## fuzz the parsers (needs `cargo install cargo-fuzz` and a nightly toolch
 	cd fuzz && for t in watch_to_redeploy version_constraint helm_index; do \
 	  cargo +nightly fuzz run $$t -- -max_total_time=$${FUZZ_SECONDS:-60} || exit 1; done
 
-crds: ## regenerate deploy/crds from the Rust types
+crds: ## regenerate deploy/crds from the Rust types (and the chart's copies and deploy/manifests)
 	cargo run -q -p common --bin crdgen
+	hack/manifests.sh
+
+manifests: ## copy deploy/crds and deploy/admission into the chart, render deploy/manifests with the pinned helm
+	hack/manifests.sh
 
 build:
 	cargo build --workspace

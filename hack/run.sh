@@ -5,9 +5,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-tools=$(hack/tools.sh)
-# pack-controller runs the pinned helm, with its work directory beside the control plane's files.
-export HELM_BINARY="$tools/helm" PACK_WORK_DIR="$root/.cluster/pack-work"
+hack/tools.sh >/dev/null
 cargo build --workspace --bins
 target/debug/testcluster up --dir .cluster
 export KUBECONFIG="$root/.cluster/kubeconfig"
@@ -16,6 +14,24 @@ kubectl=.cluster/bin/kubectl
 pids=()
 stop() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap stop EXIT
+
+# The samples' ClusterPackRepository (deploy/samples/clusterpackrepository.yaml) points at
+# http://127.0.0.1:8879/: a Helm repository of tests/charts/genpack, packaged and indexed by the pinned
+# helm and served by a tiny static server (tests/src/bin/chartrepo.rs).
+tools=$(hack/tools.sh --print)
+repo=.cluster/charts
+rm -rf "$repo" && mkdir -p "$repo"
+export HELM_CACHE_HOME="$root/.cluster/helm/cache" HELM_CONFIG_HOME="$root/.cluster/helm/config" HELM_DATA_HOME="$root/.cluster/helm/data"
+for v in 0.1.0 0.1.3 0.2.0 1.0.0; do
+  "$tools/helm" package tests/charts/genpack --version "$v" --destination "$repo" >/dev/null
+done
+"$tools/helm" repo index "$repo"
+target/debug/chartrepo --dir "$repo" --address 127.0.0.1:8879 >.cluster/chartrepo.log 2>&1 &
+pids+=($!)
+echo "serving genpack 0.1.0, 0.1.3, 0.2.0, 1.0.0 at http://127.0.0.1:8879/ (the samples' kubit-packs)"
+
+# pack-controller runs the pinned helm (flag --helm-binary / env HELM_BINARY) in its work dir.
+export HELM_BINARY="$tools/helm" PACK_WORK_DIR="$root/.cluster/pack-work"
 port=18080
 for c in pack-controller reflector-controller redeploy-controller; do
   target/debug/$c --metrics-address "127.0.0.1:$port" --leader-elect=true >".cluster/$c.log" 2>&1 &

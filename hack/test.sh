@@ -22,6 +22,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "CRDs in deploy/crds match the Rust types"
 cargo run -q -p common --bin crdgen -- --check
 
+step "chart files and deploy/manifests match deploy/crds, deploy/admission and the chart"
+hack/manifests.sh --check
+
 step "build all binaries"
 cargo build --workspace --all-targets
 
@@ -42,6 +45,14 @@ set +e
 cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee "$results"
 status=${PIPESTATUS[0]}
 set -e
+
+# The images build these (deploy/docker/Dockerfile); no container engine here, so prove the release
+# build itself. Last, so a broken test shows first; incremental after the first run.
+step "release build of the three controllers"
+if ! cargo build --release --locked -p pack-controller -p redeploy-controller -p reflector-controller --bins; then
+  echo "release build failed" | tee -a "$results"
+  status=1
+fi
 # One closing line for the whole suite, summed over every test binary.
 summary=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
   END { printf "%d passed, %d failed, %d skipped", p, f, s }' "$results")

@@ -38,6 +38,16 @@ impl ControlPlane {
     /// Starts etcd, kube-apiserver and kube-controller-manager with state under `dir`, waits until the
     /// API answers and the controller manager works, and installs the project's CRDs.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(dir, true).await
+    }
+
+    /// As [`ControlPlane::start`], without installing the project's CRDs: an empty cluster, e.g. to
+    /// install the Helm chart into.
+    pub async fn start_without_crds(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(dir, false).await
+    }
+
+    async fn start_with(dir: &Path, with_crds: bool) -> anyhow::Result<Self> {
         let bin = tools::tools_dir()?;
         fs::create_dir_all(dir.join("logs"))?;
         fs::create_dir_all(dir.join("pki"))?;
@@ -142,7 +152,9 @@ impl ControlPlane {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
 
-        install_crds(&client, &tools::workspace_root().join("deploy/crds")).await?;
+        if with_crds {
+            install_crds(&client, &tools::workspace_root().join("deploy/crds")).await?;
+        }
         eprintln!(
             "control plane ready in {:.1}s: KUBECONFIG={}",
             started.elapsed().as_secs_f64(),

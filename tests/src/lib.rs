@@ -6,9 +6,11 @@
 //! `make test` exports its kubeconfig as `PACK_OPERATOR_TEST_KUBECONFIG`. Without that variable the
 //! tests use `.cluster/kubeconfig` from `make cluster`.
 
+pub mod chart;
 pub mod cluster;
 pub mod controller;
 pub mod packs;
+pub mod static_files;
 pub mod tools;
 pub mod wait;
 

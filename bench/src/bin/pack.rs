@@ -118,7 +118,8 @@ async fn wait_applied(api: &Api<Pack>, n: usize, timeout: Duration) -> anyhow::R
                 applied(api).await?
             );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Fine-grained: this times single installs of a fraction of a second.
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
