@@ -77,6 +77,20 @@ impl Error {
             Error::CleanupIncomplete(_) => "CleanupIncomplete",
         }
     }
+
+    /// The finalizer patch (a JSON patch that tests the finalizer list first) was rejected because the
+    /// cached object is older than the live one.
+    fn is_stale_read(&self) -> bool {
+        matches!(
+            self,
+            Error::Finalizer(e) if matches!(
+                e.as_ref(),
+                finalizer::Error::AddFinalizer(kube::Error::Api(s))
+                    | finalizer::Error::RemoveFinalizer(kube::Error::Api(s))
+                    if s.code == 422 || s.code == 409
+            )
+        )
+    }
 }
 
 /// Tunables (from flags).
@@ -101,6 +115,9 @@ pub struct Context {
     copies: Store<Secret>,
     /// Targets in Conflict per reflector, for the conflicts gauge.
     conflicts: Mutex<HashMap<ReflectorKey, usize>>,
+    /// Conflict/Error targets already reported by an Event, per reflector (`namespace` → state), so a
+    /// reconcile on a cached object older than our last status write does not report them again.
+    reported: Mutex<HashMap<ReflectorKey, BTreeMap<String, String>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -142,6 +159,12 @@ async fn reconcile(reflector: Arc<SecretReflector>, ctx: Arc<Context>) -> Result
 }
 
 fn error_policy(_: Arc<SecretReflector>, error: &Error, ctx: Arc<Context>) -> Action {
+    if error.is_stale_read() {
+        // A wake-up ran on a cached object older than our own finalizer patch; the watch event of
+        // that patch reconciles again anyway.
+        debug!(%error, "reconciled a stale cached object; retrying");
+        return Action::requeue(Duration::from_secs(1));
+    }
     warn!(%error, "reconcile failed");
     ctx.reconciles.failure(error.reason());
     Action::requeue(RETRY)
@@ -567,11 +590,24 @@ async fn report(
         )
         .await;
     }
-    let was = |ns: &str, state: &str| {
-        old.targets
+    let key = key_of(reflector);
+    let previously: BTreeMap<String, String> = {
+        let mut reported = lock(&ctx.reported);
+        let now: BTreeMap<String, String> = new
+            .targets
             .iter()
-            .any(|t| t.namespace == ns && t.state == state)
+            .filter(|t| matches!(t.state.as_str(), "Conflict" | "Error"))
+            .map(|t| (t.namespace.clone(), t.state.clone()))
+            .collect();
+        // After a restart, what the status already shows counts as reported.
+        reported.insert(key, now).unwrap_or_else(|| {
+            old.targets
+                .iter()
+                .map(|t| (t.namespace.clone(), t.state.clone()))
+                .collect()
+        })
     };
+    let was = |ns: &str, state: &str| previously.get(ns).map(String::as_str) == Some(state);
     for state in [TargetState::Conflict, TargetState::Error] {
         let fresh: Vec<String> = new
             .targets
@@ -835,6 +871,7 @@ pub async fn run(
         namespaces: namespaces.clone(),
         copies: copies.clone(),
         conflicts: Mutex::default(),
+        reported: Mutex::default(),
     });
 
     // Ready once every cache is complete.
