@@ -738,3 +738,129 @@ async fn deleted_source_removes_copies_and_recreated_source_restores_them() {
     )
     .await;
 }
+
+/// The RBAC rules documented in docs/reflector.md are enough: a controller running as a ServiceAccount
+/// with exactly those rules copies, reports a conflict, follows a change, cleans up, and is never
+/// refused by the API server.
+#[tokio::test]
+async fn least_privilege_rbac_is_enough() {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    let env = test_env();
+    let client = env.client().await;
+    let src = env.namespace("refl-rbac").await;
+    let target = namespace(&env, "refl-rbac-t", &[]).await;
+    let taken = namespace(&env, "refl-rbac-taken", &[]).await;
+    create_secret(
+        &client,
+        &taken.name,
+        "tls",
+        json!({ "stringData": { "tls.crt": "theirs" } }),
+    )
+    .await;
+    let name = format!("e2e-{}", src.name);
+    let cluster_role: ClusterRole = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "rules": [
+            { "apiGroups": ["k8s.kubit.ir"], "resources": ["secretreflectors"], "verbs": ["list", "watch", "patch"] },
+            { "apiGroups": ["k8s.kubit.ir"], "resources": ["secretreflectors/status"], "verbs": ["patch"] },
+            { "apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "update", "delete"] },
+            { "apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"] },
+            { "apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"] }
+        ]
+    }))
+    .unwrap();
+    let subject = json!([{ "kind": "ServiceAccount", "name": "reflector", "namespace": src.name }]);
+    let cluster_binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name },
+        "subjects": subject
+    }))
+    .unwrap();
+    let role: Role = serde_json::from_value(json!({
+        "metadata": { "name": "reflector-leases" },
+        "rules": [{ "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"] }]
+    }))
+    .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": "reflector-leases" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reflector-leases" },
+        "subjects": subject
+    }))
+    .unwrap();
+    let pp = PostParams::default();
+    let cluster_roles = Api::<ClusterRole>::all(client.clone());
+    let cluster_bindings = Api::<ClusterRoleBinding>::all(client.clone());
+    cluster_roles.create(&pp, &cluster_role).await.unwrap();
+    cluster_bindings
+        .create(&pp, &cluster_binding)
+        .await
+        .unwrap();
+    Api::<Role>::namespaced(client.clone(), &src.name)
+        .create(&pp, &role)
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), &src.name)
+        .create(&pp, &binding)
+        .await
+        .unwrap();
+    let kubeconfig = env.service_account_kubeconfig(&src.name, "reflector").await;
+    let args = [
+        format!("--namespace={}", src.name),
+        format!("--lease-namespace={}", src.name),
+        "--lease-name=reflector".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let controller = ControllerProcess::start_with_kubeconfig(
+        &kubeconfig,
+        "reflector-controller",
+        &src.name,
+        &args,
+    )
+    .expect("start reflector-controller");
+
+    source(&client, &src.name, "tls", "v1").await;
+    reflector(
+        &client,
+        &src.name,
+        "wildcard",
+        json!({ "source": { "name": "tls" }, "targets": { "namespaces": [target.name, taken.name] } }),
+    )
+    .await;
+    wait_copy(&client, &target.name, "tls", "v1").await;
+    wait_status(
+        &client,
+        &src.name,
+        "wildcard",
+        &[
+            state(&target.name, "Synced"),
+            state(&taken.name, "Conflict"),
+        ],
+        "1/2",
+        "False/Conflict",
+    )
+    .await;
+    wait_event(&client, &src.name, "wildcard", "Conflict").await;
+    set_source(&client, &src.name, "tls", "v2").await;
+    wait_copy(&client, &target.name, "tls", "v2").await;
+    Api::<SecretReflector>::namespaced(client.clone(), &src.name)
+        .delete("wildcard", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_absent(&client, &target.name, "tls").await;
+    wait::until("the SecretReflector gone", WAIT, POLL, || async {
+        match get_reflector(&client, &src.name, "wildcard").await {
+            None => Ok(Some(())),
+            Some(r) => Err(r.metadata.finalizers),
+        }
+    })
+    .await;
+    let logs = controller.logs();
+    let _ = cluster_bindings
+        .delete(&name, &DeleteParams::default())
+        .await;
+    let _ = cluster_roles.delete(&name, &DeleteParams::default()).await;
+    assert!(
+        !logs.to_lowercase().contains("forbidden"),
+        "the controller was refused something:\n{logs}"
+    );
+}
