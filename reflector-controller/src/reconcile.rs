@@ -422,19 +422,30 @@ async fn write_target(
     want: &Secret,
     key: &ReflectorKey,
 ) -> Result<Written, kube::Error> {
-    let existing = match cached {
-        Some(s) => Some(s.clone()),
-        None => match api.create(&post_params(), want).await {
-            Ok(_) => return Ok(Written::Wrote("created")),
-            // Taken by a Secret outside our label watch (foreign, or our label removed): look at it.
-            Err(kube::Error::Api(s)) if s.is_already_exists() => {
-                api.get_opt(want.metadata.name.as_deref().unwrap_or_default())
-                    .await?
+    let name = want.metadata.name.as_deref().unwrap_or_default();
+    let mut existing = cached.cloned();
+    // The cache may lag behind our own last write, or miss a Secret outside the label watch (foreign,
+    // or our label removed): when the API server says so (409), read the live Secret and decide again,
+    // once.
+    for attempt in 0..2 {
+        match write_once(api, existing.as_ref(), want, key).await {
+            Err(kube::Error::Api(s)) if attempt == 0 && s.code == 409 => {
+                debug!(namespace = ?want.metadata.namespace, reason = %s.reason, "cache behind the API server; reading the live Secret");
+                existing = api.get_opt(name).await?;
             }
-            Err(e) => return Err(e),
-        },
-    };
-    match copy::decide(existing.as_ref(), want, key) {
+            other => return other,
+        }
+    }
+    unreachable!("the second attempt always returns")
+}
+
+async fn write_once(
+    api: &Api<Secret>,
+    existing: Option<&Secret>,
+    want: &Secret,
+    key: &ReflectorKey,
+) -> Result<Written, kube::Error> {
+    match copy::decide(existing, want, key) {
         Decision::Unchanged => Ok(Written::Unchanged),
         Decision::Conflict(message) => Ok(Written::Conflict(message)),
         Decision::Create => {
@@ -442,7 +453,7 @@ async fn write_target(
             Ok(Written::Wrote("created"))
         }
         Decision::Update => {
-            let existing = existing.unwrap_or_default();
+            let existing = existing.cloned().unwrap_or_default();
             let mut next = want.clone();
             // Optimistic concurrency: fails if the Secret changed since it was read (and checked).
             next.metadata.resource_version = existing.metadata.resource_version.clone();
@@ -451,7 +462,7 @@ async fn write_target(
             Ok(Written::Wrote("updated"))
         }
         Decision::Replace => {
-            let existing = existing.unwrap_or_default();
+            let existing = existing.cloned().unwrap_or_default();
             delete_checked(api, &existing).await?;
             api.create(&post_params(), want).await?;
             Ok(Written::Wrote("replaced"))
@@ -485,7 +496,17 @@ async fn delete_copy(
         return Ok(());
     }
     let ns = secret.namespace().unwrap_or_default();
-    delete_checked(&Api::namespaced(ctx.client.clone(), &ns), secret).await?;
+    let api = Api::namespaced(ctx.client.clone(), &ns);
+    match delete_checked(&api, secret).await {
+        // Changed since it was cached: check the live Secret's marker, then delete exactly that one.
+        Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&secret.name_any()).await? {
+            Some(live) if copy::ownership(&live.metadata, key) == Ownership::Ours => {
+                delete_checked(&api, &live).await?
+            }
+            _ => return Ok(()),
+        },
+        other => other?,
+    }
     ctx.metrics.reflection("deleted");
     debug!(namespace = %ns, "copy deleted");
     Ok(())
