@@ -864,3 +864,76 @@ async fn least_privilege_rbac_is_enough() {
         "the controller was refused something:\n{logs}"
     );
 }
+
+/// A Terminating namespace is skipped quietly: no write is attempted (the API server would refuse
+/// it), no Error, and it is not listed.
+#[tokio::test]
+async fn terminating_namespaces_are_skipped_quietly() {
+    let env = test_env();
+    let client = env.client().await;
+    let src = env.namespace("refl-term").await;
+    let group = src.name.as_str();
+    let staying = namespace(&env, "refl-term-stay", &[("e2e-reflect", group)]).await;
+    let leaving = namespace(&env, "refl-term-go", &[("e2e-reflect", group)]).await;
+    // Holds `leaving` in Terminating until the test removes the finalizer.
+    create_secret(
+        &client,
+        &leaving.name,
+        "blocker",
+        json!({ "metadata": { "finalizers": ["e2e.pack-operator/hold"] } }),
+    )
+    .await;
+    let _controller = start_controller(&env, &src.name, &[]);
+    source(&client, &src.name, "tls", "v1").await;
+    reflector(
+        &client,
+        &src.name,
+        "wildcard",
+        json!({
+            "source": { "name": "tls" },
+            "targets": { "namespaceSelector": { "matchLabels": { "e2e-reflect": group } } }
+        }),
+    )
+    .await;
+    wait_copy(&client, &leaving.name, "tls", "v1").await;
+
+    Api::<Namespace>::all(client.clone())
+        .delete(&leaving.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    // The namespace controller removes the copy; the reflector does not put it back nor report it.
+    wait_absent(&client, &leaving.name, "tls").await;
+    set_source(&client, &src.name, "tls", "v2").await;
+    wait_copy(&client, &staying.name, "tls", "v2").await;
+    wait_status(
+        &client,
+        &src.name,
+        "wildcard",
+        &[state(&staying.name, "Synced")],
+        "1/1",
+        "True/Synced",
+    )
+    .await;
+    let phase = Api::<Namespace>::all(client.clone())
+        .get(&leaving.name)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.phase);
+    assert_eq!(phase.as_deref(), Some("Terminating"));
+    assert!(get_secret(&client, &leaving.name, "tls").await.is_none());
+    assert!(
+        events_for(&client, &src.name, "wildcard", "Error")
+            .await
+            .is_empty()
+    );
+
+    Api::<Secret>::namespaced(client.clone(), &leaving.name)
+        .patch(
+            "blocker",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+        )
+        .await
+        .unwrap();
+}
