@@ -280,7 +280,8 @@ async fn sync(reflector: &SecretReflector, ctx: &Context) -> Result<Action, Erro
                 continue;
             }
             match delete_copy(ctx, &stale, &key).await {
-                Ok(()) => deleted += 1,
+                Ok(true) => deleted += 1,
+                Ok(false) => {}
                 Err(e) => {
                     delete_errors += 1;
                     warn!(namespace = %ns, error = %e, "cannot delete a copy no longer wanted");
@@ -486,14 +487,15 @@ async fn delete_checked(api: &Api<Secret>, secret: &Secret) -> Result<(), kube::
     }
 }
 
-/// Deletes a copy after checking its marker names `key`.
+/// Deletes a copy after checking its marker names `key`; false when it turned out not to be ours (or
+/// was already gone).
 async fn delete_copy(
     ctx: &Context,
     secret: &Secret,
     key: &ReflectorKey,
-) -> Result<(), kube::Error> {
+) -> Result<bool, kube::Error> {
     if copy::ownership(&secret.metadata, key) != Ownership::Ours {
-        return Ok(());
+        return Ok(false);
     }
     let ns = secret.namespace().unwrap_or_default();
     let api = Api::namespaced(ctx.client.clone(), &ns);
@@ -503,13 +505,13 @@ async fn delete_copy(
             Some(live) if copy::ownership(&live.metadata, key) == Ownership::Ours => {
                 delete_checked(&api, &live).await?
             }
-            _ => return Ok(()),
+            _ => return Ok(false),
         },
         other => other?,
     }
     ctx.metrics.reflection("deleted");
     debug!(namespace = %ns, "copy deleted");
-    Ok(())
+    Ok(true)
 }
 
 /// The SecretReflector is being deleted: delete every copy it made, found by label on the API server
@@ -528,7 +530,8 @@ async fn cleanup(reflector: &SecretReflector, ctx: &Context) -> Result<Action, E
         .filter(|s| copy::ownership(&s.metadata, &key) == Ownership::Ours)
     {
         match delete_copy(ctx, secret, &key).await {
-            Ok(()) => deleted += 1,
+            Ok(true) => deleted += 1,
+            Ok(false) => {}
             Err(e) => {
                 failed += 1;
                 warn!(namespace = %secret.namespace().unwrap_or_default(), error = %e, "cannot delete a copy");
