@@ -79,7 +79,7 @@ impl Error {
     }
 
     /// The finalizer patch (a JSON patch that tests the finalizer list first) was rejected because the
-    /// cached object is older than the live one.
+    /// cached object is older than the live one (or the object is already gone after its cleanup).
     fn is_stale_read(&self) -> bool {
         matches!(
             self,
@@ -87,7 +87,7 @@ impl Error {
                 e.as_ref(),
                 finalizer::Error::AddFinalizer(kube::Error::Api(s))
                     | finalizer::Error::RemoveFinalizer(kube::Error::Api(s))
-                    if s.code == 422 || s.code == 409
+                    if s.code == 422 || s.code == 409 || s.code == 404
             )
         )
     }
