@@ -1,5 +1,5 @@
 # Pack Operator. `make run` runs it on a local control plane; `make test` runs the whole suite.
-.PHONY: run test tools cluster cluster-down crds manifests build fmt lint bench bench-pack fuzz
+.PHONY: run test tools cluster cluster-down crds manifests build fmt lint bench bench-pack bench-reflector fuzz
 
 run: ## control plane + CRDs + all three controllers + samples
 	hack/run.sh
@@ -24,6 +24,10 @@ bench: tools ## benchmarks (figures, not tests): BENCH_ARGS="--deployments 100" 
 bench-pack: tools ## pack-controller benchmark: BENCH_ARGS="--packs 20 --steady-seconds 60" to shrink
 	cargo build --release -p pack-controller -p bench
 	target/release/pack-bench $(BENCH_ARGS)
+
+bench-reflector: tools ## reflector-controller benchmark: BENCH_ARGS="--namespaces 100" to shrink
+	cargo build --release -p reflector-controller -p bench
+	target/release/reflector-bench $(BENCH_ARGS)
 
 fuzz: ## fuzz the parsers (needs `cargo install cargo-fuzz` and a nightly toolchain); FUZZ_SECONDS=60
 	cd fuzz && for t in watch_to_redeploy version_constraint helm_index; do \

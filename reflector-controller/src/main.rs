@@ -1,5 +1,12 @@
+use std::time::Duration;
+
 use clap::Parser;
-use common::{RuntimeArgs, metrics::ReconcileMetrics, runtime::Runtime};
+use common::{RuntimeArgs, cli::parse_duration, metrics::ReconcileMetrics, runtime::Runtime};
+use reflector_controller::{
+    Settings,
+    metrics::ReflectorMetrics,
+    targets::{NamespacePattern, TargetPolicy},
+};
 
 /// reflector-controller: keeps copies of a Secret in other namespaces, as each SecretReflector says.
 #[derive(Parser)]
@@ -7,6 +14,28 @@ use common::{RuntimeArgs, metrics::ReconcileMetrics, runtime::Runtime};
 struct Cli {
     #[command(flatten)]
     runtime: RuntimeArgs,
+
+    /// Only these namespaces may receive copies (comma-separated names; a trailing `*` matches a
+    /// prefix, e.g. `team-*`). Empty: every namespace may.
+    #[arg(long, env = "ALLOW_TARGET_NAMESPACES", value_delimiter = ',')]
+    allow_target_namespaces: Vec<String>,
+
+    /// These namespaces never receive copies (comma-separated names or `prefix*`); wins over the
+    /// allow list. E.g. `kube-*`.
+    #[arg(long, env = "DENY_TARGET_NAMESPACES", value_delimiter = ',')]
+    deny_target_namespaces: Vec<String>,
+
+    /// Every SecretReflector is reconciled again after about this long (jittered ±10 %), as a safety
+    /// net should a watch event be missed.
+    #[arg(long, env = "RESYNC_PERIOD", default_value = "5m", value_parser = parse_duration)]
+    resync: Duration,
+}
+
+fn patterns(list: &[String]) -> Vec<NamespacePattern> {
+    list.iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| NamespacePattern::new(p))
+        .collect()
 }
 
 #[tokio::main]
@@ -15,15 +44,32 @@ async fn main() -> anyhow::Result<()> {
     cli.runtime.validate().map_err(anyhow::Error::msg)?;
     common::telemetry::init(cli.runtime.log_format, &cli.runtime.log_level)?;
     let namespace = cli.runtime.namespace.clone();
+    let settings = Settings {
+        policy: TargetPolicy {
+            allow: patterns(&cli.allow_target_namespaces),
+            deny: patterns(&cli.deny_target_namespaces),
+        },
+        concurrency: cli.runtime.concurrency,
+        resync: cli.resync,
+    };
     let mut runtime = Runtime::new(
         "reflector-controller",
         env!("CARGO_PKG_VERSION"),
         cli.runtime,
     )
     .await?;
-    let metrics = ReconcileMetrics::register(runtime.registry(), "reflector");
+    let reconciles = ReconcileMetrics::register(runtime.registry(), "reflector");
+    let metrics = ReflectorMetrics::register(runtime.registry());
     runtime
-        .run(move |leading| reflector_controller::run(leading, namespace.clone(), metrics.clone()))
+        .run(move |leading| {
+            reflector_controller::run(
+                leading,
+                namespace.clone(),
+                settings.clone(),
+                metrics.clone(),
+                reconciles.clone(),
+            )
+        })
         .await?;
     Ok(())
 }

@@ -204,7 +204,7 @@ fn every_combination_of_controllers_lints_and_renders_only_what_it_enables() {
     }
 }
 
-/// Flags of the chart not yet in a controller binary: the pack-controller Helm flags land with issue 5.
+/// Flags of the chart not yet in a controller binary (none today).
 /// Remove an entry when the binary learns the flag (this test then keeps it learned).
 const PENDING_FLAGS: &[(&str, &str)] = &[];
 
@@ -1065,14 +1065,95 @@ async fn pack_controller_with_the_chart_rbac_resolves_packs_only_in_its_namespac
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn reflector_controller_rbac_reaches_secrets_but_never_workloads() {
-    // The positive scenario (copies made with these rights) comes with the reflector controller (issue 6).
+async fn reflector_controller_with_the_chart_rbac_reflects_and_never_touches_workloads() {
     let env = test_env();
     let ns = env.namespace("chart-rf").await;
+    let target = env.namespace("chart-rf-to").await;
     let release = format!("rf-{}", random_suffix());
     let (kubeconfig, _guard) =
         chart_service_account(&release, &ns.name, "reflector-controller", &[]).await;
     let admin = env.client().await;
+
+    // The main scenario with the chart's rights: a copy is made, follows its source, and is removed
+    // with its SecretReflector.
+    let sources: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);
+    sources
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({ "metadata": { "name": "src" }, "stringData": { "k": "v1" } }),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let reflectors: Api<common::crd::SecretReflector> = Api::namespaced(admin.clone(), &ns.name);
+    reflectors
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "k8s.kubit.ir/v1alpha1", "kind": "SecretReflector",
+                "metadata": { "name": "r" },
+                "spec": { "source": { "name": "src" }, "targets": { "namespaces": [target.name] } }
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let args = controller_args(&ns.name, "reflector-controller", &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let controller = ControllerProcess::start_with_kubeconfig(
+        &kubeconfig,
+        "reflector-controller",
+        &format!("{release}-0"),
+        &args,
+    )
+    .unwrap();
+    let copies: Api<Secret> = Api::namespaced(admin.clone(), &target.name);
+    let copy_is = |want: &'static str| {
+        let copies = copies.clone();
+        let logs = controller.logs();
+        async move {
+            wait::until(&format!("copy with k={want}"), TIMEOUT, EVERY, || async {
+                let data = copies
+                    .get_opt("src")
+                    .await
+                    .unwrap()
+                    .and_then(|c| c.data)
+                    .and_then(|d| d.get("k").cloned());
+                if data.as_ref().map(|b| b.0.as_slice()) == Some(want.as_bytes()) {
+                    Ok(Some(()))
+                } else {
+                    Err(format!("{data:?}\n{logs}"))
+                }
+            })
+            .await
+        }
+    };
+    copy_is("v1").await;
+    sources
+        .patch(
+            "src",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "stringData": { "k": "v2" } })),
+        )
+        .await
+        .unwrap();
+    copy_is("v2").await;
+    reflectors
+        .delete("r", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait::until("copy and reflector gone", TIMEOUT, EVERY, || async {
+        let copy = copies.get_opt("src").await.unwrap().is_some();
+        let reflector = reflectors.get_opt("r").await.unwrap().is_some();
+        if !copy && !reflector {
+            Ok(Some(()))
+        } else {
+            Err((copy, reflector, controller.logs()))
+        }
+    })
+    .await;
     Api::<Deployment>::namespaced(admin, &ns.name)
         .create(
             &PostParams::default(),
@@ -1239,7 +1320,36 @@ async fn samples_apply_and_work_on_a_cluster_with_the_chart_installed() {
         &helm_args,
     );
 
+    let reflector = start(
+        "reflector-controller",
+        env.service_account_kubeconfig(&release_ns, "pack-operator-reflector-controller")
+            .await,
+        &[],
+    );
+
     let client = client_from(&kubeconfig).await.unwrap();
+    // The sample SecretReflector: platform/shared-credentials copied to app-a (named) and app-b (label).
+    for target in ["app-a", "app-b"] {
+        let copies: Api<Secret> = Api::namespaced(client.clone(), target);
+        wait::until(
+            &format!("the sample copy of shared-credentials in {target}"),
+            TIMEOUT,
+            EVERY,
+            || async {
+                match copies.get_opt("shared-credentials").await {
+                    Ok(Some(c)) if c.data.as_ref().is_some_and(|d| d.contains_key("password")) => {
+                        Ok(Some(()))
+                    }
+                    other => Err(format!(
+                        "{:?}\n{}",
+                        other.map(|c| c.is_some()),
+                        reflector.logs()
+                    )),
+                }
+            },
+        )
+        .await;
+    }
     let packs: Api<Pack> = Api::namespaced(client.clone(), "default");
     wait::until(
         "sample Pack test installed at 0.2.0",
@@ -1374,7 +1484,7 @@ async fn samples_apply_and_work_on_a_cluster_with_the_chart_installed() {
 
 /// Metric names the dashboard and alerts use before their controller exports them (issues 5 and 6).
 /// Remove an entry when the controller registers it; this test then keeps the names in step.
-const PENDING_METRICS: &[&str] = &["reflections", "reflected_copies", "reflection_conflicts"];
+const PENDING_METRICS: &[&str] = &[];
 
 /// Every `pack_operator_*` name in `text`.
 fn metric_names(text: &str) -> BTreeSet<String> {

@@ -45,9 +45,13 @@ pub struct Targets {
     /// Namespaces by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
-    /// Namespaces by label; namespaces that gain the labels later get a copy too.
+    /// Namespaces by label; namespaces that gain the labels later get a copy too. An empty selector
+    /// (`{}`) selects every namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
+    /// Namespaces never to copy into, even when named or selected above.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_namespaces: Vec<String>,
 }
 
 /// Observed state of a SecretReflector.
@@ -61,4 +65,19 @@ pub struct SecretReflectorStatus {
     /// `synced/desired`, e.g. `3/4`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
+    /// Every namespace named or selected, with the state of its copy (sorted by namespace).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetStatus>,
+}
+
+/// State of one target namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetStatus {
+    pub namespace: String,
+    /// `Synced`, `Conflict`, `Error`, `NamespaceNotFound` (counted as desired), or `OptedOut` /
+    /// `Denied` (the namespace or the controller refuses copies; not counted as desired).
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }

@@ -1,0 +1,410 @@
+//! The copy of a source Secret in a target namespace: what it should look like, whose it is, and what
+//! to do about an existing Secret of the target name. Pure.
+//!
+//! A copy carries the source's `type`, `data`, `immutable` flag and its labels/annotations except the
+//! ownership metadata of other tools, plus our marker: the label [`MANAGED_LABEL`] (the reflector's
+//! namespace, so managed copies are watched by label selector) and annotations naming the reflector,
+//! the source and the source's data hash.
+
+use std::{collections::BTreeMap, fmt};
+
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::api::ObjectMeta;
+use sha2::{Digest, Sha256};
+
+/// Label on every copy: the namespace of the SecretReflector that made it.
+pub const MANAGED_LABEL: &str = "pack-operator.k8s.kubit.ir/reflector-namespace";
+/// Annotation on every copy: `<namespace>/<name>` of the SecretReflector that made it.
+pub const REFLECTOR_ANNOTATION: &str = "pack-operator.k8s.kubit.ir/reflector";
+/// Annotation on every copy: `<namespace>/<name>` of the source Secret.
+pub const SOURCE_ANNOTATION: &str = "pack-operator.k8s.kubit.ir/reflected-from";
+/// Annotation on every copy: sha256 (hex) of the source's type and data.
+pub const HASH_ANNOTATION: &str = "pack-operator.k8s.kubit.ir/source-hash";
+
+/// Label/annotation prefixes owned by the tools that manage a source; never copied (a copy carrying
+/// them would be claimed, pruned or overwritten by that tool).
+const NOT_COPIED_PREFIXES: &[&str] = &[
+    "cert-manager.io/",
+    "argocd.argoproj.io/",
+    "helm.sh/",
+    "meta.helm.sh/",
+    "kubectl.kubernetes.io/",
+];
+/// Exact keys never copied: the managing tool's name, and our own marker.
+const NOT_COPIED_KEYS: &[&str] = &[
+    "app.kubernetes.io/managed-by",
+    MANAGED_LABEL,
+    REFLECTOR_ANNOTATION,
+    SOURCE_ANNOTATION,
+    HASH_ANNOTATION,
+];
+
+/// A SecretReflector, as named in markers and logs: `<namespace>/<name>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReflectorKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ReflectorKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// sha256 (hex) of a Secret's type and data: each field length-prefixed so no two inputs collide.
+pub fn data_hash(type_: &str, data: &BTreeMap<String, ByteString>) -> String {
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    field(type_.as_bytes());
+    for (k, v) in data {
+        field(k.as_bytes());
+        field(&v.0);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn copied(map: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
+    map.into_iter()
+        .flatten()
+        .filter(|(k, _)| {
+            !NOT_COPIED_KEYS.contains(&k.as_str())
+                && !NOT_COPIED_PREFIXES.iter().any(|p| k.starts_with(p))
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn secret_type(s: &Secret) -> &str {
+    s.type_.as_deref().unwrap_or("Opaque")
+}
+
+/// The copy `source` should have at `namespace/name`, marked as made by `reflector`.
+pub fn desired(source: &Secret, reflector: &ReflectorKey, namespace: &str, name: &str) -> Secret {
+    let data = source.data.clone().unwrap_or_default();
+    let type_ = secret_type(source).to_owned();
+    let mut labels = copied(source.metadata.labels.as_ref());
+    labels.insert(MANAGED_LABEL.into(), reflector.namespace.clone());
+    let mut annotations = copied(source.metadata.annotations.as_ref());
+    annotations.insert(REFLECTOR_ANNOTATION.into(), reflector.to_string());
+    annotations.insert(
+        SOURCE_ANNOTATION.into(),
+        format!(
+            "{}/{}",
+            source.metadata.namespace.as_deref().unwrap_or_default(),
+            source.metadata.name.as_deref().unwrap_or_default()
+        ),
+    );
+    annotations.insert(HASH_ANNOTATION.into(), data_hash(&type_, &data));
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        type_: Some(type_),
+        data: Some(data),
+        immutable: source.immutable.filter(|i| *i),
+        string_data: None,
+    }
+}
+
+/// Whose an existing Secret is, by its marker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// Its reflector annotation names this reflector (the label is restored if it was removed).
+    Ours,
+    /// Made by another SecretReflector (named).
+    OtherReflector(String),
+    /// Not made by any SecretReflector.
+    Foreign,
+}
+
+pub fn ownership(existing: &ObjectMeta, reflector: &ReflectorKey) -> Ownership {
+    match existing
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REFLECTOR_ANNOTATION))
+    {
+        Some(owner) if *owner == reflector.to_string() => Ownership::Ours,
+        Some(owner) => Ownership::OtherReflector(owner.clone()),
+        None => Ownership::Foreign,
+    }
+}
+
+/// What to do at a target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// No Secret of the target name: create the copy.
+    Create,
+    /// Our copy, already as desired.
+    Unchanged,
+    /// Our copy, differing in data, labels, annotations or the immutable flag: update it in place.
+    Update,
+    /// Our copy, but its type differs, or it is immutable and its data differs: delete and create.
+    Replace,
+    /// Not ours: left untouched, reported.
+    Conflict(String),
+}
+
+/// Decides what to do at a target given the Secret already there (if any).
+pub fn decide(existing: Option<&Secret>, desired: &Secret, reflector: &ReflectorKey) -> Decision {
+    let Some(existing) = existing else {
+        return Decision::Create;
+    };
+    match ownership(&existing.metadata, reflector) {
+        Ownership::Ours => {}
+        Ownership::OtherReflector(other) => {
+            return Decision::Conflict(format!(
+                "Secret {} already holds a copy made by SecretReflector {other}",
+                existing.metadata.name.as_deref().unwrap_or_default()
+            ));
+        }
+        Ownership::Foreign => {
+            return Decision::Conflict(format!(
+                "Secret {} exists and is not managed by a SecretReflector; left untouched",
+                existing.metadata.name.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    let empty = BTreeMap::new();
+    let data_same =
+        existing.data.as_ref().unwrap_or(&empty) == desired.data.as_ref().unwrap_or(&empty);
+    let immutable = existing.immutable == Some(true);
+    if secret_type(existing) != secret_type(desired) || (immutable && !data_same) {
+        return Decision::Replace;
+    }
+    let meta_same = existing.metadata.labels == desired.metadata.labels
+        && existing.metadata.annotations == desired.metadata.annotations;
+    let immutable_same = immutable == (desired.immutable == Some(true));
+    match (data_same && meta_same && immutable_same, immutable) {
+        (true, _) => Decision::Unchanged,
+        // An immutable Secret cannot be made mutable again.
+        (false, true) if !immutable_same => Decision::Replace,
+        (false, _) => Decision::Update,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> ReflectorKey {
+        ReflectorKey {
+            namespace: "certs".into(),
+            name: "wildcard".into(),
+        }
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn source() -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some("tls".into()),
+                namespace: Some("certs".into()),
+                labels: Some(map(&[
+                    ("team", "web"),
+                    ("app.kubernetes.io/managed-by", "Helm"),
+                    ("helm.sh/chart", "x-1"),
+                    (MANAGED_LABEL, "elsewhere"),
+                ])),
+                annotations: Some(map(&[
+                    ("note", "kept"),
+                    ("cert-manager.io/certificate-name", "tls"),
+                    ("kubectl.kubernetes.io/last-applied-configuration", "{}"),
+                    ("argocd.argoproj.io/tracking-id", "x"),
+                    ("meta.helm.sh/release-name", "x"),
+                    (REFLECTOR_ANNOTATION, "other/one"),
+                ])),
+                owner_references: Some(vec![Default::default()]),
+                resource_version: Some("42".into()),
+                uid: Some("u".into()),
+                ..Default::default()
+            },
+            type_: Some("kubernetes.io/tls".into()),
+            data: Some(BTreeMap::from([
+                ("tls.crt".to_owned(), ByteString(b"crt".to_vec())),
+                ("tls.key".to_owned(), ByteString(b"key".to_vec())),
+            ])),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn copy_carries_type_data_and_chosen_metadata_with_our_marker() {
+        let copy = desired(&source(), &key(), "app-a", "tls");
+        assert_eq!(copy.metadata.namespace.as_deref(), Some("app-a"));
+        assert_eq!(copy.metadata.name.as_deref(), Some("tls"));
+        assert_eq!(copy.type_.as_deref(), Some("kubernetes.io/tls"));
+        assert_eq!(copy.data, source().data);
+        assert_eq!(
+            copy.metadata.labels,
+            Some(map(&[("team", "web"), (MANAGED_LABEL, "certs")]))
+        );
+        let hash = data_hash("kubernetes.io/tls", source().data.as_ref().unwrap());
+        assert_eq!(
+            copy.metadata.annotations,
+            Some(map(&[
+                ("note", "kept"),
+                (REFLECTOR_ANNOTATION, "certs/wildcard"),
+                (SOURCE_ANNOTATION, "certs/tls"),
+                (HASH_ANNOTATION, &hash),
+            ]))
+        );
+        assert!(copy.metadata.owner_references.is_none());
+        assert!(copy.metadata.resource_version.is_none());
+        assert!(copy.metadata.uid.is_none());
+        assert_eq!(copy.immutable, None);
+    }
+
+    #[test]
+    fn hash_depends_on_type_and_data_only() {
+        let data = source().data.unwrap();
+        let h = data_hash("Opaque", &data);
+        assert_eq!(h.len(), 64);
+        assert_eq!(h, data_hash("Opaque", &data));
+        assert_ne!(h, data_hash("kubernetes.io/tls", &data));
+        let mut other = data.clone();
+        other.insert("x".into(), ByteString(vec![]));
+        assert_ne!(h, data_hash("Opaque", &other));
+        // Length prefixes: moving bytes between key and value changes the hash.
+        let a = BTreeMap::from([("ab".to_owned(), ByteString(b"c".to_vec()))]);
+        let b = BTreeMap::from([("a".to_owned(), ByteString(b"bc".to_vec()))]);
+        assert_ne!(data_hash("Opaque", &a), data_hash("Opaque", &b));
+    }
+
+    #[test]
+    fn decisions() {
+        let want = desired(&source(), &key(), "app-a", "tls");
+        let with = |f: &dyn Fn(&mut Secret)| {
+            let mut s = want.clone();
+            s.metadata.resource_version = Some("7".into());
+            f(&mut s);
+            s
+        };
+        let cases: Vec<(&str, Option<Secret>, Decision)> = vec![
+            ("absent", None, Decision::Create),
+            ("identical", Some(with(&|_| {})), Decision::Unchanged),
+            (
+                "data edited by hand",
+                Some(with(&|s| {
+                    s.data
+                        .as_mut()
+                        .unwrap()
+                        .insert("tls.key".into(), ByteString(b"x".to_vec()));
+                })),
+                Decision::Update,
+            ),
+            (
+                "label added by hand",
+                Some(with(&|s| {
+                    s.metadata
+                        .labels
+                        .as_mut()
+                        .unwrap()
+                        .insert("x".into(), "y".into());
+                })),
+                Decision::Update,
+            ),
+            (
+                "our label removed, annotation still ours",
+                Some(with(&|s| {
+                    s.metadata.labels.as_mut().unwrap().remove(MANAGED_LABEL);
+                })),
+                Decision::Update,
+            ),
+            (
+                "type changed",
+                Some(with(&|s| s.type_ = Some("Opaque".into()))),
+                Decision::Replace,
+            ),
+            (
+                "immutable copy with other data",
+                Some(with(&|s| {
+                    s.immutable = Some(true);
+                    s.data = Some(BTreeMap::new());
+                })),
+                Decision::Replace,
+            ),
+            (
+                "immutable copy, source now mutable",
+                Some(with(&|s| s.immutable = Some(true))),
+                Decision::Replace,
+            ),
+            (
+                "foreign Secret",
+                Some(Secret {
+                    metadata: ObjectMeta {
+                        name: Some("tls".into()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                }),
+                Decision::Conflict(
+                    "Secret tls exists and is not managed by a SecretReflector; left untouched"
+                        .into(),
+                ),
+            ),
+            (
+                "foreign Secret that forged only our label",
+                Some(with(&|s| {
+                    s.metadata
+                        .annotations
+                        .as_mut()
+                        .unwrap()
+                        .remove(REFLECTOR_ANNOTATION);
+                })),
+                Decision::Conflict(
+                    "Secret tls exists and is not managed by a SecretReflector; left untouched"
+                        .into(),
+                ),
+            ),
+            (
+                "copy of another reflector",
+                Some(with(&|s| {
+                    s.metadata
+                        .annotations
+                        .as_mut()
+                        .unwrap()
+                        .insert(REFLECTOR_ANNOTATION.into(), "certs/other".into());
+                })),
+                Decision::Conflict(
+                    "Secret tls already holds a copy made by SecretReflector certs/other".into(),
+                ),
+            ),
+        ];
+        for (what, existing, decision) in cases {
+            assert_eq!(decide(existing.as_ref(), &want, &key()), decision, "{what}");
+        }
+    }
+
+    #[test]
+    fn immutable_source_makes_immutable_copies() {
+        let mut src = source();
+        src.immutable = Some(true);
+        let want = desired(&src, &key(), "app-a", "tls");
+        assert_eq!(want.immutable, Some(true));
+        let mut mutable_copy = desired(&source(), &key(), "app-a", "tls");
+        assert_eq!(
+            decide(Some(&mutable_copy), &want, &key()),
+            Decision::Update,
+            "a mutable copy may be made immutable in place"
+        );
+        mutable_copy.immutable = Some(true);
+        assert_eq!(
+            decide(Some(&mutable_copy), &want, &key()),
+            Decision::Unchanged
+        );
+    }
+}

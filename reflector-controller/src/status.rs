@@ -1,0 +1,250 @@
+//! The SecretReflector status: per-target states, the `synced/desired` summary, and the Ready /
+//! Stalled / Reconciling conditions. Pure.
+
+use common::{
+    conditions::{self, Condition},
+    crd::{SecretReflectorStatus, reflector::TargetStatus},
+};
+
+/// State of one target after a reconcile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TargetState {
+    Synced,
+    Conflict,
+    Error,
+    NamespaceNotFound,
+    OptedOut,
+    Denied,
+}
+
+impl TargetState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetState::Synced => "Synced",
+            TargetState::Conflict => "Conflict",
+            TargetState::Error => "Error",
+            TargetState::NamespaceNotFound => "NamespaceNotFound",
+            TargetState::OptedOut => "OptedOut",
+            TargetState::Denied => "Denied",
+        }
+    }
+
+    /// Whether the target counts in the `desired` of `synced/desired` (refused targets do not).
+    pub fn desired(self) -> bool {
+        !matches!(self, TargetState::OptedOut | TargetState::Denied)
+    }
+}
+
+/// One target's outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetOutcome {
+    pub namespace: String,
+    pub state: TargetState,
+    pub message: Option<String>,
+}
+
+/// Why the reflector cannot copy at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Blocked {
+    /// The source Secret does not exist (copies were removed).
+    SourceNotFound(String),
+    /// The spec is invalid (e.g. the namespace selector).
+    InvalidSpec(String),
+}
+
+/// Builds the status from the outcomes, keeping condition transition times from `old`.
+pub fn build(
+    old: &SecretReflectorStatus,
+    generation: Option<i64>,
+    blocked: Option<&Blocked>,
+    outcomes: &[TargetOutcome],
+) -> SecretReflectorStatus {
+    let desired = outcomes.iter().filter(|o| o.state.desired()).count();
+    let count = |s: TargetState| outcomes.iter().filter(|o| o.state == s).count();
+    let synced = count(TargetState::Synced);
+    let conflicts = count(TargetState::Conflict);
+    let errors = count(TargetState::Error);
+    let missing = count(TargetState::NamespaceNotFound);
+
+    let (ready, reason, message): (bool, &str, String) = match blocked {
+        Some(Blocked::SourceNotFound(m)) => (false, "SourceNotFound", m.clone()),
+        Some(Blocked::InvalidSpec(m)) => (false, "InvalidSpec", m.clone()),
+        None if conflicts > 0 => (
+            false,
+            "Conflict",
+            format!(
+                "{conflicts} target(s) hold a Secret this reflector does not manage; {synced}/{desired} synced"
+            ),
+        ),
+        None if errors > 0 => (
+            false,
+            "Error",
+            format!("{errors} target(s) failed; {synced}/{desired} synced; retrying"),
+        ),
+        None if missing > 0 => (
+            false,
+            "NamespaceNotFound",
+            format!("{missing} named namespace(s) do not exist; {synced}/{desired} synced"),
+        ),
+        None => (true, "Synced", format!("{synced}/{desired} targets synced")),
+    };
+    let mut conds: Vec<Condition> = old.conditions.clone();
+    conditions::set(
+        &mut conds,
+        conditions::new(conditions::READY, ready, reason, &message, generation),
+    );
+    // Stalled: nothing changes until someone acts (source, spec or a conflicting Secret).
+    let stalled = blocked.is_some() || conflicts > 0;
+    if stalled {
+        conditions::set(
+            &mut conds,
+            conditions::new(conditions::STALLED, true, reason, &message, generation),
+        );
+    } else {
+        conditions::remove(&mut conds, conditions::STALLED);
+    }
+    // Reconciling: a retry is scheduled.
+    if errors > 0 && blocked.is_none() {
+        conditions::set(
+            &mut conds,
+            conditions::new(
+                conditions::RECONCILING,
+                true,
+                "Retrying",
+                &message,
+                generation,
+            ),
+        );
+    } else {
+        conditions::remove(&mut conds, conditions::RECONCILING);
+    }
+    let mut targets: Vec<TargetStatus> = outcomes
+        .iter()
+        .map(|o| TargetStatus {
+            namespace: o.namespace.clone(),
+            state: o.state.as_str().to_owned(),
+            message: o.message.clone(),
+        })
+        .collect();
+    targets.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+    SecretReflectorStatus {
+        observed_generation: generation,
+        conditions: conds,
+        summary: Some(format!("{synced}/{desired}")),
+        targets,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(ns: &str, state: TargetState) -> TargetOutcome {
+        TargetOutcome {
+            namespace: ns.into(),
+            state,
+            message: None,
+        }
+    }
+
+    fn ready(s: &SecretReflectorStatus) -> (String, String) {
+        let c = conditions::find(&s.conditions, conditions::READY).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    /// (what, blocked, outcomes, summary, Ready status, Ready reason, stalled)
+    type Case<'a> = (
+        &'a str,
+        Option<Blocked>,
+        Vec<TargetOutcome>,
+        &'a str,
+        &'a str,
+        &'a str,
+        bool,
+    );
+
+    #[test]
+    fn table() {
+        use TargetState::*;
+        let cases: Vec<Case> = vec![
+            (
+                "all synced; refused ones not desired",
+                None,
+                vec![
+                    outcome("b", Synced),
+                    outcome("a", Synced),
+                    outcome("c", OptedOut),
+                    outcome("d", Denied),
+                ],
+                "2/2",
+                "True",
+                "Synced",
+                false,
+            ),
+            (
+                "a conflict stalls",
+                None,
+                vec![
+                    outcome("a", Synced),
+                    outcome("b", Conflict),
+                    outcome("c", Error),
+                ],
+                "1/3",
+                "False",
+                "Conflict",
+                true,
+            ),
+            (
+                "errors retry",
+                None,
+                vec![outcome("a", Synced), outcome("c", Error)],
+                "1/2",
+                "False",
+                "Error",
+                false,
+            ),
+            (
+                "a named namespace is missing",
+                None,
+                vec![outcome("a", Synced), outcome("z", NamespaceNotFound)],
+                "1/2",
+                "False",
+                "NamespaceNotFound",
+                false,
+            ),
+            (
+                "source missing",
+                Some(Blocked::SourceNotFound("Secret certs/tls not found".into())),
+                vec![],
+                "0/0",
+                "False",
+                "SourceNotFound",
+                true,
+            ),
+            ("no targets", None, vec![], "0/0", "True", "Synced", false),
+        ];
+        for (what, blocked, outcomes, summary, status, reason, stalled) in cases {
+            let s = build(&Default::default(), Some(3), blocked.as_ref(), &outcomes);
+            assert_eq!(s.summary.as_deref(), Some(summary), "{what}");
+            assert_eq!(ready(&s), (status.to_owned(), reason.to_owned()), "{what}");
+            assert_eq!(
+                conditions::find(&s.conditions, conditions::STALLED).is_some(),
+                stalled,
+                "{what}"
+            );
+            assert_eq!(s.observed_generation, Some(3));
+            let names: Vec<&str> = s.targets.iter().map(|t| t.namespace.as_str()).collect();
+            let mut sorted = names.clone();
+            sorted.sort();
+            assert_eq!(names, sorted, "{what}: targets sorted");
+        }
+    }
+
+    #[test]
+    fn unchanged_outcome_gives_identical_status() {
+        let outcomes = vec![outcome("a", TargetState::Synced)];
+        let first = build(&Default::default(), Some(1), None, &outcomes);
+        let second = build(&first, Some(1), None, &outcomes);
+        assert_eq!(first, second, "no status write when nothing changed");
+    }
+}

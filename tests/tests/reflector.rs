@@ -1,0 +1,939 @@
+//! reflector-controller on the real control plane. Each test runs its own controller scoped to its
+//! source namespace (`--namespace`), so it handles only its own SecretReflectors; target namespaces
+//! are selected by a label unique to the test, so parallel tests never see each other's targets.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::crd::SecretReflector;
+use e2e::{TestEnv, cluster::TestNamespace, controller::ControllerProcess, test_env, wait};
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{Event, Namespace, Secret},
+};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+const REFLECTOR_ANNOTATION: &str = "pack-operator.k8s.kubit.ir/reflector";
+const MANAGED_LABEL: &str = "pack-operator.k8s.kubit.ir/reflector-namespace";
+const ACCEPT_LABEL: &str = "pack-operator.k8s.kubit.ir/accept-reflections";
+const WAIT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(100);
+
+fn start_controller(env: &TestEnv, ns: &str, extra: &[String]) -> ControllerProcess {
+    let mut args = vec![
+        format!("--namespace={ns}"),
+        format!("--lease-namespace={ns}"),
+        "--lease-name=reflector".to_owned(),
+        "--lease-duration=3s".to_owned(),
+        "--renew-deadline=2s".to_owned(),
+        "--retry-period=500ms".to_owned(),
+    ];
+    args.extend(extra.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ControllerProcess::start(env, "reflector-controller", ns, &args)
+        .expect("start reflector-controller")
+}
+
+/// A target namespace labelled `labels`.
+async fn namespace(env: &TestEnv, prefix: &str, labels: &[(&str, &str)]) -> TestNamespace {
+    let ns = env.namespace(prefix).await;
+    if !labels.is_empty() {
+        label_namespace(&env.client().await, &ns.name, labels).await;
+    }
+    ns
+}
+
+async fn label_namespace(client: &Client, ns: &str, labels: &[(&str, &str)]) {
+    let labels: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .map(|(k, v)| {
+            let v = if v.is_empty() { json!(null) } else { json!(v) };
+            ((*k).to_owned(), v)
+        })
+        .collect();
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": labels } })),
+        )
+        .await
+        .unwrap();
+}
+
+fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+        .collect()
+}
+
+async fn create_secret(client: &Client, ns: &str, name: &str, body: serde_json::Value) -> Secret {
+    let mut secret: Secret = serde_json::from_value(body).unwrap();
+    secret.metadata.name = Some(name.to_owned());
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap()
+}
+
+async fn source(client: &Client, ns: &str, name: &str, value: &str) -> Secret {
+    create_secret(
+        client,
+        ns,
+        name,
+        json!({
+            "metadata": {
+                "labels": { "team": "web", "app.kubernetes.io/managed-by": "Helm" },
+                "annotations": { "note": "copied", "meta.helm.sh/release-name": "certs" }
+            },
+            "type": "kubernetes.io/tls",
+            "stringData": { "tls.crt": value, "tls.key": format!("key-{value}") }
+        }),
+    )
+    .await
+}
+
+async fn set_source(client: &Client, ns: &str, name: &str, value: &str) {
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({ "stringData": { "tls.crt": value, "tls.key": format!("key-{value}") } }),
+            ),
+        )
+        .await
+        .unwrap();
+}
+
+async fn reflector(client: &Client, ns: &str, name: &str, spec: serde_json::Value) {
+    let r: SecretReflector = serde_json::from_value(json!({
+        "apiVersion": "k8s.kubit.ir/v1alpha1",
+        "kind": "SecretReflector",
+        "metadata": { "name": name },
+        "spec": spec,
+    }))
+    .unwrap();
+    Api::<SecretReflector>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &r)
+        .await
+        .unwrap();
+}
+
+async fn get_secret(client: &Client, ns: &str, name: &str) -> Option<Secret> {
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()
+}
+
+fn value_of(s: &Secret) -> String {
+    s.data
+        .as_ref()
+        .and_then(|d| d.get("tls.crt"))
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        .unwrap_or_default()
+}
+
+/// Waits for the copy `ns/name` with `tls.crt` = `value`; returns it.
+async fn wait_copy(client: &Client, ns: &str, name: &str, value: &str) -> Secret {
+    wait::until(
+        &format!("copy {ns}/{name} with tls.crt={value}"),
+        WAIT,
+        POLL,
+        || async {
+            match get_secret(client, ns, name).await {
+                Some(s) if value_of(&s) == value => Ok(Some(s)),
+                Some(s) => Err(format!("tls.crt={}", value_of(&s))),
+                None => Err("absent".to_owned()),
+            }
+        },
+    )
+    .await
+}
+
+async fn wait_absent(client: &Client, ns: &str, name: &str) {
+    wait::until(&format!("no Secret {ns}/{name}"), WAIT, POLL, || async {
+        match get_secret(client, ns, name).await {
+            None => Ok(Some(())),
+            Some(s) => Err(format!("present, tls.crt={}", value_of(&s))),
+        }
+    })
+    .await
+}
+
+async fn get_reflector(client: &Client, ns: &str, name: &str) -> Option<SecretReflector> {
+    Api::<SecretReflector>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()
+}
+
+/// Target states as `namespace=State` strings, the summary, and Ready's status/reason.
+fn describe(r: &SecretReflector) -> (Vec<String>, String, String) {
+    let status = r.status.clone().unwrap_or_default();
+    let targets = status
+        .targets
+        .iter()
+        .map(|t| format!("{}={}", t.namespace, t.state))
+        .collect();
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| format!("{}/{}", c.status, c.reason))
+        .unwrap_or_default();
+    (targets, status.summary.unwrap_or_default(), ready)
+}
+
+/// Waits until the status lists exactly `targets` (sorted `namespace=State`), `summary` and Ready
+/// `status/reason`.
+async fn wait_status(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    targets: &[String],
+    summary: &str,
+    ready: &str,
+) -> SecretReflector {
+    let mut want_targets = targets.to_vec();
+    want_targets.sort();
+    wait::until(
+        &format!("status of {name}: {want_targets:?} {summary} Ready={ready}"),
+        WAIT,
+        POLL,
+        || async {
+            let Some(r) = get_reflector(client, ns, name).await else {
+                return Err((vec!["gone".to_owned()], String::new(), String::new()));
+            };
+            let seen = describe(&r);
+            if seen.0 == want_targets && seen.1 == summary && seen.2 == ready {
+                Ok(Some(r))
+            } else {
+                Err(seen)
+            }
+        },
+    )
+    .await
+}
+
+async fn events_for(client: &Client, ns: &str, name: &str, reason: &str) -> Vec<String> {
+    Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.name.as_deref() == Some(name) && e.reason.as_deref() == Some(reason)
+        })
+        .map(|e| e.message.unwrap_or_default())
+        .collect()
+}
+
+async fn wait_event(client: &Client, ns: &str, name: &str, reason: &str) -> String {
+    wait::until(
+        &format!("Event {reason} on {name}"),
+        WAIT,
+        Duration::from_millis(200),
+        || async {
+            match events_for(client, ns, name, reason)
+                .await
+                .into_iter()
+                .next()
+            {
+                Some(m) => Ok(Some(m)),
+                None => Err("none yet"),
+            }
+        },
+    )
+    .await
+}
+
+fn state(ns: &str, state: &str) -> String {
+    format!("{ns}={state}")
+}
+
+#[tokio::test]
+async fn copies_follow_names_selector_new_namespaces_and_source_changes() {
+    let env = test_env();
+    let client = env.client().await;
+    let src = env.namespace("refl-src").await;
+    let group = src.name.as_str();
+    let named = namespace(&env, "refl-named", &[]).await;
+    let selected = namespace(&env, "refl-sel", &[("e2e-reflect", group)]).await;
+    let _controller = start_controller(&env, &src.name, &[]);
+
+    source(&client, &src.name, "tls", "v1").await;
+    reflector(
+        &client,
+        &src.name,
+        "wildcard",
+        json!({
+            "source": { "name": "tls" },
+            "targets": {
+                "namespaces": [named.name],
+                "namespaceSelector": { "matchLabels": { "e2e-reflect": group } }
+            }
+        }),
+    )
+    .await;
+
+    let copy = wait_copy(&client, &named.name, "tls", "v1").await;
+    wait_copy(&client, &selected.name, "tls", "v1").await;
+    // Type, data and chosen metadata are copied; ownership metadata of other tools is not.
+    assert_eq!(copy.type_.as_deref(), Some("kubernetes.io/tls"));
+    let labels = copy.metadata.labels.clone().unwrap_or_default();
+    let annotations = copy.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(labels.get("team").map(String::as_str), Some("web"));
+    assert!(
+        !labels.contains_key("app.kubernetes.io/managed-by"),
+        "{labels:?}"
+    );
+    assert_eq!(labels.get(MANAGED_LABEL), Some(&src.name));
+    assert_eq!(annotations.get("note").map(String::as_str), Some("copied"));
+    assert!(
+        !annotations.contains_key("meta.helm.sh/release-name"),
+        "{annotations:?}"
+    );
+    assert_eq!(
+        annotations.get(REFLECTOR_ANNOTATION),
+        Some(&format!("{}/wildcard", src.name))
+    );
+    assert_eq!(
+        annotations.get("pack-operator.k8s.kubit.ir/reflected-from"),
+        Some(&format!("{}/tls", src.name))
+    );
+    assert_eq!(
+        annotations
+            .get("pack-operator.k8s.kubit.ir/source-hash")
+            .map(String::len),
+        Some(64)
+    );
+    wait_status(
+        &client,
+        &src.name,
+        "wildcard",
+        &[
+            state(&named.name, "Synced"),
+            state(&selected.name, "Synced"),
+        ],
+        "2/2",
+        "True/Synced",
+    )
+    .await;
+    let note = wait_event(&client, &src.name, "wildcard", "Synced").await;
+    assert!(!note.contains("v1"), "Event leaks Secret data: {note}");
+
+    // A namespace created later with the label gets its copy, without a restart.
+    let later = namespace(&env, "refl-later", &[("e2e-reflect", group)]).await;
+    wait_copy(&client, &later.name, "tls", "v1").await;
+
+    // Relabelled away: its copy is removed.
+    label_namespace(&client, &selected.name, &[("e2e-reflect", "")]).await;
+    wait_absent(&client, &selected.name, "tls").await;
+    wait_status(
+        &client,
+        &src.name,
+        "wildcard",
+        &[state(&named.name, "Synced"), state(&later.name, "Synced")],
+        "2/2",
+        "True/Synced",
+    )
+    .await;
+
+    // A source change reaches every copy quickly.
+    let changed = std::time::Instant::now();
+    set_source(&client, &src.name, "tls", "v2").await;
+    wait_copy(&client, &named.name, "tls", "v2").await;
+    wait_copy(&client, &later.name, "tls", "v2").await;
+    let took = changed.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "source change took {took:?} to reach the copies"
+    );
+
+    // Secret data never appears in the status.
+    let r = get_reflector(&client, &src.name, "wildcard").await.unwrap();
+    let status = serde_json::to_string(&r.status).unwrap();
+    assert!(
+        !status.contains("v2") && !status.contains("key-"),
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn deleting_the_reflector_removes_its_copies_and_nothing_else() {
+    let env = test_env();
+    let client = env.client().await;
+    let src = env.namespace("refl-del").await;
+    let group = src.name.as_str();
+    let a = namespace(&env, "refl-del-a", &[("e2e-reflect", group)]).await;
+    let b = namespace(&env, "refl-del-b", &[("e2e-reflect", group)]).await;
+    let bystander = namespace(&env, "refl-del-x", &[]).await;
+    let foreign = create_secret(
+        &client,
+        &bystander.name,
+        "tls",
+        json!({ "stringData": { "tls.crt": "mine" } }),
+    )
+    .await;
+    let _controller = start_controller(&env, &src.name, &[]);
+    source(&client, &src.name, "tls", "v1").await;
+    reflector(
+        &client,
+        &src.name,
+        "wildcard",
+        json!({
+            "source": { "name": "tls" },
+            "targets": { "namespaceSelector": { "matchLabels": { "e2e-reflect": group } } }
+        }),
+    )
+    .await;
+    wait_copy(&client, &a.name, "tls", "v1").await;
+    wait_copy(&client, &b.name, "tls", "v1").await;
+
+    Api::<SecretReflector>::namespaced(client.clone(), &src.name)
+        .delete("wildcard", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_absent(&client, &a.name, "tls").await;
+    wait_absent(&client, &b.name, "tls").await;
+    wait::until(
+        "the SecretReflector gone (finalizer released)",
+        WAIT,
+        POLL,
+        || async {
+            match get_reflector(&client, &src.name, "wildcard").await {
+                None => Ok(Some(())),
+                Some(r) => Err(r.metadata.finalizers),
+            }
+        },
+    )
+    .await;
+    // The source and the foreign Secret of the same name elsewhere are untouched.
+    let after = get_secret(&client, &bystander.name, "tls").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version,
+        foreign.metadata.resource_version
+    );
+    assert_eq!(after.data, foreign.data);
+    assert_eq!(
+        value_of(&get_secret(&client, &src.name, "tls").await.unwrap()),
+        "v1"
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_secret_is_a_conflict_and_stays_untouched() {
+    let env = test_env();
+    let client = env.client().await;
+    let src = env.namespace("refl-conf").await;
+    let taken = namespace(&env, "refl-conf-taken", &[]).await;
+    let free = namespace(&env, "refl-conf-free", &[]).await;
+    let foreign = create_secret(
+        &client,
+        &taken.name,
+        "tls",
+        json!({ "type": "Opaque", "stringData": { "password": "hunter2" } }),
+    )
+    .await;
+    let _controller = start_controller(&env, &src.name, &[]);
+    source(&client, &src.name, "tls", "v1").await;
+    reflector(
+        &client,
+        &src.name,
+        "wildcard",
+        json!({
+            "source": { "name": "tls" },
+            "targets": { "namespaces": [taken.name, free.name] }
+        }),
+    )
+    .await;
+    wait_copy(&client, &free.name, "tls", "v1").await;
+    let r = wait_status(
+        &client,
+        &src.name,
+        "wildcard",
+        &[state(&taken.name, "Conflict"), state(&free.name, "Synced")],
+        "1/2",
+        "False/Conflict",
+    )
+    .await;
+    let message = r
+        .status
+        .unwrap()
+        .targets
+        .into_iter()
+        .find(|t| t.namespace == taken.name)
+        .and_then(|t| t.message)
+        .unwrap_or_default();
+    assert!(message.contains("not managed"), "{message}");
+    let note = wait_event(&client, &src.name, "wildcard", "Conflict").await;
+    assert!(note.contains(&taken.name), "{note}");
+
+    // A source change proceeds elsewhere; the foreign Secret stays byte for byte.
+    set_source(&client, &src.name, "tls", "v2").await;
+    wait_copy(&client, &free.name, "tls", "v2").await;
+    wait::holds(
+        "the foreign Secret unchanged",
+        Duration::from_secs(3),
+        POLL,
+        || async {
+            let now = get_secret(&client, &taken.name, "tls").await.unwrap();
+            if now.metadata.resource_version == foreign.metadata.resource_version
+                && now.data == foreign.data
+            {
+                Ok(())
+            } else {
+                Err(now.metadata.resource_version)
+            }
+        },
+    )
+    .await;
+    // Deleting the reflector does not delete the foreign Secret either.
+    Api::<SecretReflector>::namespaced(client.clone(), &src.name)
+        .delete("wildcard", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_absent(&client, &free.name, "tls").await;
+    let now = get_secret(&client, &taken.name, "tls").await.unwrap();
+    assert_eq!(
+        now.metadata.resource_version,
+        foreign.metadata.resource_version
+    );
+    assert_eq!(now.data, Some(data(&[("password", "hunter2")])));
+}
+
+#[tokio::test]
+async fn hand_edits_are_restored_and_deleted_copies_recreated() {
+    let env = test_env();
+    let client = env.client().await;
+    let src = env.namespace("refl-drift").await;
+    let target = namespace(&env, "refl-drift-t", &[]).await;
+    let _controller = start_controller(&env, &src.name, &[]);
+    source(&client, &src.name, "tls", "v1").await;
+    reflector(
+        &client,
+        &src.name,
+        "wildcard",
+        json!({
+            "source": { "name": "tls" },
+            "targets": { "namespaces": [target.name] },
+            "targetName": "copied-tls"
+        }),
+    )
+    .await;
+    wait_copy(&client, &target.name, "copied-tls", "v1").await;
+
+    let copies = Api::<Secret>::namespaced(client.clone(), &target.name);
+    copies
+        .patch(
+            "copied-tls",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "stringData": { "tls.crt": "hacked", "extra": "x" } })),
+        )
+        .await
+        .unwrap();
+    let restored = wait_copy(&client, &target.name, "copied-tls", "v1").await;
+    assert!(
+        !restored.data.unwrap_or_default().contains_key("extra"),
+        "keys added by hand are removed"
+    );
+
+    copies
+        .delete("copied-tls", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_copy(&client, &target.name, "copied-tls", "v1").await;
+}
+
+#[tokio::test]
+async fn refused_namespaces_get_no_copy() {
+    let env = test_env();
+    let client = env.client().await;
+    let src = env.namespace("refl-opt").await;
+    let group = src.name.as_str();
+    let accepting = namespace(&env, "refl-opt-yes", &[("e2e-reflect", group)]).await;
+    let opted_out = namespace(
+        &env,
+        "refl-opt-no",
+        &[("e2e-reflect", group), (ACCEPT_LABEL, "false")],
+    )
+    .await;
+    let denied = namespace(&env, "refl-opt-denied", &[("e2e-reflect", group)]).await;
+    let _controller = start_controller(
+        &env,
+        &src.name,
+        &[format!("--deny-target-namespaces=kube-*,{}", denied.name)],
+    );
+    source(&client, &src.name, "tls", "v1").await;
+    reflector(
+        &client,
+        &src.name,
+        "wildcard",
+        json!({
+            "source": { "name": "tls" },
+            "targets": { "namespaceSelector": { "matchLabels": { "e2e-reflect": group } } }
+        }),
+    )
+    .await;
+    wait_copy(&client, &accepting.name, "tls", "v1").await;
+    wait_status(
+        &client,
+        &src.name,
+        "wildcard",
+        &[
+            state(&accepting.name, "Synced"),
+            state(&opted_out.name, "OptedOut"),
+            state(&denied.name, "Denied"),
+        ],
+        "1/1",
+        "True/Synced",
+    )
+    .await;
+    assert!(get_secret(&client, &opted_out.name, "tls").await.is_none());
+    assert!(get_secret(&client, &denied.name, "tls").await.is_none());
+
+    // Opting out later removes the copy already made.
+    label_namespace(&client, &accepting.name, &[(ACCEPT_LABEL, "false")]).await;
+    wait_absent(&client, &accepting.name, "tls").await;
+}
+
+#[tokio::test]
+async fn two_reflectors_on_one_target_one_wins() {
+    let env = test_env();
+    let client = env.client().await;
+    let src = env.namespace("refl-two").await;
+    let target = namespace(&env, "refl-two-t", &[]).await;
+    let _controller = start_controller(&env, &src.name, &[]);
+    source(&client, &src.name, "first", "one").await;
+    source(&client, &src.name, "second", "two").await;
+    let spec = |source: &str| {
+        json!({
+            "source": { "name": source },
+            "targets": { "namespaces": [target.name] },
+            "targetName": "shared"
+        })
+    };
+    reflector(&client, &src.name, "first", spec("first")).await;
+    // The first holds the target before the second exists: it keeps it.
+    wait_copy(&client, &target.name, "shared", "one").await;
+    reflector(&client, &src.name, "second", spec("second")).await;
+    wait_status(
+        &client,
+        &src.name,
+        "second",
+        &[state(&target.name, "Conflict")],
+        "0/1",
+        "False/Conflict",
+    )
+    .await;
+    wait_status(
+        &client,
+        &src.name,
+        "first",
+        &[state(&target.name, "Synced")],
+        "1/1",
+        "True/Synced",
+    )
+    .await;
+    let note = wait_event(&client, &src.name, "second", "Conflict").await;
+    assert!(note.contains(&format!("{}/first", src.name)), "{note}");
+    wait::holds(
+        "the winner's copy stays",
+        Duration::from_secs(2),
+        POLL,
+        || async {
+            let s = get_secret(&client, &target.name, "shared").await;
+            match s.as_ref().map(value_of).as_deref() {
+                Some("one") => Ok(()),
+                other => Err(other.map(str::to_owned)),
+            }
+        },
+    )
+    .await;
+
+    // When the winner goes, the other one takes the target.
+    Api::<SecretReflector>::namespaced(client.clone(), &src.name)
+        .delete("first", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_copy(&client, &target.name, "shared", "two").await;
+    wait_status(
+        &client,
+        &src.name,
+        "second",
+        &[state(&target.name, "Synced")],
+        "1/1",
+        "True/Synced",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn deleted_source_removes_copies_and_recreated_source_restores_them() {
+    let env = test_env();
+    let client = env.client().await;
+    let src = env.namespace("refl-srcdel").await;
+    let target = namespace(&env, "refl-srcdel-t", &[]).await;
+    let _controller = start_controller(&env, &src.name, &[]);
+    // An immutable source: its copies are immutable too.
+    create_secret(
+        &client,
+        &src.name,
+        "tls",
+        json!({ "immutable": true, "stringData": { "tls.crt": "v1" } }),
+    )
+    .await;
+    reflector(
+        &client,
+        &src.name,
+        "wildcard",
+        json!({ "source": { "name": "tls" }, "targets": { "namespaces": [target.name] } }),
+    )
+    .await;
+    let copy = wait_copy(&client, &target.name, "tls", "v1").await;
+    assert_eq!(copy.immutable, Some(true));
+
+    let sources = Api::<Secret>::namespaced(client.clone(), &src.name);
+    sources
+        .delete("tls", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_absent(&client, &target.name, "tls").await;
+    wait_status(
+        &client,
+        &src.name,
+        "wildcard",
+        &[],
+        "0/0",
+        "False/SourceNotFound",
+    )
+    .await;
+    wait_event(&client, &src.name, "wildcard", "SourceNotFound").await;
+
+    // Recreated with other data (and now mutable, Opaque): the copy comes back as it is now.
+    create_secret(
+        &client,
+        &src.name,
+        "tls",
+        json!({ "stringData": { "tls.crt": "v2" } }),
+    )
+    .await;
+    let copy = wait_copy(&client, &target.name, "tls", "v2").await;
+    assert_eq!(copy.immutable, None);
+    assert_eq!(copy.type_.as_deref(), Some("Opaque"));
+    wait_status(
+        &client,
+        &src.name,
+        "wildcard",
+        &[state(&target.name, "Synced")],
+        "1/1",
+        "True/Synced",
+    )
+    .await;
+}
+
+/// The RBAC rules documented in docs/reflector.md are enough: a controller running as a ServiceAccount
+/// with exactly those rules copies, reports a conflict, follows a change, cleans up, and is never
+/// refused by the API server.
+#[tokio::test]
+async fn least_privilege_rbac_is_enough() {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    let env = test_env();
+    let client = env.client().await;
+    let src = env.namespace("refl-rbac").await;
+    let target = namespace(&env, "refl-rbac-t", &[]).await;
+    let taken = namespace(&env, "refl-rbac-taken", &[]).await;
+    create_secret(
+        &client,
+        &taken.name,
+        "tls",
+        json!({ "stringData": { "tls.crt": "theirs" } }),
+    )
+    .await;
+    let name = format!("e2e-{}", src.name);
+    let cluster_role: ClusterRole = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "rules": [
+            { "apiGroups": ["k8s.kubit.ir"], "resources": ["secretreflectors"], "verbs": ["list", "watch", "patch"] },
+            { "apiGroups": ["k8s.kubit.ir"], "resources": ["secretreflectors/status"], "verbs": ["patch"] },
+            { "apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "update", "delete"] },
+            { "apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"] },
+            { "apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"] }
+        ]
+    }))
+    .unwrap();
+    let subject = json!([{ "kind": "ServiceAccount", "name": "reflector", "namespace": src.name }]);
+    let cluster_binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name },
+        "subjects": subject
+    }))
+    .unwrap();
+    let role: Role = serde_json::from_value(json!({
+        "metadata": { "name": "reflector-leases" },
+        "rules": [{ "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"] }]
+    }))
+    .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": "reflector-leases" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reflector-leases" },
+        "subjects": subject
+    }))
+    .unwrap();
+    let pp = PostParams::default();
+    let cluster_roles = Api::<ClusterRole>::all(client.clone());
+    let cluster_bindings = Api::<ClusterRoleBinding>::all(client.clone());
+    cluster_roles.create(&pp, &cluster_role).await.unwrap();
+    cluster_bindings
+        .create(&pp, &cluster_binding)
+        .await
+        .unwrap();
+    Api::<Role>::namespaced(client.clone(), &src.name)
+        .create(&pp, &role)
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), &src.name)
+        .create(&pp, &binding)
+        .await
+        .unwrap();
+    let kubeconfig = env.service_account_kubeconfig(&src.name, "reflector").await;
+    let args = [
+        format!("--namespace={}", src.name),
+        format!("--lease-namespace={}", src.name),
+        "--lease-name=reflector".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let controller = ControllerProcess::start_with_kubeconfig(
+        &kubeconfig,
+        "reflector-controller",
+        &src.name,
+        &args,
+    )
+    .expect("start reflector-controller");
+
+    source(&client, &src.name, "tls", "v1").await;
+    reflector(
+        &client,
+        &src.name,
+        "wildcard",
+        json!({ "source": { "name": "tls" }, "targets": { "namespaces": [target.name, taken.name] } }),
+    )
+    .await;
+    wait_copy(&client, &target.name, "tls", "v1").await;
+    wait_status(
+        &client,
+        &src.name,
+        "wildcard",
+        &[
+            state(&target.name, "Synced"),
+            state(&taken.name, "Conflict"),
+        ],
+        "1/2",
+        "False/Conflict",
+    )
+    .await;
+    wait_event(&client, &src.name, "wildcard", "Conflict").await;
+    set_source(&client, &src.name, "tls", "v2").await;
+    wait_copy(&client, &target.name, "tls", "v2").await;
+    Api::<SecretReflector>::namespaced(client.clone(), &src.name)
+        .delete("wildcard", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_absent(&client, &target.name, "tls").await;
+    wait::until("the SecretReflector gone", WAIT, POLL, || async {
+        match get_reflector(&client, &src.name, "wildcard").await {
+            None => Ok(Some(())),
+            Some(r) => Err(r.metadata.finalizers),
+        }
+    })
+    .await;
+    let logs = controller.logs();
+    let _ = cluster_bindings
+        .delete(&name, &DeleteParams::default())
+        .await;
+    let _ = cluster_roles.delete(&name, &DeleteParams::default()).await;
+    assert!(
+        !logs.to_lowercase().contains("forbidden"),
+        "the controller was refused something:\n{logs}"
+    );
+}
+
+/// A Terminating namespace is skipped quietly: no write is attempted (the API server would refuse
+/// it), no Error, and it is not listed.
+#[tokio::test]
+async fn terminating_namespaces_are_skipped_quietly() {
+    let env = test_env();
+    let client = env.client().await;
+    let src = env.namespace("refl-term").await;
+    let group = src.name.as_str();
+    let staying = namespace(&env, "refl-term-stay", &[("e2e-reflect", group)]).await;
+    let leaving = namespace(&env, "refl-term-go", &[("e2e-reflect", group)]).await;
+    // Holds `leaving` in Terminating until the test removes the finalizer.
+    create_secret(
+        &client,
+        &leaving.name,
+        "blocker",
+        json!({ "metadata": { "finalizers": ["e2e.pack-operator/hold"] } }),
+    )
+    .await;
+    let _controller = start_controller(&env, &src.name, &[]);
+    source(&client, &src.name, "tls", "v1").await;
+    reflector(
+        &client,
+        &src.name,
+        "wildcard",
+        json!({
+            "source": { "name": "tls" },
+            "targets": { "namespaceSelector": { "matchLabels": { "e2e-reflect": group } } }
+        }),
+    )
+    .await;
+    wait_copy(&client, &leaving.name, "tls", "v1").await;
+
+    Api::<Namespace>::all(client.clone())
+        .delete(&leaving.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    // The namespace controller removes the copy; the reflector does not put it back nor report it.
+    wait_absent(&client, &leaving.name, "tls").await;
+    set_source(&client, &src.name, "tls", "v2").await;
+    wait_copy(&client, &staying.name, "tls", "v2").await;
+    wait_status(
+        &client,
+        &src.name,
+        "wildcard",
+        &[state(&staying.name, "Synced")],
+        "1/1",
+        "True/Synced",
+    )
+    .await;
+    let phase = Api::<Namespace>::all(client.clone())
+        .get(&leaving.name)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.phase);
+    assert_eq!(phase.as_deref(), Some("Terminating"));
+    assert!(get_secret(&client, &leaving.name, "tls").await.is_none());
+    assert!(
+        events_for(&client, &src.name, "wildcard", "Error")
+            .await
+            .is_empty()
+    );
+
+    Api::<Secret>::namespaced(client.clone(), &leaving.name)
+        .patch(
+            "blocker",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+        )
+        .await
+        .unwrap();
+}
