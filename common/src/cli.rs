@@ -30,7 +30,7 @@ pub struct RuntimeArgs {
     pub metrics_address: SocketAddr,
 
     /// Watch and act on this namespace only (default: all namespaces). Useful to shard or to run with
-    /// namespaced RBAC.
+    /// namespaced RBAC. pack-controller also accepts a comma-separated list.
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub namespace: Option<String>,
 
@@ -79,8 +79,35 @@ pub struct RuntimeArgs {
 }
 
 impl RuntimeArgs {
+    /// The namespaces of `--namespace` (comma-separated, trimmed); empty = all namespaces.
+    pub fn namespaces(&self) -> Vec<String> {
+        self.namespace
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Checks relations between flags that clap cannot express.
     pub fn validate(&self) -> Result<(), String> {
+        if self.namespaces().len() > 1 {
+            return Err(format!(
+                "--namespace {:?}: this controller watches one namespace or all (only pack-controller \
+                 accepts a list)",
+                self.namespace.as_deref().unwrap_or_default()
+            ));
+        }
+        self.validate_allowing_namespace_list()
+    }
+
+    /// As [`RuntimeArgs::validate`], for a controller that accepts a list of namespaces.
+    pub fn validate_allowing_namespace_list(&self) -> Result<(), String> {
+        if self.namespace.is_some() && self.namespaces().is_empty() {
+            return Err("--namespace is empty; omit it to watch all namespaces".into());
+        }
         if self.leader_elect {
             if self.renew_deadline >= self.lease_duration {
                 return Err(format!(
@@ -188,5 +215,20 @@ mod tests {
         let cli = Cli::try_parse_from(["x", "--leader-elect", "false", "--lease-duration", "1s"])
             .unwrap();
         cli.runtime.validate().unwrap();
+    }
+
+    #[test]
+    fn namespace_lists_only_where_accepted() {
+        let cli = Cli::try_parse_from(["x", "--namespace", "a, b,,c"]).unwrap();
+        assert_eq!(cli.runtime.namespaces(), vec!["a", "b", "c"]);
+        let err = cli.runtime.validate().unwrap_err();
+        assert!(err.contains("only pack-controller"), "{err}");
+        cli.runtime.validate_allowing_namespace_list().unwrap();
+        let one = Cli::try_parse_from(["x", "--namespace", "a"]).unwrap();
+        one.runtime.validate().unwrap();
+        let empty = Cli::try_parse_from(["x", "--namespace", " ,"]).unwrap();
+        assert!(empty.runtime.validate_allowing_namespace_list().is_err());
+        let all = Cli::try_parse_from(["x"]).unwrap();
+        assert!(all.runtime.namespaces().is_empty());
     }
 }

@@ -44,13 +44,15 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    cli.runtime.validate().map_err(anyhow::Error::msg)?;
+    cli.runtime
+        .validate_allowing_namespace_list()
+        .map_err(anyhow::Error::msg)?;
     if cli.helm_concurrency == 0 {
         anyhow::bail!("--helm-concurrency must be at least 1");
     }
     common::telemetry::init(cli.runtime.log_format, &cli.runtime.log_level)?;
     let settings = Settings {
-        namespace: cli.runtime.namespace.clone(),
+        namespaces: cli.runtime.namespaces(),
         max_index_bytes: cli.max_index_size,
         concurrency: cli.runtime.concurrency,
         helm: HelmConfig {

@@ -91,8 +91,9 @@ impl Error {
 /// What `run` needs besides the leader's client.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Only Packs of this namespace (all when `None`).
-    pub namespace: Option<String>,
+    /// Only Packs of these namespaces (all when empty). With several, Packs are watched cluster-wide
+    /// and those of other namespaces are left alone (no finalizer, no status, no Helm).
+    pub namespaces: Vec<String>,
     /// Largest repository index accepted.
     pub max_index_bytes: u64,
     /// Pack reconciles at once (`--concurrency`).
@@ -114,9 +115,15 @@ pub struct Context {
     pub stop: CancellationToken,
     /// Consecutive reconcile errors per Pack, for the error policy's backoff.
     pub errors: Mutex<HashMap<ObjectRef<Pack>, u32>>,
+    /// The namespaces in scope (empty: all).
+    pub namespaces: Vec<String>,
 }
 
 async fn reconcile(pack: Arc<Pack>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.namespaces.is_empty() && !ctx.namespaces.contains(&namespace(&pack)) {
+        // Another namespace than this controller's (--namespace a,b watches all Packs): not ours.
+        return Ok(Action::await_change());
+    }
     let _timer = ctx.metrics.start();
     let api: Api<Pack> = Api::namespaced(ctx.client.clone(), &namespace(&pack));
     let key = ObjectRef::from_obj(pack.as_ref());
@@ -747,12 +754,20 @@ pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
             return;
         }
     };
-    let (packs, secrets): (Api<Pack>, Api<PartialObjectMeta<Secret>>) = match &settings.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+    let packs: Api<Pack> = match settings.namespaces.as_slice() {
+        [ns] => Api::namespaced(client.clone(), ns),
+        _ => Api::all(client.clone()),
+    };
+    // Helm's release Secrets: one watch per namespace in scope (the RBAC of a namespace-scoped install
+    // allows no cluster-wide Secret list), or one for all.
+    let secrets: Vec<Api<PartialObjectMeta<Secret>>> = if settings.namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        settings
+            .namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
     };
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| "pack-controller".into());
     let recorder = Recorder::new(
@@ -771,14 +786,17 @@ pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
     let mapper_store = store.clone();
     // Helm's release Secrets, metadata only: a release changed outside (manual rollback, uninstall, a
     // finished operation) wakes the Pack of the same name.
-    let releases = watcher(
-        secrets,
-        watcher::Config::default()
-            .labels(release::OWNER_SELECTOR)
-            .any_semantic(),
-    )
-    .default_backoff()
-    .touched_objects();
+    let releases = futures::stream::select_all(secrets.into_iter().map(|api| {
+        watcher(
+            api,
+            watcher::Config::default()
+                .labels(release::OWNER_SELECTOR)
+                .any_semantic(),
+        )
+        .default_backoff()
+        .touched_objects()
+        .boxed()
+    }));
     let controller = controller
         .watches(
             Api::<ClusterPackRepository>::all(client.clone()),
@@ -800,6 +818,7 @@ pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
         max_index_bytes: settings.max_index_bytes,
         stop: leading.stop.clone(),
         errors: Mutex::default(),
+        namespaces: settings.namespaces.clone(),
     });
     let packs = controller
         .graceful_shutdown_on(leading.stop.clone().cancelled_owned())

@@ -380,14 +380,11 @@ fn pack_controller_rbac_scope_is_cluster_or_a_list_of_namespaces() {
         helm_role["rules"],
         json!([{ "apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "create"] }])
     );
+    // The controller acts on exactly the listed namespaces.
     let deployment = of_kind(&scoped, "Deployment")[0];
-    assert!(
-        !container_args(deployment)
-            .iter()
-            .any(|a| a.starts_with("--namespace"))
-    );
+    assert!(container_args(deployment).contains(&"--namespace=team-a,team-b".to_owned()));
 
-    // One namespace: the controller also watches only it.
+    // One namespace: the same flag.
     let mut one = pack.clone();
     one.extend([
         "packController.rbac.scope=namespaces".to_owned(),
@@ -897,9 +894,13 @@ impl Drop for RepositoryGuard {
 async fn pack_controller_with_the_chart_rbac_resolves_packs_only_in_its_namespaces() {
     let env = test_env();
     let ns = env.namespace("chart-pk").await;
+    let ns2 = env.namespace("chart-pk2").await;
     let outside = env.namespace("chart-pk-out").await;
     let release = format!("pk-{}", random_suffix());
-    let scope = format!("packController.rbac.namespaces={{{}}}", ns.name);
+    let scope = format!(
+        "packController.rbac.namespaces={{{},{}}}",
+        ns.name, ns2.name
+    );
     let (kubeconfig, _guard) = chart_service_account(
         &release,
         &ns.name,
@@ -944,8 +945,31 @@ async fn pack_controller_with_the_chart_rbac_resolves_packs_only_in_its_namespac
             .unwrap();
     }
 
-    // The chart passes --namespace for a single namespace; so do we.
-    let args = controller_args(&ns.name, "pack-controller", &pack_helm_args(&ns.name));
+    // Two namespaces in scope, as the chart passes them; a Pack in each, and one outside.
+    let pack_in = |api: Api<Pack>, name: &'static str| {
+        let repo = repo.clone();
+        async move {
+            api.create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "k8s.kubit.ir/v1alpha1", "kind": "Pack",
+                    "metadata": { "name": name },
+                    "spec": { "chart": {
+                        "repository": { "kind": "ClusterPackRepository", "name": repo },
+                        "name": "genpack", "version": "~=0.1" } }
+                }))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let packs2: Api<Pack> = Api::namespaced(admin.clone(), &ns2.name);
+    let strangers: Api<Pack> = Api::namespaced(admin.clone(), &outside.name);
+    pack_in(packs2.clone(), "test2").await;
+    pack_in(strangers.clone(), "stranger").await;
+    let mut args = controller_args(&ns.name, "pack-controller", &pack_helm_args(&ns.name));
+    args[0] = format!("--namespace={},{}", ns.name, ns2.name);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let controller = ControllerProcess::start_with_kubeconfig(
         &kubeconfig,
@@ -986,16 +1010,31 @@ async fn pack_controller_with_the_chart_rbac_resolves_packs_only_in_its_namespac
         controller.logs()
     })
     .await;
-    // Helm installs the release with these rights, and uninstalls it when the Pack is deleted.
-    wait::until("Pack test Applied", TIMEOUT, EVERY, || async {
-        let s = packs.get("test").await.unwrap().status.unwrap_or_default();
-        if s.state == Some(common::crd::pack::PackState::Applied) && s.revision == Some(1) {
-            Ok(Some(()))
-        } else {
-            Err(format!("{s:?}\n{}", controller.logs()))
-        }
-    })
-    .await;
+    // Helm installs the releases with these rights in both namespaces, and uninstalls on deletion.
+    for (api, name) in [(&packs, "test"), (&packs2, "test2")] {
+        wait::until(&format!("Pack {name} Applied"), TIMEOUT, EVERY, || async {
+            let s = api.get(name).await.unwrap().status.unwrap_or_default();
+            if s.state == Some(common::crd::pack::PackState::Applied) && s.revision == Some(1) {
+                Ok(Some(()))
+            } else {
+                Err(format!("{s:?}\n{}", controller.logs()))
+            }
+        })
+        .await;
+    }
+    // A Pack outside the scope is left alone: no finalizer, no status.
+    let stranger = strangers.get("stranger").await.unwrap();
+    assert!(stranger.status.is_none(), "{:?}", stranger.status);
+    assert!(
+        stranger.metadata.finalizers.unwrap_or_default().is_empty(),
+        "no finalizer outside the scope"
+    );
+    // ... and nothing this controller does runs into its RBAC (no Pack patch or Secret watch outside).
+    let logs = controller.logs().to_lowercase();
+    assert!(
+        !logs.contains("forbidden"),
+        "the controller hit a 403:\n{logs}"
+    );
     packs.delete("test", &Default::default()).await.unwrap();
     wait::until("Pack test uninstalled and gone", TIMEOUT, EVERY, || async {
         match packs.get_opt("test").await.unwrap() {
