@@ -1068,9 +1068,21 @@ impl fmt::Debug for CachedRepository {
 /// fetches and calls [`insert`](Self::insert) only when the fetch succeeded: after a failed refresh the
 /// previous index keeps serving and the failure is reported on the repository's status. A deleted
 /// repository is [`remove`](Self::remove)d.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct IndexCache {
     repositories: Arc<RwLock<HashMap<String, Arc<CachedRepository>>>>,
+    /// Names of repositories whose cached index changed (another digest or URL), for the Packs to
+    /// follow: the cache of *this* process is what a Pack resolves against.
+    changes: tokio::sync::broadcast::Sender<String>,
+}
+
+impl Default for IndexCache {
+    fn default() -> Self {
+        IndexCache {
+            repositories: Arc::default(),
+            changes: tokio::sync::broadcast::channel(1024).0,
+        }
+    }
 }
 
 impl IndexCache {
@@ -1091,7 +1103,24 @@ impl IndexCache {
         name: impl Into<String>,
         repository: CachedRepository,
     ) -> Option<Arc<CachedRepository>> {
-        self.write().insert(name.into(), Arc::new(repository))
+        let name = name.into();
+        let key = (repository.url.clone(), repository.index.digest.clone());
+        let previous = self.write().insert(name.clone(), Arc::new(repository));
+        if previous
+            .as_ref()
+            .map(|p| (p.url.clone(), p.index.digest.clone()))
+            != Some(key)
+        {
+            // No receiver (nothing subscribed yet) is fine.
+            let _ = self.changes.send(name);
+        }
+        previous
+    }
+
+    /// Names of repositories whose cached index changes from now on. A receiver that falls behind gets
+    /// `Lagged` and should treat every repository as changed.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.changes.subscribe()
     }
 
     /// Forgets repository `name`; readers holding its `Arc` keep their copy until they drop it.
@@ -1614,6 +1643,26 @@ serverInfo:
         for leak in ["hunter2", "urlpass", "querysecret", "BEGIN"] {
             assert!(!debug.contains(leak), "{debug}");
         }
+    }
+
+    #[test]
+    fn the_cache_announces_another_index_not_the_same_one_again() {
+        let cache = IndexCache::new();
+        let mut changes = cache.subscribe();
+        let repo = |text: &[u8]| {
+            CachedRepository::new(
+                BASE,
+                parse_index(text, BASE).unwrap(),
+                CacheValidators::default(),
+            )
+        };
+        cache.insert("r", repo(HELM_INDEX.as_bytes()));
+        assert_eq!(changes.try_recv().unwrap(), "r");
+        // The same bytes fetched again (no ETag support on the server): nothing to announce.
+        cache.insert("r", repo(HELM_INDEX.as_bytes()));
+        assert!(changes.try_recv().is_err());
+        cache.insert("r", repo(b"apiVersion: v1\nentries: {}\n"));
+        assert_eq!(changes.try_recv().unwrap(), "r");
     }
 
     #[test]

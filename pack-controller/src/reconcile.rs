@@ -2,7 +2,7 @@
 //! Helm release match (install, upgrade, recover a stuck release, uninstall on deletion), reporting every
 //! decision on the Pack's status and as Events.
 //!
-//! Packs are reconciled again when the repository they reference changes (a newly published matching
+//! Packs are reconciled again when the repository they reference changes its index, readiness or spec (a newly published matching
 //! version upgrades them), when their Helm release's Secrets change (a manual `helm rollback` or
 //! `helm uninstall` is corrected), on spec/annotation changes, and on a periodic resync. A reconcile whose
 //! [`ReleaseDigest`] matches the deployed release runs no Helm process: it costs one metadata list call.
@@ -733,6 +733,60 @@ fn packs_of(store: &Store<Pack>, name: &str) -> Vec<ObjectRef<Pack>> {
         .collect()
 }
 
+/// What about a repository matters to its Packs: not the time of its last fetch, which its status records
+/// after every refresh (waking every Pack of the repository each interval for nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RepositoryFingerprint {
+    generation: Option<i64>,
+    url: String,
+    index_digest: Option<String>,
+    ready: Option<(String, String)>,
+}
+
+impl RepositoryFingerprint {
+    fn of(repo: &ClusterPackRepository) -> Self {
+        let status = repo.status.as_ref();
+        RepositoryFingerprint {
+            generation: repo.metadata.generation,
+            url: repo.spec.url.clone(),
+            index_digest: status.and_then(|s| s.index_digest.clone()),
+            ready: status
+                .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+                .map(|c| (c.status.clone(), c.reason.clone())),
+        }
+    }
+}
+
+/// ClusterPackRepositories that changed in a way their Packs care about (see [`RepositoryFingerprint`]),
+/// and every deleted one.
+fn repository_changes(
+    api: Api<ClusterPackRepository>,
+) -> impl futures::Stream<Item = Result<ClusterPackRepository, watcher::Error>> + Send + 'static {
+    let seen: Arc<Mutex<HashMap<String, RepositoryFingerprint>>> = Arc::default();
+    watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .filter_map(move |event| {
+            let seen = seen.clone();
+            async move {
+                let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+                match event {
+                    Ok(watcher::Event::Apply(r) | watcher::Event::InitApply(r)) => {
+                        let fingerprint = RepositoryFingerprint::of(&r);
+                        let changed =
+                            seen.insert(r.name_any(), fingerprint.clone()) != Some(fingerprint);
+                        changed.then_some(Ok(r))
+                    }
+                    Ok(watcher::Event::Delete(r)) => {
+                        seen.remove(&r.name_any());
+                        Some(Ok(r))
+                    }
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            }
+        })
+}
+
 /// Metrics of the two loops and of Helm.
 #[derive(Clone)]
 pub struct Metrics {
@@ -798,15 +852,38 @@ pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
         .boxed()
     }));
     let controller = controller
-        .watches(
-            Api::<ClusterPackRepository>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
+        .watches_stream(
+            repository_changes(Api::<ClusterPackRepository>::all(client.clone())),
             move |repo: ClusterPackRepository| packs_of(&mapper_store, &repo.name_any()),
         )
         .watches_stream(releases, |secret| {
             let name = secret.labels().get("name")?.clone();
             Some(ObjectRef::<Pack>::new(&name).within(&secret.namespace()?))
         });
+    // This process's cache got another index of a repository: wake its Packs (a newer matching version
+    // upgrades them). Tied to the cache, not to the repository's status, which another process may have
+    // written first.
+    let index_store = store.clone();
+    let index_changes = futures::stream::unfold(cache.subscribe(), |mut rx| async move {
+        match rx.recv().await {
+            Ok(name) => Some((Some(name), rx)),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some((None, rx)),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+        }
+    })
+    .flat_map(move |name| {
+        let packs = match name {
+            Some(name) => packs_of(&index_store, &name),
+            // Missed some: every Pack.
+            None => index_store
+                .state()
+                .iter()
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect(),
+        };
+        futures::stream::iter(packs)
+    });
+    let controller = controller.reconcile_on(index_changes);
     let ctx = Arc::new(Context {
         client: client.clone(),
         cache: cache.clone(),
