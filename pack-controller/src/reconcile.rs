@@ -833,7 +833,20 @@ pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
     );
     let cache = IndexCache::new();
 
-    let controller = Controller::new(packs, watcher::Config::default().any_semantic())
+    // The Pack cache holds what reconciles read, not managedFields or kubectl's last-applied copy of the
+    // whole Pack (values included): at 1,000 Packs they are most of the controller's memory.
+    let (reader, writer) = kube::runtime::reflector::store();
+    let pack_stream = watcher(packs, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|pack: &mut Pack| {
+            pack.metadata.managed_fields = None;
+            if let Some(a) = pack.metadata.annotations.as_mut() {
+                a.remove("kubectl.kubernetes.io/last-applied-configuration");
+            }
+        })
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(pack_stream, reader)
         .with_config(controller::Config::default().concurrency(settings.concurrency));
     let store = controller.store();
     common::runtime::report_sync_when_ready(store.clone(), leading.health.clone());
