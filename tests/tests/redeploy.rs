@@ -21,6 +21,9 @@ use kube::{
 };
 use serde_json::json;
 
+/// Deadline of every wait: generous, because a loaded 2-core CI machine is slow, and a deadline costs
+/// nothing when the awaited thing happens.
+const PATIENCE: Duration = Duration::from_secs(60);
 const ANNOTATION: &str = "pack-operator.k8s.kubit.ir/watch-to-redeploy";
 const HASHES: &str = "pack-operator.k8s.kubit.ir/watched-hashes";
 const DELAY: Duration = Duration::from_secs(2);
@@ -139,7 +142,7 @@ where
     let api = Api::<K>::namespaced(client.clone(), ns);
     wait::until(
         &format!("hashes recorded on {name}"),
-        Duration::from_secs(20),
+        PATIENCE,
         Duration::from_millis(100),
         || async {
             let obj = api.get(name).await.map_err(|e| e.to_string())?;
@@ -171,7 +174,7 @@ async fn events_for(client: &Client, ns: &str, name: &str, reason: &str) -> Vec<
 async fn wait_event(client: &Client, ns: &str, name: &str, reason: &str) -> String {
     wait::until(
         &format!("Event {reason} on {name}"),
-        Duration::from_secs(20),
+        PATIENCE,
         Duration::from_millis(200),
         || async {
             let found = events_for(client, ns, name, reason).await;
@@ -194,7 +197,7 @@ async fn watched_app(env: &TestEnv, prefix: &str) -> (TestNamespace, Client, Con
     deployment(&client, &ns.name, "app", "configmap/cfg", 1).await;
     let controller = start_controller(env, &ns.name, &format!("{prefix}-1"));
     wait_recorded::<Deployment>(&client, &ns.name, "app").await;
-    wait_replicasets(&client, &ns.name, "app", 1, Duration::from_secs(20)).await;
+    wait_replicasets(&client, &ns.name, "app", 1, PATIENCE).await;
     (ns, client, controller)
 }
 
@@ -215,7 +218,7 @@ async fn readme_sample_rolls_once_per_data_change_and_never_for_metadata() {
 
     // First sight records a baseline and does not roll.
     wait_recorded::<Deployment>(&client, &ns.name, "test").await;
-    wait_replicasets(&client, &ns.name, "test", 1, Duration::from_secs(20)).await;
+    wait_replicasets(&client, &ns.name, "test", 1, PATIENCE).await;
     hold_replicasets(&client, &ns.name, "test", 1, DELAY + Duration::from_secs(1)).await;
 
     // A data change: exactly one new ReplicaSet, after the delay.
@@ -391,14 +394,14 @@ async fn restart_during_the_delay_rolls_exactly_once_and_a_quiet_restart_rolls_n
     controller.kill();
     hold_replicasets(&client, &ns.name, "app", 1, DELAY).await;
     let mut controller = start_controller(&env, &ns.name, "rd-restart-2");
-    wait_replicasets(&client, &ns.name, "app", 2, Duration::from_secs(20)).await;
+    wait_replicasets(&client, &ns.name, "app", 2, PATIENCE).await;
     hold_replicasets(&client, &ns.name, "app", 2, DELAY + Duration::from_secs(2)).await;
 
     // A change made while no controller runs is acted on when one comes back.
     controller.kill();
     patch_cm(&client, &ns.name, "cfg", json!({ "data": { "a": "3" } })).await;
     let mut controller = start_controller(&env, &ns.name, "rd-restart-3");
-    wait_replicasets(&client, &ns.name, "app", 3, Duration::from_secs(20)).await;
+    wait_replicasets(&client, &ns.name, "app", 3, PATIENCE).await;
 
     // Restarts with no change roll nothing.
     controller.terminate();
@@ -439,7 +442,7 @@ async fn invalid_annotation_warns_and_is_not_acted_on() {
     .unwrap();
     wait::until(
         "the invalid Deployment to be created",
-        Duration::from_secs(20),
+        PATIENCE,
         Duration::from_millis(250),
         || async {
             api.create(&PostParams::default(), &bad)
@@ -472,7 +475,7 @@ async fn invalid_annotation_warns_and_is_not_acted_on() {
     .await;
     assert_eq!(flagged, 1.0);
     patch_cm(&client, &ns.name, "cfg", json!({ "data": { "a": "2" } })).await;
-    wait_replicasets(&client, &ns.name, "bad", 1, Duration::from_secs(20)).await;
+    wait_replicasets(&client, &ns.name, "bad", 1, PATIENCE).await;
     hold_replicasets(&client, &ns.name, "bad", 1, DELAY + Duration::from_secs(1)).await;
     let d = Api::<Deployment>::namespaced(client.clone(), &ns.name)
         .get("bad")
@@ -529,7 +532,7 @@ async fn pack_annotation_redeploys_every_workload_of_its_release_once() {
     let _controller = start_controller(&env, &ns.name, "rd-pack");
     wait::until(
         "hashes recorded on the Pack",
-        Duration::from_secs(20),
+        PATIENCE,
         Duration::from_millis(100),
         || async {
             let p = packs.get("test").await.map_err(|e| e.to_string())?;
