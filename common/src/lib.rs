@@ -10,6 +10,7 @@ pub mod annotation;
 pub mod cli;
 pub mod conditions;
 pub mod crd;
+pub mod events;
 pub mod health;
 pub mod leader;
 pub mod metrics;
@@ -17,6 +18,7 @@ pub mod process_metrics;
 pub mod runtime;
 pub mod server;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;
 
 pub use cli::RuntimeArgs;

@@ -423,21 +423,7 @@ pub fn error_message(stderr: &str, redact: &[String]) -> String {
             message = message.replace(secret.as_str(), "<value>");
         }
     }
-    truncate(message, MAX_MESSAGE)
-}
-
-/// `s` cut to at most `max` bytes on a character boundary, with `…` when cut.
-pub fn truncate(mut s: String, max: usize) -> String {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max.saturating_sub('…'.len_utf8());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.truncate(end);
-    s.push('…');
-    s
+    common::events::truncate(&message, MAX_MESSAGE)
 }
 
 #[cfg(test)]

@@ -23,11 +23,11 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{PartialObjectMeta, Patch, PatchParams},
+    api::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt,
         controller::{self, Action},
-        events::{Event, EventType, Recorder, Reporter},
+        events::{EventType, Recorder, Reporter},
         finalizer::{self, finalizer},
         reflector::{ObjectRef, Store},
         watcher,
@@ -43,7 +43,7 @@ use crate::{
     metrics::{HelmMetrics, PackStates},
     plan::{self, Facts, Plan, REQUESTED_AT, ReleaseDigest},
     release::{self, DIGEST_LABEL, PACK_LABEL, ReleaseError, ReleaseRecord},
-    repository::{self, FIELD_MANAGER, truncate_note},
+    repository::{self, FIELD_MANAGER},
     resolve::{self, RepositoryLookup, Resolution, ResolveError},
     status,
 };
@@ -645,17 +645,7 @@ async fn write_status(ctx: &Context, pack: &Pack, status: &PackStatus) -> Result
         return Ok(());
     }
     let api: Api<Pack> = Api::namespaced(ctx.client.clone(), &namespace(pack));
-    let patch = serde_json::json!({
-        "apiVersion": Pack::api_version(&()),
-        "kind": Pack::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &pack.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    common::status::apply(&api, &pack.name_any(), FIELD_MANAGER, status).await?;
     Ok(())
 }
 
@@ -688,16 +678,8 @@ async fn publish(
     action: &str,
     note: &str,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(truncate_note(note)),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &pack.object_ref(&())).await {
-        warn!(error = %e, "cannot publish Event");
-    }
+    let regarding = pack.object_ref(&());
+    common::events::publish(&ctx.recorder, &regarding, type_, reason, action, note).await;
 }
 
 /// `d` ± 10 %, so Packs created together do not resync together.

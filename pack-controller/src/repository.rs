@@ -19,11 +19,10 @@ use futures::StreamExt;
 use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
     runtime::{
         Controller,
         controller::Action,
-        events::{Event, EventType, Recorder},
+        events::{EventType, Recorder},
         reflector::Store,
         watcher,
     },
@@ -396,48 +395,27 @@ async fn write_status(
     let old_ready = conditions::find(&old.conditions, conditions::READY).cloned();
     let new_ready = conditions::find(&status.conditions, conditions::READY).cloned();
     let api: Api<ClusterPackRepository> = Api::all(ctx.client.clone());
-    let patch = serde_json::json!({
-        "apiVersion": ClusterPackRepository::api_version(&()),
-        "kind": ClusterPackRepository::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &repo.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    common::status::apply(&api, &repo.name_any(), FIELD_MANAGER, &status).await?;
     if let Some(new) = new_ready
         && old_ready.as_ref().map(|c| (&c.reason, &c.status)) != Some((&new.reason, &new.status))
     {
-        let event = Event {
-            type_: if new.status == "True" {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            },
-            reason: new.reason.clone(),
-            note: Some(truncate_note(&new.message)),
-            action: "FetchIndex".into(),
-            secondary: None,
+        let type_ = if new.status == "True" {
+            EventType::Normal
+        } else {
+            EventType::Warning
         };
-        if let Err(e) = ctx.recorder.publish(&event, &repo.object_ref(&())).await {
-            warn!(error = %e, "cannot publish Event");
-        }
+        let regarding = repo.object_ref(&());
+        common::events::publish(
+            &ctx.recorder,
+            &regarding,
+            type_,
+            &new.reason,
+            "FetchIndex",
+            &new.message,
+        )
+        .await;
     }
     Ok(())
-}
-
-/// Event notes are limited to 1 kB.
-pub(crate) fn truncate_note(message: &str) -> String {
-    if message.len() <= 1000 {
-        return message.to_owned();
-    }
-    let mut end = 1000;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &message[..end])
 }
 
 /// Drops cached indexes of repositories that no longer exist.
@@ -521,12 +499,5 @@ mod tests {
             "InvalidInterval"
         );
         assert!(parse_interval(Some("0s")).is_err());
-    }
-
-    #[test]
-    fn notes_are_capped() {
-        let long = "é".repeat(900);
-        assert!(truncate_note(&long).len() <= 1004);
-        assert_eq!(truncate_note("short"), "short");
     }
 }

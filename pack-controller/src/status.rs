@@ -11,7 +11,6 @@ use common::{
 use k8s_openapi::jiff::Timestamp;
 
 use crate::{
-    helm::truncate,
     plan::ReleaseDigest,
     resolve::{Resolution, ResolveError},
 };
@@ -210,7 +209,9 @@ pub fn removing(
 
 /// Adds `attempt` to the front of the history, keeping [`HISTORY`] entries.
 pub fn push_history(status: &mut PackStatus, mut attempt: PackAttempt) {
-    attempt.message = attempt.message.map(|m| truncate(m, HISTORY_MESSAGE));
+    attempt.message = attempt
+        .message
+        .map(|m| common::events::truncate(&m, HISTORY_MESSAGE));
     status.history.insert(0, attempt);
     status.history.truncate(HISTORY);
 }

@@ -32,7 +32,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
+        events::{EventType, Recorder, Reporter},
         reflector::{ObjectRef, Store},
         watcher,
     },
@@ -297,16 +297,7 @@ async fn publish(
     reason: &str,
     note: String,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Redeploy".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, reference).await {
-        warn!(error = %e, reason, "cannot publish Event");
-    }
+    common::events::publish(&ctx.recorder, reference, type_, reason, "Redeploy", &note).await;
 }
 
 /// The content hash of a watched object (or `absent`), from the cache when its resourceVersion is

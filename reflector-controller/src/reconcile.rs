@@ -28,18 +28,17 @@ use futures::{StreamExt, channel::mpsc};
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Secret};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions},
+    api::{DeleteParams, ListParams, PostParams, Preconditions},
     core::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
+        events::{EventType, Recorder, Reporter},
         finalizer::{self, finalizer},
         reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
-use serde_json::json;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
@@ -567,28 +566,7 @@ async fn publish(
     reason: &str,
     note: String,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(truncate_note(&note)),
-        action: "Reflect".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, reference).await {
-        warn!(error = %e, reason, "cannot publish Event");
-    }
-}
-
-/// Event notes are limited to 1 kB.
-fn truncate_note(message: &str) -> String {
-    if message.len() <= 1000 {
-        return message.to_owned();
-    }
-    let mut end = 1000;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &message[..end])
+    common::events::publish(&ctx.recorder, reference, type_, reason, "Reflect", &note).await;
 }
 
 /// Events for what this reconcile did or newly found: writes (Synced), new conflicts (Conflict), new
@@ -683,17 +661,7 @@ async fn write_status(
         ctx.client.clone(),
         &reflector.namespace().unwrap_or_default(),
     );
-    let patch = json!({
-        "apiVersion": SecretReflector::api_version(&()),
-        "kind": SecretReflector::kind(&()),
-        "status": new,
-    });
-    api.patch_status(
-        &reflector.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    common::status::apply(&api, &reflector.name_any(), FIELD_MANAGER, &new).await?;
     Ok(())
 }
 
