@@ -9,6 +9,7 @@
 pub mod chart;
 pub mod cluster;
 pub mod controller;
+pub mod events;
 pub mod packs;
 pub mod static_files;
 pub mod tools;

@@ -23,7 +23,7 @@ use k8s_openapi::{
     api::{
         admissionregistration::v1::ValidatingAdmissionPolicy,
         apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
-        core::v1::{ConfigMap, Event, Pod, Secret, ServiceAccount},
+        core::v1::{ConfigMap, Pod, Secret, ServiceAccount},
         rbac::v1::{ClusterRole, ClusterRoleBinding, Role},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
@@ -622,34 +622,6 @@ async fn wait_replicasets(client: &Client, ns: &str, app: &str, want: usize) {
     .await;
 }
 
-async fn wait_event(
-    client: &Client,
-    ns: &str,
-    object: &str,
-    reason: &str,
-    logs: impl Fn() -> String,
-) {
-    let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    wait::until(
-        &format!("Event {reason} on {object}"),
-        TIMEOUT,
-        EVERY,
-        || async {
-            let list = events
-                .list(&ListParams::default().fields(&format!("involvedObject.name={object}")))
-                .await
-                .map_err(|e| e.to_string())?;
-            let reasons: Vec<_> = list.items.iter().filter_map(|e| e.reason.clone()).collect();
-            if reasons.iter().any(|r| r == reason) {
-                Ok(Some(()))
-            } else {
-                Err(format!("{reasons:?}\n{}", logs()))
-            }
-        },
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn redeploy_controller_with_the_chart_rbac_rolls_out_and_nothing_more() {
     let env = test_env();
@@ -765,7 +737,7 @@ async fn redeploy_controller_with_the_chart_rbac_rolls_out_and_nothing_more() {
     .await
     .unwrap();
     wait_replicasets(&admin, &ns.name, "web", 2).await;
-    wait_event(&admin, &ns.name, "web", "Redeployed", || controller.logs()).await;
+    e2e::events::wait_event(&admin, &ns.name, "web", "Redeployed", "").await;
     let hash = "pack-operator.k8s.kubit.ir/config-hash";
     wait::until(
         "StatefulSet and DaemonSet rolled",
@@ -1006,10 +978,7 @@ async fn pack_controller_with_the_chart_rbac_resolves_packs_only_in_its_namespac
         }
     })
     .await;
-    wait_event(&admin, &ns.name, "impossible", "NoMatchingVersion", || {
-        controller.logs()
-    })
-    .await;
+    e2e::events::wait_event(&admin, &ns.name, "impossible", "NoMatchingVersion", "").await;
     // Helm installs the releases with these rights in both namespaces, and uninstalls on deletion.
     for (api, name) in [(&packs, "test"), (&packs2, "test2")] {
         wait::until(&format!("Pack {name} Applied"), TIMEOUT, EVERY, || async {

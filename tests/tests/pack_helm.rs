@@ -15,7 +15,7 @@ use e2e::{
     },
     test_env, wait,
 };
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Event};
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
     Api, Client,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
@@ -187,38 +187,9 @@ impl Fixture {
             .unwrap()
     }
 
-    /// Waits for an Event on `object` with `reason`; returns its note.
+    /// Waits for an Event on `object` with `reason` whose note contains `contains`; returns the note.
     async fn wait_event(&self, object: &str, reason: &str, contains: &str) -> String {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
-        wait::until(
-            &format!("Event {reason} on {object} containing {contains:?}"),
-            TIMEOUT,
-            EVERY,
-            || async {
-                let list = events
-                    .list(&ListParams::default().fields(&format!("involvedObject.name={object}")))
-                    .await
-                    .unwrap();
-                let seen: Vec<_> = list
-                    .items
-                    .iter()
-                    .map(|e| {
-                        (
-                            e.reason.clone().unwrap_or_default(),
-                            e.message.clone().unwrap_or_default(),
-                        )
-                    })
-                    .collect();
-                match seen
-                    .iter()
-                    .find(|(r, m)| r == reason && m.contains(contains))
-                {
-                    Some((_, m)) => Ok(Some(m.clone())),
-                    None => Err(seen),
-                }
-            },
-        )
-        .await
+        e2e::events::wait_event(&self.client, &self.ns.name, object, reason, contains).await
     }
 }
 

@@ -7,13 +7,14 @@ use e2e::{
     TestEnv,
     cluster::TestNamespace,
     controller::ControllerProcess,
+    events::{events_for, wait_event},
     test_env,
     tools::{tool, workspace_root},
     wait,
 };
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
-    core::v1::{ConfigMap, Event, Secret},
+    core::v1::{ConfigMap, Secret},
 };
 use kube::{
     Api, Client,
@@ -157,37 +158,6 @@ where
     .await
 }
 
-async fn events_for(client: &Client, ns: &str, name: &str, reason: &str) -> Vec<String> {
-    Api::<Event>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.involved_object.name.as_deref() == Some(name) && e.reason.as_deref() == Some(reason)
-        })
-        .map(|e| e.message.unwrap_or_default())
-        .collect()
-}
-
-async fn wait_event(client: &Client, ns: &str, name: &str, reason: &str) -> String {
-    wait::until(
-        &format!("Event {reason} on {name}"),
-        PATIENCE,
-        Duration::from_millis(200),
-        || async {
-            let found = events_for(client, ns, name, reason).await;
-            if let Some(m) = found.into_iter().next() {
-                Ok(Some(m))
-            } else {
-                Err("none yet")
-            }
-        },
-    )
-    .await
-}
-
 /// A namespace with ConfigMap `cfg` and Deployment `app` watching it, a controller running, and the
 /// baseline recorded (one ReplicaSet).
 async fn watched_app(env: &TestEnv, prefix: &str) -> (TestNamespace, Client, ControllerProcess) {
@@ -238,7 +208,7 @@ async fn readme_sample_rolls_once_per_data_change_and_never_for_metadata() {
     )
     .await;
     hold_replicasets(&client, &ns.name, "test", 2, DELAY + Duration::from_secs(1)).await;
-    let note = wait_event(&client, &ns.name, "test", "Redeployed").await;
+    let note = wait_event(&client, &ns.name, "test", "Redeployed", "").await;
     assert!(
         note.contains("configmap/test-cm-1"),
         "Event names the source: {note}"
@@ -419,7 +389,7 @@ async fn deletion_does_not_roll_and_recreation_does() {
         .delete("cfg", &DeleteParams::default())
         .await
         .unwrap();
-    let note = wait_event(&client, &ns.name, "app", "WatchedObjectDeleted").await;
+    let note = wait_event(&client, &ns.name, "app", "WatchedObjectDeleted", "").await;
     assert!(note.contains("configmap/cfg"), "{note}");
     hold_replicasets(&client, &ns.name, "app", 1, DELAY + Duration::from_secs(1)).await;
 
@@ -453,7 +423,7 @@ async fn invalid_annotation_warns_and_is_not_acted_on() {
     )
     .await;
     let controller = start_controller(&env, &ns.name, "rd-invalid");
-    let note = wait_event(&client, &ns.name, "bad", "InvalidAnnotation").await;
+    let note = wait_event(&client, &ns.name, "bad", "InvalidAnnotation", "").await;
     assert!(
         note.contains("ConfigMap/cfg") && note.contains("configmap/"),
         "{note}"
@@ -567,7 +537,7 @@ async fn pack_annotation_redeploys_every_workload_of_its_release_once() {
         },
     )
     .await;
-    let note = wait_event(&client, &ns.name, "test", "Redeployed").await;
+    let note = wait_event(&client, &ns.name, "test", "Redeployed", "").await;
     assert!(
         note.contains("Deployment/test-web") && note.contains("Deployment/test-worker"),
         "{note}"
@@ -603,7 +573,7 @@ async fn paused_deployment_is_not_touched_until_resumed() {
     let generation = deployments.get("app").await.unwrap().metadata.generation;
 
     patch_cm(&client, &ns.name, "cfg", json!({ "data": { "a": "2" } })).await;
-    let note = wait_event(&client, &ns.name, "app", "RedeployPaused").await;
+    let note = wait_event(&client, &ns.name, "app", "RedeployPaused", "").await;
     assert!(
         note.contains("paused") && note.contains("configmap/cfg"),
         "{note}"

@@ -5,14 +5,20 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use common::crd::SecretReflector;
-use e2e::{TestEnv, cluster::TestNamespace, controller::ControllerProcess, test_env, wait};
+use e2e::{
+    TestEnv,
+    cluster::TestNamespace,
+    controller::ControllerProcess,
+    events::{events_for, wait_event},
+    test_env, wait,
+};
 use k8s_openapi::{
     ByteString,
-    api::core::v1::{Event, Namespace, Secret},
+    api::core::v1::{Namespace, Secret},
 };
 use kube::{
     Api, Client,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 
@@ -221,39 +227,6 @@ async fn wait_status(
     .await
 }
 
-async fn events_for(client: &Client, ns: &str, name: &str, reason: &str) -> Vec<String> {
-    Api::<Event>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.involved_object.name.as_deref() == Some(name) && e.reason.as_deref() == Some(reason)
-        })
-        .map(|e| e.message.unwrap_or_default())
-        .collect()
-}
-
-async fn wait_event(client: &Client, ns: &str, name: &str, reason: &str) -> String {
-    wait::until(
-        &format!("Event {reason} on {name}"),
-        WAIT,
-        Duration::from_millis(200),
-        || async {
-            match events_for(client, ns, name, reason)
-                .await
-                .into_iter()
-                .next()
-            {
-                Some(m) => Ok(Some(m)),
-                None => Err("none yet"),
-            }
-        },
-    )
-    .await
-}
-
 fn state(ns: &str, state: &str) -> String {
     format!("{ns}={state}")
 }
@@ -326,7 +299,7 @@ async fn copies_follow_names_selector_new_namespaces_and_source_changes() {
         "True/Synced",
     )
     .await;
-    let note = wait_event(&client, &src.name, "wildcard", "Synced").await;
+    let note = wait_event(&client, &src.name, "wildcard", "Synced", "").await;
     assert!(!note.contains("v1"), "Event leaks Secret data: {note}");
 
     // A namespace created later with the label gets its copy, without a restart.
@@ -473,7 +446,7 @@ async fn a_foreign_secret_is_a_conflict_and_stays_untouched() {
         .and_then(|t| t.message)
         .unwrap_or_default();
     assert!(message.contains("not managed"), "{message}");
-    let note = wait_event(&client, &src.name, "wildcard", "Conflict").await;
+    let note = wait_event(&client, &src.name, "wildcard", "Conflict", "").await;
     assert!(note.contains(&taken.name), "{note}");
 
     // A source change proceeds elsewhere; the foreign Secret stays byte for byte.
@@ -642,7 +615,7 @@ async fn two_reflectors_on_one_target_one_wins() {
         "True/Synced",
     )
     .await;
-    let note = wait_event(&client, &src.name, "second", "Conflict").await;
+    let note = wait_event(&client, &src.name, "second", "Conflict", "").await;
     assert!(note.contains(&format!("{}/first", src.name)), "{note}");
     wait::holds(
         "the winner's copy stays",
@@ -715,7 +688,7 @@ async fn deleted_source_removes_copies_and_recreated_source_restores_them() {
         "False/SourceNotFound",
     )
     .await;
-    wait_event(&client, &src.name, "wildcard", "SourceNotFound").await;
+    wait_event(&client, &src.name, "wildcard", "SourceNotFound", "").await;
 
     // Recreated with other data (and now mutable, Opaque): the copy comes back as it is now.
     create_secret(
@@ -839,7 +812,7 @@ async fn least_privilege_rbac_is_enough() {
         "False/Conflict",
     )
     .await;
-    wait_event(&client, &src.name, "wildcard", "Conflict").await;
+    wait_event(&client, &src.name, "wildcard", "Conflict", "").await;
     set_source(&client, &src.name, "tls", "v2").await;
     wait_copy(&client, &target.name, "tls", "v2").await;
     Api::<SecretReflector>::namespaced(client.clone(), &src.name)

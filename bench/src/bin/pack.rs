@@ -70,32 +70,6 @@ fn pack(name: &str, repo: &str, values: serde_json::Value) -> Pack {
     .unwrap()
 }
 
-fn proc_field(pid: u32, name: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// User + system CPU seconds of `pid` (clock ticks of 1/100 s).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some((_, rest)) = stat.rsplit_once(") ") else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After "pid (comm) ": state is field 0, utime 11, stime 12.
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) as f64 / 100.0
-}
-
 async fn applied(api: &Api<Pack>) -> anyhow::Result<usize> {
     Ok(api
         .list(&ListParams::default())
@@ -123,10 +97,7 @@ async fn wait_applied(api: &Api<Pack>, n: usize, timeout: Duration) -> anyhow::R
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+use bench::{cpu_seconds, percentile, rss_kib};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -185,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let mut peak_rss = 0;
     let install_all = loop {
-        peak_rss = peak_rss.max(proc_field(pid, "VmRSS:"));
+        peak_rss = peak_rss.max(rss_kib(pid).0);
         if applied(&packs).await? >= args.packs {
             break started.elapsed();
         }
@@ -194,8 +165,7 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let rss_after = proc_field(pid, "VmRSS:");
-    let hwm = proc_field(pid, "VmHWM:");
+    let (rss_after, hwm) = rss_kib(pid);
     let ops_after_install = helm_operations(&controller).await;
 
     // 2. Steady state.
@@ -213,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
         .metric("pack_operator_reconciles_total{controller=\"pack\"}")
         .await?
         .unwrap_or(0.0);
-    let rss_steady = proc_field(pid, "VmRSS:");
+    let rss_steady = rss_kib(pid).0;
 
     // 3. One Pack install vs a bare helm upgrade --install of the same archive and values.
     let archive = std::fs::read_dir(&server.dir)?
@@ -273,8 +243,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let helm_in_controller = (controller.metric(install_sum).await?.unwrap_or(0.0) - helm0.0)
         / (controller.metric(install_count).await?.unwrap_or(0.0) - helm0.1);
-    let bare_median = median(bare);
-    let pack_median = median(via_pack);
+    bare.sort_by(f64::total_cmp);
+    via_pack.sort_by(f64::total_cmp);
+    let bare_median = percentile(&bare, 0.5);
+    let pack_median = percentile(&via_pack, 0.5);
 
     let steady = args.steady_seconds as f64;
     println!(

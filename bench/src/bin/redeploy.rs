@@ -61,25 +61,7 @@ const ANNOTATION: &str = "pack-operator.k8s.kubit.ir/watch-to-redeploy";
 const HASHES: &str = "pack-operator.k8s.kubit.ir/watched-hashes";
 const CONFIG_HASH: &str = "pack-operator.k8s.kubit.ir/config-hash";
 
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
+use bench::{percentile, rss_kib};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -59,22 +59,6 @@ const MANAGED_LABEL: &str = "pack-operator.k8s.kubit.ir/reflector-namespace";
 const SOURCE_NS: &str = "bench-reflector-source";
 const SELECT: &str = "bench-reflect";
 
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
 /// Copies seen by the benchmark's own watch: namespace → (value of `v`, first seen with it).
 type Seen = Arc<Mutex<HashMap<String, (String, Instant)>>>;
 
@@ -98,6 +82,8 @@ async fn wait_all(seen: &Seen, value: &str, n: usize, since: Instant) -> anyhow:
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+use bench::{mib, rss_kib};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
