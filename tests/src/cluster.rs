@@ -47,7 +47,26 @@ impl ControlPlane {
         Self::start_with(dir, false).await
     }
 
+    /// Starts the control plane; when a process lost the race for a port (another process bound it
+    /// between [`free_port`] and the process's own bind), starts again on new ports, up to 3 times.
     async fn start_with(dir: &Path, with_crds: bool) -> anyhow::Result<Self> {
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(dir, with_crds).await {
+                Ok(plane) => return Ok(plane),
+                Err(e) if attempt < 3 && logs_show_port_clash(&dir.join("logs")) => {
+                    eprintln!(
+                        "control plane lost a port race ({e:#}); starting again on new ports"
+                    );
+                    let _ = fs::remove_dir_all(dir.join("pki"));
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn try_start(dir: &Path, with_crds: bool) -> anyhow::Result<Self> {
         let bin = tools::tools_dir()?;
         fs::create_dir_all(dir.join("logs"))?;
         fs::create_dir_all(dir.join("pki"))?;
@@ -187,9 +206,13 @@ impl ControlPlane {
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         for (name, child) in &mut self.children {
             if let Some(status) = child.try_wait()? {
+                let log = self.dir.join("logs").join(format!("{name}.log"));
                 bail!(
-                    "{name} exited ({status}); see {}/logs/{name}.log",
-                    self.dir.display()
+                    "{name} exited ({status}); see {}{}",
+                    log.display(),
+                    last_error_line(&log)
+                        .map(|line| format!("; it said: {line}"))
+                        .unwrap_or_default()
                 );
             }
         }
@@ -243,9 +266,60 @@ fn random_token() -> String {
         .collect()
 }
 
-/// A free loopback port (bound and released; the race with another process is unlikely).
+/// A free loopback port for a process that binds it itself.
+///
+/// The port is taken below the kernel's ephemeral range (`ip_local_port_range`): a port from that range
+/// can be handed to any outgoing connection between our check and the process's own bind (this once
+/// made kube-apiserver fail with "address already in use"). Ports are handed out once per test
+/// process and checked free by binding.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use rand::Rng;
+    use std::{collections::BTreeSet, sync::Mutex};
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low);
+    if high <= low + 1_000 {
+        // No room below the ephemeral range: fall back to the kernel's choice.
+        return Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
+    }
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = rand::rng();
+    for _ in 0..1_000 {
+        let port = rng.random_range(low..high);
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port in {low}..{high}")
+}
+
+/// Whether a control-plane log says a process could not bind its port.
+fn logs_show_port_clash(logs: &Path) -> bool {
+    fs::read_dir(logs)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| {
+            fs::read_to_string(entry.path())
+                .is_ok_and(|text| text.contains("address already in use"))
+        })
+}
+
+/// The last line of a log that reports an error, for a failure message.
+fn last_error_line(log: &Path) -> Option<String> {
+    let text = fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .find(|l| l.starts_with('E') || l.contains("error") || l.contains("err="))
+        .map(|l| l.chars().take(400).collect())
 }
 
 async fn wait_http(url: &str, timeout: Duration, plane: &mut ControlPlane) -> anyhow::Result<()> {
