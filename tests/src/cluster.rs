@@ -612,3 +612,48 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let ephemeral_low: u16 = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap()).collect();
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        for port in ports {
+            if ephemeral_low > 11_000 {
+                assert!(port < ephemeral_low, "{port} is in the ephemeral range");
+            }
+            TcpListener::bind(("127.0.0.1", port)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_port_clash_is_recognised_in_the_logs() {
+        let dir = std::env::temp_dir().join(format!("pack-operator-clash-{}", random_token()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("etcd.log"), "started\n").unwrap();
+        assert!(!logs_show_port_clash(&dir));
+        fs::write(
+            dir.join("kube-apiserver.log"),
+            "E1125 run.go:72] \"command failed\" err=\"failed to create listener: listen tcp 127.0.0.1:38489: bind: address already in use\"\n",
+        )
+        .unwrap();
+        assert!(logs_show_port_clash(&dir));
+        assert!(
+            last_error_line(&dir.join("kube-apiserver.log"))
+                .unwrap()
+                .contains("address already in use")
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
