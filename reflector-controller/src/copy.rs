@@ -52,6 +52,17 @@ impl fmt::Display for ReflectorKey {
     }
 }
 
+impl ReflectorKey {
+    /// Reads a marker `<namespace>/<name>`; None when it is not one.
+    pub fn parse(marker: &str) -> Option<Self> {
+        let (namespace, name) = marker.split_once('/')?;
+        (!namespace.is_empty() && !name.is_empty() && !name.contains('/')).then(|| ReflectorKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
 /// sha256 (hex) of a Secret's type and data: each field length-prefixed so no two inputs collide.
 pub fn data_hash(type_: &str, data: &BTreeMap<String, ByteString>) -> String {
     let mut h = Sha256::new();
@@ -406,5 +417,13 @@ mod tests {
             decide(Some(&mutable_copy), &want, &key()),
             Decision::Unchanged
         );
+    }
+
+    #[test]
+    fn markers_parse_back_into_keys() {
+        assert_eq!(ReflectorKey::parse(&key().to_string()), Some(key()));
+        for bad in ["", "certs", "/name", "certs/", "a/b/c"] {
+            assert_eq!(ReflectorKey::parse(bad), None, "{bad:?}");
+        }
     }
 }

@@ -802,6 +802,52 @@ async fn watch_namespaces(
     }
 }
 
+/// Deletes copies whose SecretReflector no longer exists: its finalizer was removed by hand, or it went
+/// while no controller ran, so its cleanup never happened. Runs once every cache is complete, then
+/// every resync period. A copy is judged by its marker, and its reflector's absence is confirmed by a
+/// GET on the API server (not the cache) before the copy is deleted (uid + resourceVersion checked).
+async fn sweep_orphans(ctx: Arc<Context>, reflectors: Store<SecretReflector>) {
+    loop {
+        if store_synced(&reflectors).await {
+            let live: BTreeSet<String> = reflectors
+                .state()
+                .iter()
+                .map(|r| key_of(r).to_string())
+                .collect();
+            for secret in ctx.copies.state() {
+                let Some(key) = secret
+                    .annotations()
+                    .get(REFLECTOR_ANNOTATION)
+                    .filter(|owner| !live.contains(owner.as_str()))
+                    .and_then(|owner| ReflectorKey::parse(owner))
+                else {
+                    continue;
+                };
+                let api: Api<SecretReflector> = Api::namespaced(ctx.client.clone(), &key.namespace);
+                match api.get_opt(&key.name).await {
+                    Ok(None) => match delete_copy(&ctx, &secret, &key).await {
+                        Ok(true) => info!(
+                            namespace = %secret.namespace().unwrap_or_default(),
+                            name = %secret.name_any(),
+                            reflector = %key,
+                            "deleted a copy whose SecretReflector no longer exists"
+                        ),
+                        Ok(false) => {}
+                        Err(e) => {
+                            warn!(reflector = %key, error = %e, "cannot delete an orphaned copy")
+                        }
+                    },
+                    Ok(Some(_)) => {}
+                    Err(e) => {
+                        debug!(reflector = %key, error = %e, "cannot check a copy's reflector")
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(ctx.settings.resync).await;
+    }
+}
+
 /// Runs the SecretReflector controller until `leading.stop` is cancelled. With `namespace`, only the
 /// SecretReflectors of that namespace (and their copies) are handled; targets may be anywhere.
 pub async fn run(
@@ -881,11 +927,15 @@ pub async fn run(
         if !(store_synced(&namespaces).await && store_synced(&copies).await) {
             return;
         }
-        controller
+        let sweeping = sweep_orphans(ctx.clone(), reflector_store);
+        let running = controller
             .graceful_shutdown_on(stop.clone().cancelled_owned())
             .run(reconcile, error_policy, ctx)
-            .for_each(|_| std::future::ready(()))
-            .await;
+            .for_each(|_| std::future::ready(()));
+        tokio::select! {
+            _ = running => {}
+            _ = sweeping => {}
+        }
     };
     tokio::select! {
         _ = reconciling => {}

@@ -402,6 +402,80 @@ async fn deleting_the_reflector_removes_its_copies_and_nothing_else() {
 }
 
 #[tokio::test]
+async fn copies_of_a_reflector_gone_without_its_cleanup_are_removed_at_start() {
+    // A reflector whose finalizer was removed by hand while no controller ran (e.g. the operator was
+    // uninstalled first) leaves copies no cleanup deleted. The next controller deletes them, and only
+    // them.
+    let env = test_env();
+    let client = env.client().await;
+    let src = env.namespace("refl-orphan").await;
+    let a = namespace(&env, "refl-orphan-a", &[]).await;
+    let b = namespace(&env, "refl-orphan-b", &[]).await;
+    let controller = start_controller(&env, &src.name, &[]);
+    source(&client, &src.name, "tls", "v1").await;
+    reflector(
+        &client,
+        &src.name,
+        "gone",
+        json!({ "source": { "name": "tls" }, "targets": { "namespaces": [a.name] } }),
+    )
+    .await;
+    reflector(
+        &client,
+        &src.name,
+        "kept",
+        json!({ "source": { "name": "tls" }, "targets": { "namespaces": [b.name] } }),
+    )
+    .await;
+    wait_copy(&client, &a.name, "tls", "v1").await;
+    let kept = wait_copy(&client, &b.name, "tls", "v1").await;
+    drop(controller);
+
+    let reflectors = Api::<SecretReflector>::namespaced(client.clone(), &src.name);
+    reflectors
+        .patch(
+            "gone",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+        )
+        .await
+        .unwrap();
+    reflectors
+        .delete("gone", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait::until("the SecretReflector gone", WAIT, POLL, || async {
+        match get_reflector(&client, &src.name, "gone").await {
+            None => Ok(Some(())),
+            Some(r) => Err(r.metadata.finalizers),
+        }
+    })
+    .await;
+    // Nothing removed the orphan yet.
+    assert!(get_secret(&client, &a.name, "tls").await.is_some());
+
+    let controller = start_controller(&env, &src.name, &[]);
+    wait_absent(&client, &a.name, "tls").await;
+    assert!(
+        controller
+            .logs()
+            .contains("deleted a copy whose SecretReflector no longer exists"),
+        "{}",
+        controller.logs()
+    );
+    // The live reflector's copy and the source are untouched.
+    let after = get_secret(&client, &b.name, "tls").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version,
+        kept.metadata.resource_version
+    );
+    assert_eq!(
+        value_of(&get_secret(&client, &src.name, "tls").await.unwrap()),
+        "v1"
+    );
+}
+
+#[tokio::test]
 async fn a_foreign_secret_is_a_conflict_and_stays_untouched() {
     let env = test_env();
     let client = env.client().await;
@@ -734,7 +808,7 @@ async fn least_privilege_rbac_is_enough() {
     let cluster_role: ClusterRole = serde_json::from_value(json!({
         "metadata": { "name": name },
         "rules": [
-            { "apiGroups": ["k8s.kubit.ir"], "resources": ["secretreflectors"], "verbs": ["list", "watch", "patch"] },
+            { "apiGroups": ["k8s.kubit.ir"], "resources": ["secretreflectors"], "verbs": ["get", "list", "watch", "patch"] },
             { "apiGroups": ["k8s.kubit.ir"], "resources": ["secretreflectors/status"], "verbs": ["patch"] },
             { "apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "update", "delete"] },
             { "apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"] },
