@@ -476,6 +476,80 @@ async fn copies_of_a_reflector_gone_without_its_cleanup_are_removed_at_start() {
 }
 
 #[tokio::test]
+async fn malformed_specs_are_rejected_at_admission_with_the_reason() {
+    // Names no Secret or Namespace can have, and selectors Kubernetes cannot evaluate, are refused by
+    // the CRD schema, so they never reach the controller as a retried error.
+    let env = test_env();
+    let client = env.client().await;
+    let ns = env.namespace("refl-invalid").await;
+    let api = Api::<SecretReflector>::namespaced(client.clone(), &ns.name);
+    let create = |spec: serde_json::Value| {
+        let api = api.clone();
+        async move {
+            let r: SecretReflector = serde_json::from_value(json!({
+                "apiVersion": "k8s.kubit.ir/v1alpha1",
+                "kind": "SecretReflector",
+                "metadata": { "generateName": "r-" },
+                "spec": spec,
+            }))
+            .unwrap();
+            api.create(&PostParams::default(), &r).await
+        }
+    };
+    let rejected = [
+        (
+            json!({ "source": { "name": "tls" }, "targetName": "Bad_Name", "targets": { "namespaces": ["a"] } }),
+            "spec.targetName",
+        ),
+        (
+            json!({ "source": { "name": "Bad/Name" }, "targets": { "namespaces": ["a"] } }),
+            "spec.source.name",
+        ),
+        (
+            json!({ "source": { "name": "tls" }, "targets": { "namespaces": ["Not_A_Namespace"] } }),
+            "spec.targets.namespaces[0]",
+        ),
+        (
+            json!({ "source": { "name": "tls" }, "targets": { "excludeNamespaces": [""] } }),
+            "spec.targets.excludeNamespaces[0]",
+        ),
+        (
+            json!({ "source": { "name": "tls" }, "targets": { "namespaceSelector": {
+                "matchExpressions": [{ "key": "team", "operator": "Equals", "values": ["a"] }] } } }),
+            "operator must be In or NotIn with values",
+        ),
+        (
+            json!({ "source": { "name": "tls" }, "targets": { "namespaceSelector": {
+                "matchExpressions": [{ "key": "team", "operator": "In" }] } } }),
+            "operator must be In or NotIn with values",
+        ),
+    ];
+    for (spec, says) in rejected {
+        match create(spec.clone()).await {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{spec}: {status:?}");
+                assert!(
+                    status.message.contains(says),
+                    "{spec}: the error should name {says:?}: {}",
+                    status.message
+                );
+            }
+            other => panic!("{spec} was not rejected: {other:?}"),
+        }
+    }
+    for spec in [
+        json!({ "source": { "name": "wildcard.tls" }, "targetName": "copy-1", "targets": { "namespaces": ["app-a"] } }),
+        json!({ "source": { "name": "tls" }, "targets": { "namespaceSelector": {
+            "matchExpressions": [{ "key": "team", "operator": "Exists" }, { "key": "tier", "operator": "NotIn", "values": ["x"] }] } } }),
+        json!({ "source": { "name": "tls" }, "targets": { "namespaceSelector": {} } }),
+    ] {
+        create(spec.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{spec} was rejected: {e}"));
+    }
+}
+
+#[tokio::test]
 async fn a_foreign_secret_is_a_conflict_and_stays_untouched() {
     let env = test_env();
     let client = env.client().await;

@@ -26,24 +26,41 @@ pub struct SecretReflectorSpec {
     pub source: SourceReference,
     /// Where copies go.
     pub targets: Targets,
-    /// Name of the copies (default: the source's name).
+    /// Name of the copies (default: the source's name). A Secret name: lowercase letters, digits,
+    /// '-' and '.'.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        length(max = 253)
+    )]
     pub target_name: Option<String>,
 }
 
 /// The source Secret.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct SourceReference {
-    #[schemars(length(min = 1))]
+    /// A Secret name: lowercase letters, digits, '-' and '.'.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        length(min = 1, max = 253)
+    )]
     pub name: String,
 }
 
 /// Target namespaces: the union of explicit names and a label selector.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.namespaceSelector) || !has(self.namespaceSelector.matchExpressions) || self.namespaceSelector.matchExpressions.all(e, (e.operator in ['In', 'NotIn'] && has(e.values) && size(e.values) > 0) || (e.operator in ['Exists', 'DoesNotExist'] && (!has(e.values) || size(e.values) == 0)))",
+    "message": "namespaceSelector.matchExpressions: operator must be In or NotIn with values, or Exists or DoesNotExist without values"
+}]))]
 pub struct Targets {
     /// Namespaces by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 63)
+    ))]
     pub namespaces: Vec<String>,
     /// Namespaces by label; namespaces that gain the labels later get a copy too. An empty selector
     /// (`{}`) selects every namespace.
@@ -51,6 +68,10 @@ pub struct Targets {
     pub namespace_selector: Option<LabelSelector>,
     /// Namespaces never to copy into, even when named or selected above.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 63)
+    ))]
     pub exclude_namespaces: Vec<String>,
 }
 
