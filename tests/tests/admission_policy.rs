@@ -275,3 +275,22 @@ async fn pack_vars_must_be_scalars() {
         .await
         .unwrap_or_else(|e| panic!("Pack without vars denied: {e}"));
 }
+
+#[tokio::test]
+async fn pack_names_helm_cannot_use_are_rejected_by_the_crd() {
+    // A Pack's name is its Helm release name; Helm refuses names over 53 characters, so the CRD does.
+    let env = test_env();
+    let ns = env.namespace("crd-pack-name").await;
+    let packs = api_for(&env.client().await, &ns.name, "Pack");
+    let longest = "p".repeat(common::crd::MAX_PACK_NAME);
+    admit(&packs, workload("Pack", &longest, None))
+        .await
+        .unwrap_or_else(|e| panic!("a {}-character name denied: {e}", longest.len()));
+    let msg = admit(&packs, workload("Pack", &format!("{longest}x"), None))
+        .await
+        .unwrap_err();
+    assert!(
+        msg.starts_with("422") && msg.contains("Helm limits to 53 characters"),
+        "{msg}"
+    );
+}
