@@ -619,6 +619,23 @@ impl Wakers {
     }
 }
 
+/// How often a controller started without the Pack CRD looks for it again.
+const PACK_API_RECHECK: Duration = Duration::from_secs(60);
+
+/// Whether the API server serves Packs (`k8s.kubit.ir/v1alpha1`, resource `packs`). An error other
+/// than "not found" counts as served: the watch then retries as any watch does.
+async fn pack_api_served(client: &Client) -> bool {
+    let group_version = format!("{}/{}", common::crd::GROUP, common::crd::VERSION);
+    match client.list_api_group_resources(&group_version).await {
+        Ok(list) => list.resources.iter().any(|r| r.name == "packs"),
+        Err(kube::Error::Api(status)) if status.code == 404 => false,
+        Err(e) => {
+            warn!(error = %e, "cannot tell whether the Pack API is installed; watching Packs");
+            true
+        }
+    }
+}
+
 /// Runs the redeploy controller until `leading.stop` is cancelled.
 pub async fn run(
     leading: Leading,
@@ -632,13 +649,23 @@ pub async fn run(
     let deployments = workload_controller::<Deployment>(&client, &namespace, cc.clone());
     let statefulsets = workload_controller::<StatefulSet>(&client, &namespace, cc.clone());
     let daemonsets = workload_controller::<DaemonSet>(&client, &namespace, cc.clone());
-    let packs = workload_controller::<Pack>(&client, &namespace, cc);
+    // Packs are watched only where their CRD is installed (the chart can install this controller
+    // alone): a watch of a missing API would never sync, and the controller would never be ready.
+    let packs = if pack_api_served(&client).await {
+        Some(workload_controller::<Pack>(&client, &namespace, cc.clone()))
+    } else {
+        info!(
+            "the Pack API (packs.k8s.kubit.ir/v1alpha1) is not installed: Deployments, StatefulSets and \
+             DaemonSets are watched; Packs will be once the CRD appears (checked every {PACK_API_RECHECK:?})"
+        );
+        None
+    };
     // Ready once every workload cache holds a complete listing.
     let stores = (
         deployments.store(),
         statefulsets.store(),
         daemonsets.store(),
-        packs.store(),
+        packs.as_ref().map(Controller::store),
     );
     common::runtime::report_sync_when(
         async move {
@@ -646,7 +673,10 @@ pub async fn run(
             store_synced(&stores.0).await
                 && store_synced(&stores.1).await
                 && store_synced(&stores.2).await
-                && store_synced(&stores.3).await
+                && match &stores.3 {
+                    Some(packs) => store_synced(packs).await,
+                    None => true,
+                }
         },
         leading.health.clone(),
     );
@@ -739,14 +769,30 @@ pub async fn run(
                 .map(|_| ())
                 .boxed(),
         ),
-        drain(
-            packs
-                .reconcile_on(prx)
-                .graceful_shutdown_on(stop.clone().cancelled_owned())
-                .run(reconcile::<Pack>, error_policy::<Pack>, ctx.clone())
-                .map(|_| ())
-                .boxed(),
-        ),
+        {
+            let (client, stop, ctx) = (client.clone(), stop.clone(), ctx.clone());
+            async move {
+                let packs = match packs {
+                    Some(packs) => packs,
+                    None => loop {
+                        tokio::select! {
+                            () = tokio::time::sleep(PACK_API_RECHECK) => {}
+                            () = stop.cancelled() => return,
+                        }
+                        if pack_api_served(&client).await {
+                            info!("the Pack API is installed now: watching Packs");
+                            break workload_controller::<Pack>(&client, &namespace, cc);
+                        }
+                    },
+                };
+                packs
+                    .reconcile_on(prx)
+                    .graceful_shutdown_on(stop.cancelled_owned())
+                    .run(reconcile::<Pack>, error_policy::<Pack>, ctx)
+                    .for_each(|_| std::future::ready(()))
+                    .await;
+            }
+        },
     );
     tokio::select! {
         _ = controllers => {}

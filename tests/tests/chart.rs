@@ -541,6 +541,101 @@ async fn installing_only_the_redeploy_controller_creates_nothing_of_the_others()
         .map(|p| p.name_any())
         .collect();
     assert_eq!(policies, ["pack-operator-watch-to-redeploy"]);
+
+    // The redeploy controller, with the chart's ServiceAccount, on this cluster without the Pack CRD:
+    // it becomes ready (Packs are not watched) and rolls a Deployment out.
+    let env = e2e::TestEnv {
+        kubeconfig: kubeconfig.clone(),
+    };
+    let sa = env
+        .service_account_kubeconfig("pack-operator", "pack-operator-redeploy-controller")
+        .await;
+    let controller = ControllerProcess::start_with_kubeconfig(
+        &sa,
+        "redeploy-controller",
+        "redeploy-only-0",
+        &[
+            "--lease-namespace=pack-operator",
+            "--lease-name=redeploy-controller",
+            "--delay=1s",
+        ],
+    )
+    .unwrap();
+    wait::until("/readyz answers 200", TIMEOUT, EVERY, || async {
+        match controller.get("/readyz").await {
+            Ok((200, _)) => Ok(Some(())),
+            other => Err(format!("{other:?}\n{}", controller.logs())),
+        }
+    })
+    .await;
+    assert!(
+        controller
+            .logs()
+            .contains("the Pack API (packs.k8s.kubit.ir/v1alpha1) is not installed"),
+        "{}",
+        controller.logs()
+    );
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({ "metadata": { "name": "cm" }, "data": { "k": "v1" } }))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let deployments = Api::<Deployment>::namespaced(client.clone(), "default");
+    deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {
+                    "name": "web",
+                    "annotations": { "pack-operator.k8s.kubit.ir/watch-to-redeploy": "configmap/cm" }
+                },
+                "spec": {
+                    "selector": { "matchLabels": { "app": "web" } },
+                    "template": {
+                        "metadata": { "labels": { "app": "web" } },
+                        "spec": { "containers": [{ "name": "c", "image": "nginx" }] }
+                    }
+                }
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let recorded = "pack-operator.k8s.kubit.ir/watched-hashes";
+    wait::until("the baseline recorded", TIMEOUT, EVERY, || async {
+        let d = deployments.get("web").await.map_err(|e| e.to_string())?;
+        if d.annotations().contains_key(recorded) {
+            Ok(Some(()))
+        } else {
+            Err(controller.logs())
+        }
+    })
+    .await;
+    cms.patch(
+        "cm",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "data": { "k": "v2" } })),
+    )
+    .await
+    .unwrap();
+    wait::until("the Deployment rolled", TIMEOUT, EVERY, || async {
+        let d = deployments.get("web").await.map_err(|e| e.to_string())?;
+        let rolled = d
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .is_some_and(|a| a.contains_key("pack-operator.k8s.kubit.ir/config-hash"));
+        if rolled {
+            Ok(Some(()))
+        } else {
+            Err(controller.logs())
+        }
+    })
+    .await;
+    drop(controller);
     drop(plane);
     let _ = std::fs::remove_dir_all(&dir);
 }
