@@ -403,10 +403,73 @@ fn pack_controller_rbac_scope_is_cluster_or_a_list_of_namespaces() {
     bad.push("packController.rbac.scope=everywhere".to_owned());
     let err = template("po", "ops", &bad).unwrap_err().to_string();
     assert!(err.contains("cluster or namespaces"), "{err}");
-    let mut no_leader = pack;
+    let mut no_leader = pack.clone();
     no_leader.push("packController.leaderElection.enabled=false".to_owned());
     let err = template("po", "ops", &no_leader).unwrap_err().to_string();
     assert!(err.contains("leaderElection"), "{err}");
+    // --namespace from both the scope and extraArgs would be passed twice.
+    let mut twice = one.clone();
+    twice.push("packController.extraArgs={--namespace=team-b}".to_owned());
+    let err = template("po", "ops", &twice).unwrap_err().to_string();
+    assert!(
+        err.contains("remove it from packController.extraArgs"),
+        "{err}"
+    );
+    // Alerts select series by scrape job: without the ServiceMonitor, the job must be named.
+    let mut rules = vec!["metrics.prometheusRule.enabled=true".to_owned()];
+    let err = template("po", "ops", &rules).unwrap_err().to_string();
+    assert!(
+        err.contains("metrics.prometheusRule.jobs.pack-controller"),
+        "{err}"
+    );
+    rules.extend(
+        CONTROLLERS
+            .iter()
+            .map(|(_, c)| format!("metrics.prometheusRule.jobs.{c}=scrape-{c}")),
+    );
+    let text = serde_json::to_string(&of_kind(
+        &template("po", "ops", &rules).unwrap(),
+        "PrometheusRule",
+    ))
+    .unwrap();
+    for (_, c) in CONTROLLERS {
+        assert!(
+            text.contains(&format!("job=\\\"scrape-{c}\\\"")),
+            "{c}: {text}"
+        );
+    }
+
+    // Leader election off (one replica): no Lease RBAC for that controller.
+    let single_replica = template(
+        "po",
+        "ops",
+        &[
+            "redeployController.replicas=1".to_owned(),
+            "redeployController.leaderElection.enabled=false".to_owned(),
+        ],
+    )
+    .unwrap();
+    let lease_roles: BTreeSet<String> = of_kind(&single_replica, "Role")
+        .into_iter()
+        .map(|r| name(r).to_owned())
+        .filter(|n| n.ends_with("-leader-election"))
+        .collect();
+    assert_eq!(
+        lease_roles,
+        [
+            "po-pack-operator-pack-controller-leader-election",
+            "po-pack-operator-reflector-controller-leader-election"
+        ]
+        .map(String::from)
+        .into()
+    );
+
+    // A long release name: every name still fits its kind's limit (63 for a Service).
+    let long = template("cluster-ops-operators-for-the-platform-team", "ops", &[]).unwrap();
+    for service in of_kind(&long, "Service") {
+        assert!(name(service).len() <= 63, "{} is too long", name(service));
+    }
+    assert_eq!(of_kind(&long, "Service").len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1614,7 +1677,10 @@ fn the_dashboard_and_alerts_query_metrics_the_controllers_register() {
     let rules = template(
         "po",
         "pack-operator",
-        &["metrics.prometheusRule.enabled=true".to_owned()],
+        &[
+            "metrics.prometheusRule.enabled=true".to_owned(),
+            "metrics.serviceMonitor.enabled=true".to_owned(),
+        ],
     )
     .unwrap();
     let rules = serde_json::to_string(&of_kind(&rules, "PrometheusRule")).unwrap();

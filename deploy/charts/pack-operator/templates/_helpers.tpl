@@ -3,16 +3,18 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Prefix of every resource name: the release name, plus "-pack-operator" unless it already has it. */}}
+{{/* Prefix of every resource name: the release name, plus "-pack-operator" unless it already has it. At
+most 34 characters, so that the longest name, "<prefix>-reflector-controller-metrics", fits the 63 of a
+Service. */}}
 {{- define "pack-operator.fullname" -}}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- .Values.fullnameOverride | trunc 34 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- .Release.Name | trunc 34 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- printf "%s-%s" .Release.Name $name | trunc 34 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -46,4 +48,10 @@ app.kubernetes.io/component: {{ .component }}
 {{/* Name of one controller's resources (Deployment, ServiceAccount, Service, ClusterRole...). */}}
 {{- define "pack-operator.componentName" -}}
 {{- printf "%s-%s" (include "pack-operator.fullname" .root) .component }}
+{{- end }}
+
+{{/* Name of one controller's metrics Service, which is also the `job` label of its ServiceMonitor's
+series; arguments as componentName. */}}
+{{- define "pack-operator.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "pack-operator.componentName" .) }}
 {{- end }}

@@ -154,7 +154,7 @@ spec:
 apiVersion: v1
 kind: Service
 metadata:
-  name: {{ $name }}-metrics
+  name: {{ include "pack-operator.metricsServiceName" $sel }}
   namespace: {{ $root.Release.Namespace }}
   labels:
     {{- include "pack-operator.componentLabels" $sel | nindent 4 }}
@@ -211,6 +211,8 @@ The Role (in the release namespace) and RoleBinding for the leader-election Leas
 Arguments: (dict "root" $ "component" "pack-controller").
 */}}
 {{- define "pack-operator.leaderRBAC" -}}
+{{- $key := .component | replace "-controller" "Controller" }}
+{{- if (index .root.Values $key).leaderElection.enabled }}
 {{- $name := include "pack-operator.componentName" . }}
 {{- $sel := dict "root" .root "component" .component }}
 apiVersion: rbac.authorization.k8s.io/v1
@@ -246,13 +248,12 @@ subjects:
     name: {{ $name }}
     namespace: {{ .root.Release.Namespace }}
 {{- end }}
+{{- end }}
 
-{{/* Rules to publish Events (kube-runtime's Recorder uses events.k8s.io; core for older tooling). */}}
+{{/* Rules to publish Events (kube-runtime's Recorder writes events.k8s.io/v1 only; patch: a repeated
+Event becomes a series). */}}
 {{- define "pack-operator.eventRules" -}}
 - apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
