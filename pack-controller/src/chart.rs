@@ -6,6 +6,7 @@ use std::{
     fs,
     io::Write as _,
     path::{Path, PathBuf},
+    time::{Duration, SystemTime},
 };
 
 use sha2::{Digest as _, Sha256};
@@ -19,8 +20,11 @@ use crate::{
 
 /// Largest chart archive accepted.
 pub const MAX_CHART_BYTES: u64 = 20 * 1024 * 1024;
-/// Archives kept on disk; the least recently written go first.
+/// Archives kept on disk; the least recently used go first.
 const MAX_CACHED: usize = 256;
+/// An archive used this recently is never pruned (longer than Helm's default timeout), even past
+/// [`MAX_CACHED`]: Helm may still be about to read it.
+const IN_USE: Duration = Duration::from_secs(15 * 60);
 
 /// Why a chart archive could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +86,11 @@ impl ChartCache {
         if let Some(digest) = &expected {
             let path = self.dir.join(format!("{digest}.tgz"));
             if matches!(fs::read(&path), Ok(bytes) if sha256(&bytes) == *digest) {
+                // Its modification time is its last use: a popular chart is not the first pruned.
+                let _ = fs::File::options()
+                    .append(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(SystemTime::now()));
                 debug!(chart = %resolution.chart, version = %resolution.version, "chart archive cached");
                 return Ok(path);
             }
@@ -133,7 +142,7 @@ impl ChartCache {
         }))
     }
 
-    /// Keeps at most [`MAX_CACHED`] archives.
+    /// Keeps at most [`MAX_CACHED`] archives, least recently used first, but none used within [`IN_USE`].
     fn prune(&self) {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
@@ -147,8 +156,11 @@ impl ChartCache {
             return;
         }
         files.sort();
-        for (_, path) in &files[..files.len() - MAX_CACHED] {
-            let _ = fs::remove_file(path);
+        let recent = SystemTime::now() - IN_USE;
+        for (modified, path) in &files[..files.len() - MAX_CACHED] {
+            if *modified < recent {
+                let _ = fs::remove_file(path);
+            }
         }
     }
 }
@@ -230,6 +242,57 @@ mod tests {
         let err = cache.archive(&repo, &bad).await.unwrap_err();
         assert_eq!(err.reason(), "ChartDigestMismatch", "{err}");
         assert!(!dir.join(format!("{}.tgz", "00".repeat(32))).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cache_hit_counts_as_use_and_recent_archives_are_not_pruned() {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let url = serve(b"popular chart", hits.clone()).await;
+        let dir = temp_dir("lru");
+        let cache = ChartCache::new(IndexFetcher::new(), dir.clone());
+        let repo = FetchRequest::new(url.clone());
+        let r = resolution(&url, Some(sha256(b"popular chart")));
+        let popular = cache.archive(&repo, &r).await.unwrap();
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        let age = |path: &Path, t: SystemTime| {
+            fs::File::options()
+                .append(true)
+                .open(path)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        };
+        age(&popular, old - Duration::from_secs(60));
+        // MAX_CACHED other archives, all used an hour ago, one of them just now.
+        for i in 0..MAX_CACHED {
+            let path = dir.join(format!("{i:064x}.tgz"));
+            fs::write(&path, b"x").unwrap();
+            age(&path, old);
+        }
+        let just_used = dir.join(format!("{:064x}.tgz", 0));
+        age(&just_used, SystemTime::now());
+        // Handed out again: its time is refreshed, so pruning takes another.
+        assert_eq!(cache.archive(&repo, &r).await.unwrap(), popular);
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        cache.prune();
+        assert!(popular.exists(), "a cache hit is a use");
+        assert!(just_used.exists());
+        assert!(
+            !dir.join(format!("{:064x}.tgz", 1)).exists(),
+            "the oldest goes"
+        );
+        let left = fs::read_dir(&dir).unwrap().count();
+        assert_eq!(left, MAX_CACHED);
+        // All used recently: none is pruned, even past the cap.
+        for i in 0..3 {
+            fs::write(dir.join(format!("{:064x}.tgz", 1000 + i)), b"x").unwrap();
+        }
+        for e in fs::read_dir(&dir).unwrap().flatten() {
+            age(&e.path(), SystemTime::now());
+        }
+        cache.prune();
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), MAX_CACHED + 3);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -34,8 +34,12 @@ use crate::metrics::HelmMetrics;
 
 /// Longest Helm error kept for conditions, Events and history.
 pub const MAX_MESSAGE: usize = 1024;
-/// Strings of the values at least this long are blanked out of Helm's error messages.
+/// Strings of the values at least this long are blanked wherever they appear in Helm's error messages.
 pub const REDACT_MIN_LEN: usize = 8;
+/// Shorter strings of the values, down to this length, are blanked where they stand as a whole word
+/// (not inside a longer word, so a value such as `web` or `nginx` does not shred Helm's message). Even
+/// shorter ones are not blanked.
+pub const REDACT_MIN_WORD_LEN: usize = 4;
 /// How long a Helm process gets to exit after SIGTERM.
 const TERM_GRACE: Duration = Duration::from_secs(20);
 
@@ -121,7 +125,8 @@ impl std::fmt::Debug for Helm {
 }
 
 impl Helm {
-    /// Creates the work directories (mode 0700).
+    /// Creates the work directories (mode 0700) and removes values files left by a process that died
+    /// without its cleanup (OOM, SIGKILL): the work directory outlives container restarts.
     pub fn new(config: HelmConfig, metrics: HelmMetrics) -> std::io::Result<Self> {
         for dir in [
             "values",
@@ -135,6 +140,10 @@ impl Helm {
                 .recursive(true)
                 .mode(0o700)
                 .create(config.work_dir.join(dir))?;
+        }
+        // No Helm process of this controller runs yet; each process has a work directory of its own.
+        for entry in fs::read_dir(config.work_dir.join("values"))?.flatten() {
+            let _ = fs::remove_file(entry.path());
         }
         Ok(Helm {
             slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
@@ -186,12 +195,14 @@ impl Helm {
         parse_release(&stdout)
     }
 
-    /// `helm rollback <release> <revision>`.
+    /// `helm rollback <release> <revision>`; `redact` as for [`value_strings`] (the revision rolled back to
+    /// holds values too).
     pub async fn rollback(
         &self,
         namespace: &str,
         release: &str,
         revision: i64,
+        redact: &[String],
         stop: &CancellationToken,
     ) -> Result<(), HelmError> {
         let args: Vec<OsString> = vec![
@@ -205,14 +216,16 @@ impl Helm {
             "--timeout".into(),
             format!("{}s", self.config.timeout.as_secs()).into(),
         ];
-        self.run("rollback", args, &[], stop).await.map(drop)
+        self.run("rollback", args, redact, stop).await.map(drop)
     }
 
-    /// `helm uninstall --ignore-not-found`: a release already gone is success.
+    /// `helm uninstall --ignore-not-found`: a release already gone is success. `redact` as for
+    /// [`value_strings`] (hooks run at uninstall render the values).
     pub async fn uninstall(
         &self,
         namespace: &str,
         release: &str,
+        redact: &[String],
         stop: &CancellationToken,
     ) -> Result<(), HelmError> {
         let args: Vec<OsString> = vec![
@@ -224,7 +237,7 @@ impl Helm {
             "--timeout".into(),
             format!("{}s", self.config.timeout.as_secs()).into(),
         ];
-        self.run("uninstall", args, &[], stop).await.map(drop)
+        self.run("uninstall", args, redact, stop).await.map(drop)
     }
 
     /// Records an operation that ran outside Helm (marking a stuck release failed).
@@ -392,11 +405,11 @@ fn parse_release(stdout: &[u8]) -> Result<ReleaseOutcome, HelmError> {
     })
 }
 
-/// Every string leaf of `values` long enough to be worth hiding.
+/// Every string leaf of `values` long enough to be worth hiding (see [`REDACT_MIN_WORD_LEN`]).
 pub fn value_strings(values: &Value) -> Vec<String> {
     fn walk(v: &Value, out: &mut Vec<String>) {
         match v {
-            Value::String(s) if s.chars().count() >= REDACT_MIN_LEN => out.push(s.clone()),
+            Value::String(s) if s.chars().count() >= REDACT_MIN_WORD_LEN => out.push(s.clone()),
             Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
             Value::Object(o) => o.values().for_each(|v| walk(v, out)),
             _ => {}
@@ -410,20 +423,80 @@ pub fn value_strings(values: &Value) -> Vec<String> {
     out
 }
 
+/// Stands for a blanked value while blanking goes on (no value can match it); `<value>` in the end.
+const BLANK: char = '\0';
+
+/// The forms in which `value` can show up in Helm's stderr: as is; JSON/Go-quoted (`\"`, `\n`, `\\`);
+/// whitespace collapsed; each line of a multi-line value (a PEM block indented in rendered YAML); base64
+/// (a Secret's `data`).
+fn forms(value: &str) -> Vec<String> {
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut out = vec![value.to_owned()];
+    if let Ok(quoted) = serde_json::to_string(value) {
+        out.push(quoted[1..quoted.len() - 1].to_owned());
+    }
+    out.push(value.split_whitespace().collect::<Vec<_>>().join(" "));
+    out.extend(
+        value
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.chars().count() >= REDACT_MIN_LEN)
+            .map(str::to_owned),
+    );
+    let encoded = base64::Engine::encode(&engine, value);
+    out.push(encoded.trim_end_matches('=').to_owned());
+    out.push(encoded);
+    out.retain(|f| f.chars().count() >= REDACT_MIN_WORD_LEN);
+    out
+}
+
+/// `text` with every `needle` replaced by [`BLANK`]; a needle shorter than [`REDACT_MIN_LEN`] only where
+/// it is a whole word.
+fn blank(text: &str, needle: &str) -> String {
+    if !text.contains(needle) {
+        return text.to_owned();
+    }
+    if needle.chars().count() >= REDACT_MIN_LEN {
+        return text.replace(needle, &BLANK.to_string());
+    }
+    let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(needle) {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + needle.len()..];
+        if !is_word(out.chars().next_back()) && !is_word(after.chars().next()) {
+            out.push(BLANK);
+        } else {
+            out.push_str(needle);
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Helm's error from its stderr: the text after the last `Error: ` (or all of it), on one line, with
-/// `redact` strings blanked, at most [`MAX_MESSAGE`] bytes.
+/// every form (see [`forms`]) of the `redact` strings blanked as `<value>`, at most [`MAX_MESSAGE`]
+/// bytes. Blanking runs on the raw text (multi-line values still match) and again once whitespace is
+/// collapsed.
 pub fn error_message(stderr: &str, redact: &[String]) -> String {
-    let text = match stderr.rfind("Error: ") {
-        Some(i) => &stderr[i + "Error: ".len()..],
-        None => stderr,
+    let mut needles: Vec<String> = redact.iter().flat_map(|s| forms(s)).collect();
+    needles.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    needles.dedup();
+    let mut text = stderr.replace(BLANK, "");
+    for needle in &needles {
+        text = blank(&text, needle);
+    }
+    let text = match text.rfind("Error: ") {
+        Some(i) => &text[i + "Error: ".len()..],
+        None => &text,
     };
     let mut message = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    for secret in redact {
-        if message.contains(secret.as_str()) {
-            message = message.replace(secret.as_str(), "<value>");
-        }
+    for needle in &needles {
+        message = blank(&message, needle);
     }
-    common::events::truncate(&message, MAX_MESSAGE)
+    common::events::truncate(&message.replace(BLANK, "<value>"), MAX_MESSAGE)
 }
 
 #[cfg(test)]
@@ -446,9 +519,74 @@ mod tests {
         assert!(m.len() <= MAX_MESSAGE && m.ends_with('…'));
     }
 
+    const PEM: &str = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\nVJTUt9Us8cKjMzEfYyjiWA4R4/M2bS1G\n-----END PRIVATE KEY-----\n";
+
+    /// Asserts that no line of the PEM body (nor the whole) is left in `m`.
+    fn assert_no_pem(m: &str) {
+        for line in PEM.lines().filter(|l| l.len() >= REDACT_MIN_LEN) {
+            assert!(!m.contains(line), "{line} left in {m}");
+        }
+    }
+
+    #[test]
+    fn multi_line_values_are_blanked_raw_and_line_by_line() {
+        let redact = value_strings(&json!({"tls": {"key": PEM}}));
+        // As is, then re-indented inside rendered YAML.
+        let indented: String = PEM.lines().map(|l| format!("    {l}\n")).collect();
+        for shown in [PEM.to_owned(), indented] {
+            let stderr = format!("Error: YAML parse error near\n{shown}: bad indentation");
+            let m = error_message(&stderr, &redact);
+            assert_no_pem(&m);
+            assert!(m.starts_with("YAML parse error near <value>"), "{m}");
+        }
+    }
+
+    #[test]
+    fn escaped_and_encoded_forms_are_blanked() {
+        let password = "hunter2 \"quoted\" \\ path";
+        let redact = value_strings(&json!({"password": password, "key": PEM}));
+        let go_quoted = serde_json::to_string(password).unwrap();
+        let pem_quoted = serde_json::to_string(PEM).unwrap();
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, password);
+        let stderr = format!(
+            "Error: UPGRADE FAILED: Secret \"s\" is invalid: data[x]: Invalid value: {go_quoted}; \
+             key: Invalid value: {pem_quoted}; data: {{\"p\":\"{b64}\"}}; unpadded {}",
+            b64.trim_end_matches('=')
+        );
+        let m = error_message(&stderr, &redact);
+        assert!(!m.contains("hunter2"), "{m}");
+        assert!(
+            !m.contains(&b64) && !m.contains(b64.trim_end_matches('=')),
+            "{m}"
+        );
+        assert_no_pem(&m);
+        assert!(m.contains("data[x]: Invalid value: \"<value>\""), "{m}");
+    }
+
+    #[test]
+    fn short_values_are_blanked_as_whole_words_only() {
+        let redact = value_strings(&json!({"pin": "4711", "kind": "web", "name": "nginx"}));
+        assert_eq!(
+            redact,
+            vec!["nginx", "4711"],
+            "3 characters and less are kept"
+        );
+        let m = error_message(
+            "Error: pin 4711 rejected; image nginx:1.27 in nginxes, id a4711b, web",
+            &redact,
+        );
+        assert_eq!(
+            m,
+            "pin <value> rejected; image <value>:1.27 in nginxes, id a4711b, web"
+        );
+        // A value that reads like the placeholder does not blank it again.
+        let m = error_message("Error: x is bad value", &["value".to_owned()]);
+        assert_eq!(m, "x is bad <value>");
+    }
+
     #[test]
     fn value_strings_are_longest_first_and_unique() {
-        let values = json!({"a": ["password1", "password1-longer"], "b": "password1", "c": true});
+        let values = json!({"a": ["password1", "password1-longer"], "b": "password1", "c": true, "d": "abc"});
         assert_eq!(
             value_strings(&values),
             vec!["password1-longer", "password1"]
@@ -468,6 +606,27 @@ mod tests {
         );
         let err = parse_release(b"{\"config\": {\"password\": \"hunter2\"}}").unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn leftover_values_files_are_removed_at_start() {
+        let dir = std::env::temp_dir().join(format!("pack-helm-new-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("values")).unwrap();
+        let left = dir.join("values/0123456789abcdef.yaml");
+        fs::write(&left, "password: hunter2").unwrap();
+        let config = HelmConfig {
+            binary: "helm".into(),
+            work_dir: dir.clone(),
+            timeout: Duration::from_secs(1),
+            max_history: 1,
+            concurrency: 1,
+        };
+        let metrics = HelmMetrics::register(&mut prometheus_client::registry::Registry::default());
+        Helm::new(config, metrics).unwrap();
+        assert!(!left.exists());
+        assert!(dir.join("values").is_dir() && dir.join("charts").is_dir());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -148,6 +148,21 @@ impl PackStates {
     }
 }
 
+impl PackStates {
+    /// Forgets every Pack: this process stopped leading, and only the leader's counts may be non-zero
+    /// (a standby's stale counts would add to the leader's in `sum by (state)`).
+    pub fn clear(&self) {
+        let mut by_pack = self.by_pack.lock().unwrap_or_else(PoisonError::into_inner);
+        for (_, state) in by_pack.drain() {
+            self.gauge
+                .get_or_create(&StateLabel {
+                    state: state.into(),
+                })
+                .dec();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +177,12 @@ mod tests {
         assert_eq!((get("Pending"), get("Applied")), (0, 2));
         m.set("a/x", None);
         m.set("a/x", None);
+        assert_eq!(get("Applied"), 1);
+        m.set("a/z", Some(Some(PackState::RemoveFailed)));
+        m.clear();
+        assert_eq!((get("Applied"), get("RemoveFailed")), (0, 0));
+        // Counting starts afresh when leading again.
+        m.set("a/y", Some(Some(PackState::Applied)));
         assert_eq!(get("Applied"), 1);
     }
 }

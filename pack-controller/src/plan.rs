@@ -97,6 +97,7 @@ pub fn decide(desired: &ReleaseDigest, f: Facts<'_>) -> Plan {
         && let Some(r) = f.release
         && r.is_deployed()
         && r.digest.as_deref() == Some(desired.label())
+        && !changed_outside(desired, Some(r), f.status.revision)
     {
         return Plan::UpToDate;
     }
@@ -118,6 +119,37 @@ pub fn decide(desired: &ReleaseDigest, f: Facts<'_>) -> Plan {
         }
     }
     Plan::Apply { install, recover }
+}
+
+/// Whether the deployed release carries the Pack's digest but is not the revision the Pack last made: a
+/// `helm upgrade` or `helm rollback` run by hand (Helm copies the previous revision's labels, digest
+/// included, onto the new one). `recorded` is `status.revision`; unknown (None) counts as no change.
+pub fn changed_outside(
+    desired: &ReleaseDigest,
+    release: Option<&ReleaseRecord>,
+    recorded: Option<i64>,
+) -> bool {
+    release.is_some_and(|r| {
+        r.is_deployed()
+            && r.digest.as_deref() == Some(desired.label())
+            && recorded.is_some_and(|n| n != r.revision)
+    })
+}
+
+/// During deletion, after failed uninstalls (`status.state` `RemoveFailed`, `status.failures` of them in
+/// a row): how long to wait before the next `helm uninstall`. None: run it now.
+pub fn uninstall_wait(
+    status: &PackStatus,
+    since_last_attempt: Option<Duration>,
+) -> Option<Duration> {
+    if status.state != Some(PackState::RemoveFailed) {
+        return None;
+    }
+    let wait = backoff(status.failures.unwrap_or(1));
+    match since_last_attempt {
+        Some(since) if since < wait => Some(wait - since),
+        _ => None,
+    }
 }
 
 /// Whether the newest history entry is a successful rollback.
@@ -332,6 +364,60 @@ mod tests {
                 recover: false
             }
         );
+    }
+
+    #[test]
+    fn a_revision_made_outside_the_pack_is_upgraded_back() {
+        let d = digest();
+        // Revision 2 carries the Pack's labels (Helm copied them), but the Pack made revision 1.
+        let mine = record("deployed", Some(d.label()), Some("test"));
+        let mut status = PackStatus {
+            revision: Some(1),
+            ..Default::default()
+        };
+        assert!(changed_outside(&d, Some(&mine), Some(1)));
+        assert_eq!(
+            decide(&d, facts(Some(&mine), &status)),
+            Plan::Apply {
+                install: false,
+                recover: false
+            }
+        );
+        status.revision = Some(2);
+        assert_eq!(decide(&d, facts(Some(&mine), &status)), Plan::UpToDate);
+        // Unknown (no revision recorded yet): trusted.
+        status.revision = None;
+        assert_eq!(decide(&d, facts(Some(&mine), &status)), Plan::UpToDate);
+        // Another digest or a release not deployed is not "changed outside": the usual rules apply.
+        let other = ReleaseDigest::of("genpack", "0.1.3", Some("ab"), &json!({"a": 2}));
+        assert!(!changed_outside(&other, Some(&mine), Some(1)));
+        let failed = record("failed", Some(d.label()), Some("test"));
+        assert!(!changed_outside(&d, Some(&failed), Some(1)));
+        assert!(!changed_outside(&d, None, Some(1)));
+    }
+
+    #[test]
+    fn failed_uninstalls_back_off() {
+        let mut status = PackStatus {
+            state: Some(PackState::Removing),
+            failures: Some(3),
+            ..Default::default()
+        };
+        let recent = Some(Duration::from_secs(5));
+        assert_eq!(uninstall_wait(&status, recent), None, "first attempt");
+        status.state = Some(PackState::RemoveFailed);
+        status.failures = Some(1);
+        assert_eq!(
+            uninstall_wait(&status, recent),
+            Some(Duration::from_secs(5))
+        );
+        status.failures = Some(3);
+        assert_eq!(
+            uninstall_wait(&status, recent),
+            Some(Duration::from_secs(35))
+        );
+        assert_eq!(uninstall_wait(&status, Some(Duration::from_secs(40))), None);
+        assert_eq!(uninstall_wait(&status, None), None, "unknown time: retry");
     }
 
     #[test]

@@ -15,7 +15,10 @@ use std::{
 
 use common::{
     conditions,
-    crd::{ClusterPackRepository, Pack, PackStatus, pack::RepositoryKind},
+    crd::{
+        ClusterPackRepository, Pack, PackStatus,
+        pack::{PackState, RepositoryKind},
+    },
     metrics::ReconcileMetrics,
     runtime::Leading,
 };
@@ -38,7 +41,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
     chart::{ChartCache, ChartError},
-    helm::{Helm, HelmConfig, HelmError, Upgrade},
+    helm::{Helm, HelmConfig, HelmError, Upgrade, value_strings},
     index::{IndexCache, IndexFetcher},
     metrics::{HelmMetrics, PackStates},
     plan::{self, Facts, Plan, REQUESTED_AT, ReleaseDigest},
@@ -65,8 +68,11 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("{0}")]
     Release(#[from] ReleaseError),
-    #[error("helm uninstall failed: {0}")]
-    Uninstall(HelmError),
+    #[error("helm uninstall failed: {source}")]
+    Uninstall { source: HelmError, retry: Duration },
+    /// A failed uninstall is retried after its backoff, not when the Pack changes.
+    #[error("waiting {0:?} before retrying the failed uninstall")]
+    UninstallBackoff(Duration),
     #[error("the Helm operation was cancelled because the controller is stopping")]
     Cancelled,
     #[error("{0}")]
@@ -78,12 +84,25 @@ impl Error {
         match self {
             Error::Kube(_) => "KubeApi",
             Error::Release(_) => "ReleaseRecord",
-            Error::Uninstall(_) => "UninstallFailed",
+            Error::Uninstall { .. } => "UninstallFailed",
+            Error::UninstallBackoff(_) => "UninstallBackoff",
             Error::Cancelled => "Cancelled",
             Error::Finalizer(e) => match e.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
                 _ => "Finalizer",
             },
+        }
+    }
+
+    /// When to retry, if this error decides it (from the Pack's status) rather than the error policy.
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Uninstall { retry, .. } | Error::UninstallBackoff(retry) => Some(*retry),
+            Error::Finalizer(e) => match e.as_ref() {
+                finalizer::Error::CleanupFailed(e) => e.retry_after(),
+                _ => None,
+            },
+            _ => None,
         }
     }
 }
@@ -159,6 +178,8 @@ fn state_key(pack: &Pack) -> String {
 async fn apply(pack: &Pack, ctx: &Context) -> Result<Action, Error> {
     if pack.spec.suspend {
         debug!("suspended");
+        let next = status::suspended(status::base(pack), pack.metadata.generation);
+        write_status(ctx, pack, &next).await?;
         return Ok(Action::await_change());
     }
     let repositories: Api<ClusterPackRepository> = Api::all(ctx.client.clone());
@@ -225,8 +246,28 @@ async fn install_or_upgrade(
         resolution.digest.as_deref(),
         &resolution.values,
     );
-    let mut next = status::resolved(status::base(pack), &resolution);
     let record = release::read(&ctx.client, &ns, &name).await?;
+    let recorded = pack.status.as_ref().and_then(|s| s.revision);
+    let fresh;
+    let pack = if plan::changed_outside(&digest, record.as_ref(), recorded) {
+        // The cached Pack can lag behind this controller's own last status write (the release Secret's
+        // event may wake this reconcile first): judge on the stored status.
+        let api: Api<Pack> = Api::namespaced(ctx.client.clone(), &ns);
+        fresh = api.get_status(&name).await?;
+        if fresh.metadata.generation != pack.metadata.generation {
+            // A newer spec: its own event follows.
+            return Ok(Action::requeue(WARM_UP));
+        }
+        &fresh
+    } else {
+        pack
+    };
+    let changed_outside = plan::changed_outside(
+        &digest,
+        record.as_ref(),
+        pack.status.as_ref().and_then(|s| s.revision),
+    );
+    let mut next = status::resolved(status::base(pack), &resolution);
     let requested_at = pack.annotations().get(REQUESTED_AT).map(String::as_str);
     let facts = Facts {
         pack: &name,
@@ -337,6 +378,14 @@ async fn install_or_upgrade(
                     "Upgraded chart {} {old} → {} (revision {})",
                     resolution.chart, resolution.version, outcome.revision
                 ),
+                (false, _) if changed_outside => format!(
+                    "Upgraded chart {} {} back to the Pack's values: revision {} of the release was \
+                     made outside this Pack (revision {})",
+                    resolution.chart,
+                    resolution.version,
+                    record.as_ref().map_or(0, |r| r.revision),
+                    outcome.revision
+                ),
                 (false, _) => format!(
                     "Upgraded chart {} {} with changed values{} (revision {})",
                     resolution.chart,
@@ -394,8 +443,18 @@ async fn install_or_upgrade(
             if let (Some(revision), ApplyError::Helm(HelmError::Failed { .. })) = (rollback_to, &e)
             {
                 let started = Instant::now();
-                match ctx.helm.rollback(&ns, &name, revision, &ctx.stop).await {
+                let redact = value_strings(&resolution.values);
+                match ctx
+                    .helm
+                    .rollback(&ns, &name, revision, &redact, &ctx.stop)
+                    .await
+                {
                     Ok(()) => {
+                        // The rollback made a new revision: the one the Pack now stands on.
+                        let rolled_back = release::read(&ctx.client, &ns, &name)
+                            .await?
+                            .map(|r| r.revision);
+                        next.revision = rolled_back.or(next.revision);
                         message.push_str(&format!(
                             "; rolled back to revision {revision} (spec.rollbackOnFailure); not retried \
                              until the spec, the chart version or the requestedAt annotation changes"
@@ -408,7 +467,7 @@ async fn install_or_upgrade(
                                 "Rollback",
                                 version.as_deref(),
                                 None,
-                                Ok(None),
+                                Ok(rolled_back),
                                 started.elapsed(),
                             ),
                         );
@@ -589,20 +648,51 @@ async fn cleanup(pack: &Pack, ctx: &Context) -> Result<Action, Error> {
             )
             .await;
         }
-        Some(r) => {
-            let next = status::removing(status::base(pack), None, generation);
-            write_status(ctx, pack, &next).await?;
-            if r.is_pending() {
-                let mut scratch = next.clone();
-                recover_stuck(ctx, pack, &mut scratch, r).await?;
+        Some(_) => {
+            // Every status write wakes the Pack again at once, and the cached Pack can lag behind the
+            // last write: the retry of a failed uninstall is decided on the stored status.
+            let api: Api<Pack> = Api::namespaced(ctx.client.clone(), &ns);
+            let stored = api.get_status(&name).await?;
+            let current = status::base(&stored);
+            if let Some(wait) = plan::uninstall_wait(&current, status::since_last_attempt(&current))
+            {
+                debug!(?wait, "backing off after a failed uninstall");
+                return Err(Error::UninstallBackoff(wait));
             }
-            if let Err(e) = ctx.helm.uninstall(&ns, &name, &ctx.stop).await {
+            let mut next = current;
+            if next.state != Some(PackState::RemoveFailed) {
+                next = status::removing(next, generation);
+                write_status(ctx, &stored, &next).await?;
+            }
+            // A release left pending-* (or `uninstalling`) by an interrupted Helm is uninstalled as it
+            // is: `helm uninstall` accepts it, so no repair is needed (nor can a failed one block this).
+            let started = Instant::now();
+            let result = ctx
+                .helm
+                .uninstall(&ns, &name, &pack_value_strings(pack), &ctx.stop)
+                .await;
+            if let Err(e) = result {
                 if matches!(e, HelmError::Cancelled) {
                     return Err(Error::Cancelled);
                 }
-                let message = format!("helm uninstall failed: {e}; retrying");
-                let next = status::removing(next, Some(message.clone()), generation);
-                write_status(ctx, pack, &next).await?;
+                let version = next.applied_version.clone();
+                status::push_history(
+                    &mut next,
+                    status::attempt(
+                        "Uninstall",
+                        version.as_deref(),
+                        None,
+                        Err(e.to_string()),
+                        started.elapsed(),
+                    ),
+                );
+                next = status::remove_failed(next, &e.to_string(), generation);
+                let retry = plan::backoff(next.failures.unwrap_or(1));
+                let message = conditions::find(&next.conditions, conditions::READY)
+                    .map(|c| c.message.clone())
+                    .unwrap_or_default();
+                warn!("{message}");
+                write_status(ctx, &stored, &next).await?;
                 publish(
                     ctx,
                     pack,
@@ -612,7 +702,7 @@ async fn cleanup(pack: &Pack, ctx: &Context) -> Result<Action, Error> {
                     &message,
                 )
                 .await;
-                return Err(Error::Uninstall(e));
+                return Err(Error::Uninstall { source: e, retry });
             }
             let note = format!("Uninstalled release {name}");
             info!("{note}");
@@ -629,6 +719,17 @@ async fn cleanup(pack: &Pack, ctx: &Context) -> Result<Action, Error> {
     }
     ctx.states.set(&state_key(pack), None);
     Ok(Action::await_change())
+}
+
+/// The strings to blank out of Helm's errors for `pack`: those of its final values and, should its vars
+/// no longer apply, of its values and vars as written.
+fn pack_value_strings(pack: &Pack) -> Vec<String> {
+    let values = pack.spec.values.clone().unwrap_or(serde_json::Value::Null);
+    let mut all = vec![values.clone(), serde_json::json!(pack.spec.vars)];
+    if let Ok(v) = crate::vars::substitute(&pack.spec.vars, &values) {
+        all.push(v);
+    }
+    value_strings(&serde_json::Value::Array(all))
 }
 
 fn repository_reports_ready(repo: &ClusterPackRepository) -> bool {
@@ -690,6 +791,13 @@ fn jitter(d: Duration) -> Duration {
 fn error_policy(pack: Arc<Pack>, error: &Error, ctx: Arc<Context>) -> Action {
     if matches!(error, Error::Cancelled) {
         return Action::await_change();
+    }
+    if let Some(retry) = error.retry_after() {
+        // Decided from the Pack's status (it survives restarts); a backoff wait is no failure.
+        if error.reason() != "UninstallBackoff" {
+            ctx.metrics.failure(error.reason());
+        }
+        return Action::requeue(retry);
     }
     ctx.metrics.failure(error.reason());
     let mut errors = ctx.errors.lock().unwrap_or_else(PoisonError::into_inner);
@@ -886,7 +994,7 @@ pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
         metrics: metrics.packs,
         charts: ChartCache::new(IndexFetcher::new(), settings.helm.work_dir.join("charts")),
         helm,
-        states: metrics.states,
+        states: metrics.states.clone(),
         max_index_bytes: settings.max_index_bytes,
         stop: leading.stop.clone(),
         errors: Mutex::default(),
@@ -920,4 +1028,6 @@ pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
         leading.stop.clone(),
     );
     futures::future::join(packs, repositories).await;
+    // Not leading any more: a standby exports no Pack counts.
+    metrics.states.clear();
 }

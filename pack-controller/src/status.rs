@@ -28,6 +28,7 @@ pub const UPGRADE_FAILED: &str = "UpgradeFailed";
 pub const RELEASE_NOT_OWNED: &str = "ReleaseNotOwned";
 pub const UNINSTALLING: &str = "Uninstalling";
 pub const UNINSTALL_FAILED: &str = "UninstallFailed";
+pub const SUSPENDED: &str = "Suspended";
 
 /// The status to start from: the current one with `observedGeneration` of this spec.
 pub fn base(pack: &Pack) -> PackStatus {
@@ -75,6 +76,44 @@ pub fn resolved(mut status: PackStatus, r: &Resolution) -> PackStatus {
     if status.state == Some(PackState::Invalid) {
         status.state = None;
     }
+    // Resumed: what the suspension said no longer holds; the outcome of this reconcile sets Ready again.
+    for type_ in [conditions::READY, conditions::RECONCILING] {
+        if conditions::find(&status.conditions, type_).is_some_and(|c| c.reason == SUSPENDED) {
+            conditions::remove(&mut status.conditions, type_);
+        }
+    }
+    status
+}
+
+/// `spec.suspend`: this generation is seen and deliberately not acted on. `state` (the release as last
+/// handled) stays; `Ready=False`/`Suspended` because nothing vouches that the release matches the spec,
+/// `Reconciling=False` so kstatus and `kubectl wait` see a settled object.
+pub fn suspended(mut status: PackStatus, generation: Option<i64>) -> PackStatus {
+    let message =
+        "spec.suspend is true: no install, upgrade or auto-upgrade until it is set back to \
+                   false; the Helm release is left as it is"
+            .to_owned();
+    conditions::set(
+        &mut status.conditions,
+        conditions::new(
+            conditions::READY,
+            false,
+            SUSPENDED,
+            message.clone(),
+            generation,
+        ),
+    );
+    conditions::set(
+        &mut status.conditions,
+        conditions::new(
+            conditions::RECONCILING,
+            false,
+            SUSPENDED,
+            message,
+            generation,
+        ),
+    );
+    conditions::remove(&mut status.conditions, conditions::STALLED);
     status
 }
 
@@ -91,9 +130,8 @@ pub fn applied(
     status.applied_version = Some(r.version.clone());
     status.revision = Some(revision);
     status.last_applied_digest = Some(digest.as_str().to_owned());
-    if status.last_attempted_digest.as_deref() == Some(digest.as_str()) {
-        status.failures = None;
-    }
+    // Whatever failed before (also another spec, since reverted), the release now is what the Pack asks.
+    status.failures = None;
     conditions::set(
         &mut status.conditions,
         conditions::new(
@@ -185,24 +223,46 @@ pub fn not_owned(mut status: PackStatus, message: String, generation: Option<i64
     status
 }
 
-/// Deletion: uninstalling, or the uninstall failed.
-pub fn removing(
-    mut status: PackStatus,
-    failure: Option<String>,
-    generation: Option<i64>,
-) -> PackStatus {
-    let (state, reason, message) = match failure {
-        None => (
-            PackState::Removing,
-            UNINSTALLING,
-            "uninstalling the Helm release".to_owned(),
-        ),
-        Some(m) => (PackState::RemoveFailed, UNINSTALL_FAILED, m),
-    };
-    status.state = Some(state);
+/// Deletion: uninstalling.
+pub fn removing(mut status: PackStatus, generation: Option<i64>) -> PackStatus {
+    status.state = Some(PackState::Removing);
     conditions::set(
         &mut status.conditions,
-        conditions::new(conditions::READY, false, reason, message, generation),
+        conditions::new(
+            conditions::READY,
+            false,
+            UNINSTALLING,
+            "uninstalling the Helm release".to_owned(),
+            generation,
+        ),
+    );
+    status
+}
+
+/// Deletion: `helm uninstall` failed with `error`. `failures` counts failed uninstalls in a row (it
+/// restarts at 1 after the install/upgrade failures it may have counted before); the message says when
+/// the next try is.
+pub fn remove_failed(mut status: PackStatus, error: &str, generation: Option<i64>) -> PackStatus {
+    let failures = if status.state == Some(PackState::RemoveFailed) {
+        status.failures.unwrap_or(0).saturating_add(1)
+    } else {
+        1
+    };
+    status.failures = Some(failures);
+    status.state = Some(PackState::RemoveFailed);
+    let message = format!(
+        "helm uninstall failed: {error}; retrying in {}s",
+        crate::plan::backoff(failures).as_secs()
+    );
+    conditions::set(
+        &mut status.conditions,
+        conditions::new(
+            conditions::READY,
+            false,
+            UNINSTALL_FAILED,
+            message,
+            generation,
+        ),
     );
     status
 }
@@ -335,6 +395,72 @@ mod tests {
         assert_eq!(s.applied_version.as_deref(), Some("0.1.0"));
         let ready = conditions::find(&s.conditions, conditions::READY).unwrap();
         assert_eq!(ready.status, "True");
+        assert!(conditions::find(&s.conditions, conditions::RECONCILING).is_none());
+    }
+
+    #[test]
+    fn reverting_to_the_deployed_spec_clears_the_failures() {
+        let p = pack();
+        let r = resolution("0.1.0");
+        let good = ReleaseDigest::of("genpack", "0.1.0", None, &json!({"a": 1}));
+        let bad = ReleaseDigest::of("genpack", "0.1.0", None, &json!({"a": "x"}));
+        let s = applied(base(&p), &r, &good, 1, "p", Some(3));
+        let s = apply_failed(s, &bad, UPGRADE_FAILED, "boom".into(), false, Some(3));
+        let s = apply_failed(s, &bad, UPGRADE_FAILED, "boom".into(), false, Some(3));
+        assert_eq!(s.failures, Some(2));
+        // The spec goes back to what is deployed: nothing runs, and nothing has failed any more.
+        let s = applied(s, &r, &good, 1, "p", Some(4));
+        assert_eq!(s.failures, None);
+        // The bad spec again starts at the first backoff step.
+        let s = apply_failed(s, &bad, UPGRADE_FAILED, "boom".into(), false, Some(5));
+        assert_eq!(s.failures, Some(1));
+    }
+
+    #[test]
+    fn failed_uninstalls_count_from_one_and_keep_state() {
+        let p = pack();
+        let d = ReleaseDigest::of("genpack", "0.1.0", None, &json!({}));
+        let s = apply_failed(base(&p), &d, UPGRADE_FAILED, "boom".into(), false, Some(3));
+        let s = apply_failed(s, &d, UPGRADE_FAILED, "boom".into(), false, Some(3));
+        let s = removing(s, Some(3));
+        assert_eq!(s.state, Some(PackState::Removing));
+        let s = remove_failed(s, "hook failed", Some(3));
+        assert_eq!(s.failures, Some(1), "install failures do not count");
+        assert_eq!(s.state, Some(PackState::RemoveFailed));
+        let s = remove_failed(s, "hook failed", Some(3));
+        assert_eq!(s.failures, Some(2));
+        let ready = conditions::find(&s.conditions, conditions::READY).unwrap();
+        assert_eq!(ready.reason, UNINSTALL_FAILED);
+        assert_eq!(
+            ready.message,
+            "helm uninstall failed: hook failed; retrying in 20s"
+        );
+    }
+
+    #[test]
+    fn suspension_is_observed_and_lifted() {
+        let mut p = pack();
+        let r = resolution("0.1.0");
+        let d = ReleaseDigest::of("genpack", "0.1.0", None, &json!({}));
+        p.status = Some(applied(base(&p), &r, &d, 1, "p", Some(3)));
+        p.metadata.generation = Some(4);
+        let s = suspended(base(&p), Some(4));
+        assert_eq!(s.observed_generation, Some(4));
+        assert_eq!(s.state, Some(PackState::Applied), "state is kept");
+        let ready = conditions::find(&s.conditions, conditions::READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", SUSPENDED)
+        );
+        assert_eq!(ready.observed_generation, Some(4));
+        let rec = conditions::find(&s.conditions, conditions::RECONCILING).unwrap();
+        assert_eq!(
+            (rec.status.as_str(), rec.reason.as_str()),
+            ("False", SUSPENDED)
+        );
+        p.status = Some(s);
+        let s = resolved(base(&p), &r);
+        assert!(conditions::find(&s.conditions, conditions::READY).is_none());
         assert!(conditions::find(&s.conditions, conditions::RECONCILING).is_none());
     }
 

@@ -389,6 +389,83 @@ async fn sample_pack_installs_upgrades_and_uninstalls_with_real_helm() {
     let ops = helm_operations(&controller).await;
     assert_eq!(ops, 6.0, "one helm process per change, none for no-ops");
 
+    // Suspended: the new generation is observed (kstatus, kubectl wait), Ready says why; no helm.
+    f.patch_spec("test", json!({"suspend": true})).await;
+    wait::until("suspension observed", TIMEOUT, EVERY, || async {
+        let p = f.packs.get("test").await.unwrap();
+        let s = p.status.clone().unwrap_or_default();
+        let cond = |t: &str| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .map(|c| (c.status.clone(), c.reason.clone(), c.observed_generation))
+        };
+        let generation = p.metadata.generation;
+        let want = |status: &str| Some((status.to_owned(), "Suspended".to_owned(), generation));
+        if s.observed_generation == generation
+            && cond("Ready") == want("False")
+            && cond("Reconciling") == want("False")
+            && s.state == Some(PackState::Applied)
+        {
+            Ok(Some(()))
+        } else {
+            Err(format!(
+                "generation {generation:?}, observed {:?}, {:?}",
+                s.observed_generation, s.conditions
+            ))
+        }
+    })
+    .await;
+
+    // Meanwhile a `helm upgrade` by hand (while suspended, so the controller does not take the running
+    // upgrade's pending revision for a stuck one). It keeps the Pack's labels (Helm copies them), yet
+    // once resumed the Pack notices the revision it did not make and upgrades back to its own values.
+    let before = f.helm_json(&["get", "values", "test", "-o", "json"]);
+    let chart = e2e::tools::workspace_root().join("tests/charts/genpack");
+    f.helm(&[
+        "upgrade",
+        "test",
+        chart.to_str().unwrap(),
+        "--reuse-values",
+        "--set",
+        "gonbad.workloads.worker.replicaCount=5",
+    ]);
+    assert_eq!(
+        helm_operations(&controller).await,
+        6.0,
+        "suspended: no helm"
+    );
+    f.patch_spec("test", json!({"suspend": false})).await;
+    let p = f
+        .wait_state("test", PackState::Applied, "Applied", Some(8), &controller)
+        .await;
+    assert_eq!(p.status.unwrap().applied_version.as_deref(), Some("0.1.5"));
+    assert_eq!(
+        f.helm_json(&["get", "values", "test", "-o", "json"]),
+        before
+    );
+    assert_eq!(
+        f.deployment("test-worker")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .replicas,
+        Some(3)
+    );
+    f.wait_event("test", "Upgraded", "made outside this Pack")
+        .await;
+    wait::holds(
+        "no more helm after the correction",
+        Duration::from_secs(3),
+        EVERY,
+        || async {
+            let n = helm_operations(&controller).await;
+            if n == 7.0 { Ok(()) } else { Err(n) }
+        },
+    )
+    .await;
+
     // Deletion uninstalls, then the Pack goes.
     f.packs
         .delete("test", &DeleteParams::default())
@@ -504,7 +581,29 @@ async fn helm_failures_are_reported_retried_with_backoff_and_recover() {
     assert_eq!(s.history[0].action, "Rollback");
     let last = f.history("test").last().cloned().unwrap();
     assert_eq!(last["status"], "deployed", "{last}");
+    let rolled_back = last["revision"].as_i64();
+    assert_eq!(
+        s.revision, rolled_back,
+        "status names the rollback's revision"
+    );
+    assert_eq!(s.history[0].revision, rolled_back);
     helm_runs_at_most(&controller, 0.0, Duration::from_secs(12)).await;
+
+    // The spec goes back to what the rollback restored: Applied with no helm, the failures forgotten.
+    let ops = helm_operations(&controller).await;
+    f.patch_spec("test", json!({"values": sample_values()}))
+        .await;
+    let p = f
+        .wait_state(
+            "test",
+            PackState::Applied,
+            "Applied",
+            rolled_back,
+            &controller,
+        )
+        .await;
+    assert_eq!(p.status.unwrap().failures, None);
+    assert_eq!(helm_operations(&controller).await, ops);
 
     // A release of the same name that no Pack made is never touched, nor uninstalled.
     install_foreign(&f, "foreign");
@@ -546,6 +645,123 @@ async fn helm_failures_are_reported_retried_with_backoff_and_recover() {
     let history = f.history("foreign");
     assert_eq!(history.len(), 1, "{history:?}");
     assert_eq!(history[0]["status"], "deployed");
+
+    // An uninstall that fails (a pre-delete hook into a namespace that does not exist yet): RemoveFailed,
+    // a Warning Event, retries with backoff (no loop), and the Pack goes once the cause is gone.
+    let hook_ns = format!("{}-hook", f.ns.name);
+    let mut values = sample_values();
+    values["gonbad"]["hooks"] = json!({"preDeleteNamespace": hook_ns});
+    let mut gone = sample_pack(&f.repo);
+    gone["metadata"]["name"] = json!("gone");
+    gone["spec"]["values"] = values;
+    f.create(gone).await;
+    f.wait_state("gone", PackState::Applied, "Applied", Some(1), &controller)
+        .await;
+    let uninstalls = |result: &'static str| {
+        let controller = &controller;
+        async move {
+            controller
+                .metric(&format!(
+                    "pack_operator_helm_operations_total{{operation=\"uninstall\",result=\"{result}\"}}"
+                ))
+                .await
+                .unwrap()
+                .unwrap_or(0.0)
+        }
+    };
+    let recovers = || async {
+        let mut n = 0.0;
+        for r in ["success", "failure"] {
+            n += controller
+                .metric(&format!(
+                    "pack_operator_helm_operations_total{{operation=\"recover\",result=\"{r}\"}}"
+                ))
+                .await
+                .unwrap()
+                .unwrap_or(0.0);
+        }
+        n
+    };
+    let recovered_before = recovers().await;
+    f.packs
+        .delete("gone", &DeleteParams::default())
+        .await
+        .unwrap();
+    let p = f
+        .wait_state(
+            "gone",
+            PackState::RemoveFailed,
+            "UninstallFailed",
+            None,
+            &controller,
+        )
+        .await;
+    let (s, ready) = status_and_ready(p);
+    assert!(
+        ready.message.starts_with("helm uninstall failed:")
+            && ready.message.contains("retrying in"),
+        "{}",
+        ready.message
+    );
+    assert!(
+        !ready.message.contains(&hook_ns),
+        "values are blanked: {}",
+        ready.message
+    );
+    assert_eq!(s.history[0].action, "Uninstall");
+    f.wait_event("gone", "UninstallFailed", "helm uninstall failed")
+        .await;
+    let failed = uninstalls("failure").await;
+    assert!(failed >= 1.0);
+    // The first retry is 10 s after the first failure: at most one more run in 8 s, and the Pack stays
+    // RemoveFailed meanwhile (no Removing flap, no repair of the release Helm left `uninstalling`).
+    wait::holds(
+        "failed uninstall retried with backoff",
+        Duration::from_secs(8),
+        EVERY,
+        || async {
+            let n = uninstalls("failure").await;
+            let state = f.packs.get("gone").await.unwrap().status.unwrap().state;
+            if n <= failed + 1.0 && state == Some(PackState::RemoveFailed) {
+                Ok(())
+            } else {
+                Err((n, state))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        recovers().await,
+        recovered_before,
+        "a release being uninstalled is not repaired"
+    );
+
+    // The hook's namespace appears: the next retry uninstalls, and the Pack goes.
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(f.client.clone());
+    let hook_namespace = serde_json::from_value(json!({"metadata": {"name": hook_ns}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &hook_namespace)
+        .await
+        .unwrap();
+    wait::until("Pack gone gone", TIMEOUT, EVERY, || async {
+        match f.packs.get_opt("gone").await.unwrap() {
+            None => Ok(Some(())),
+            Some(p) => Err(format!(
+                "{:?}\n{}",
+                p.status.map(|s| s.state),
+                tail(&controller.logs(), 8)
+            )),
+        }
+    })
+    .await;
+    let records =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(f.client.clone(), &f.ns.name)
+            .list_metadata(&ListParams::default().labels("owner=helm,name=gone"))
+            .await
+            .unwrap();
+    assert!(records.items.is_empty(), "Helm's release records are gone");
+    assert_eq!(uninstalls("success").await, 1.0);
+    let _ = namespaces.delete(&hook_ns, &DeleteParams::default()).await;
     drop(controller);
 }
 
