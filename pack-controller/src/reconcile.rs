@@ -253,7 +253,7 @@ async fn install_or_upgrade(
         // The cached Pack can lag behind this controller's own last status write (the release Secret's
         // event may wake this reconcile first): judge on the stored status.
         let api: Api<Pack> = Api::namespaced(ctx.client.clone(), &ns);
-        fresh = api.get_status(&name).await?;
+        fresh = api.get(&name).await?;
         if fresh.metadata.generation != pack.metadata.generation {
             // A newer spec: its own event follows.
             return Ok(Action::requeue(WARM_UP));
@@ -652,7 +652,7 @@ async fn cleanup(pack: &Pack, ctx: &Context) -> Result<Action, Error> {
             // Every status write wakes the Pack again at once, and the cached Pack can lag behind the
             // last write: the retry of a failed uninstall is decided on the stored status.
             let api: Api<Pack> = Api::namespaced(ctx.client.clone(), &ns);
-            let stored = api.get_status(&name).await?;
+            let stored = api.get(&name).await?;
             let current = status::base(&stored);
             if let Some(wait) = plan::uninstall_wait(&current, status::since_last_attempt(&current))
             {
