@@ -1,6 +1,8 @@
 //! Chart archives: downloaded from the URL the repository index gives, checked against the index's
 //! SHA-256 digest, and kept on local disk by digest, so Helm always installs a local, verified file and
-//! a chart version is downloaded once per process (the cache is an `emptyDir`).
+//! a chart version is downloaded once per process (the cache is an `emptyDir`). An index entry without
+//! a digest is refused (`ChartDigestMissing`): `helm repo index` always writes one, and an archive
+//! that cannot be checked is not installed.
 
 use std::{
     fs,
@@ -49,6 +51,12 @@ pub enum ChartError {
         expected: String,
         actual: String,
     },
+    #[error(
+        "the repository index gives no digest for chart {chart} {version}, so its archive cannot be \
+         checked and is not installed; regenerate the index with `helm repo index` (which records each \
+         archive's SHA-256)"
+    )]
+    DigestMissing { chart: String, version: String },
     #[error("cannot write the chart cache: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -58,6 +66,7 @@ impl ChartError {
         match self {
             ChartError::NoUrl { .. } | ChartError::Download { .. } => "ChartDownloadFailed",
             ChartError::DigestMismatch { .. } => "ChartDigestMismatch",
+            ChartError::DigestMissing { .. } => "ChartDigestMissing",
             ChartError::Io(_) => "ChartCacheFailed",
         }
     }
@@ -82,18 +91,16 @@ impl ChartCache {
         repository: &FetchRequest,
         resolution: &Resolution,
     ) -> Result<PathBuf, ChartError> {
-        let expected = resolution.digest.as_deref().map(str::to_ascii_lowercase);
-        if let Some(digest) = &expected {
-            let path = self.dir.join(format!("{digest}.tgz"));
-            if matches!(fs::read(&path), Ok(bytes) if sha256(&bytes) == *digest) {
-                // Its modification time is its last use: a popular chart is not the first pruned.
-                let _ = fs::File::options()
-                    .append(true)
-                    .open(&path)
-                    .and_then(|f| f.set_modified(SystemTime::now()));
-                debug!(chart = %resolution.chart, version = %resolution.version, "chart archive cached");
-                return Ok(path);
-            }
+        let expected = expected_digest(resolution)?;
+        let path = self.dir.join(format!("{expected}.tgz"));
+        if matches!(fs::read(&path), Ok(bytes) if sha256(&bytes) == expected) {
+            // Its modification time is its last use: a popular chart is not the first pruned.
+            let _ = fs::File::options()
+                .append(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(SystemTime::now()));
+            debug!(chart = %resolution.chart, version = %resolution.version, "chart archive cached");
+            return Ok(path);
         }
         if resolution.urls.is_empty() {
             return Err(ChartError::NoUrl {
@@ -118,9 +125,7 @@ impl ChartCache {
                 }
             };
             let actual = sha256(&bytes);
-            if let Some(expected) = &expected
-                && *expected != actual
-            {
+            if expected != actual {
                 last_error = Some(ChartError::DigestMismatch {
                     chart: resolution.chart.clone(),
                     version: resolution.version.clone(),
@@ -162,6 +167,17 @@ impl ChartCache {
                 let _ = fs::remove_file(path);
             }
         }
+    }
+}
+
+/// The SHA-256 (lowercase hex) the index gives for `resolution`'s archive; none is an error.
+fn expected_digest(resolution: &Resolution) -> Result<String, ChartError> {
+    match resolution.digest.as_deref().map(str::trim) {
+        Some(d) if !d.is_empty() => Ok(d.to_ascii_lowercase()),
+        _ => Err(ChartError::DigestMissing {
+            chart: resolution.chart.clone(),
+            version: resolution.version.clone(),
+        }),
     }
 }
 
@@ -297,10 +313,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_index_entry_without_a_digest_is_refused_before_any_download() {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let url = serve(b"unchecked chart", hits.clone()).await;
+        let dir = temp_dir("nodigest");
+        let cache = ChartCache::new(IndexFetcher::new(), dir.clone());
+        let repo = FetchRequest::new(url.clone());
+        for digest in [None, Some(String::new()), Some("  ".into())] {
+            let err = cache
+                .archive(&repo, &resolution(&url, digest))
+                .await
+                .unwrap_err();
+            assert_eq!(err.reason(), "ChartDigestMissing", "{err}");
+            let message = err.to_string();
+            assert!(
+                message.contains("genpack 0.1.0") && message.contains("helm repo index"),
+                "{message}"
+            );
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 0, "nothing downloaded");
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "nothing cached");
+        // A digest in capitals is the same digest.
+        let r = resolution(&url, Some(sha256(b"unchecked chart").to_ascii_uppercase()));
+        cache.archive(&repo, &r).await.unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
     async fn unreachable_archive_names_the_url() {
         let dir = temp_dir("down");
         let cache = ChartCache::new(IndexFetcher::new(), dir.clone());
-        let r = resolution("http://127.0.0.1:9", None);
+        let r = resolution("http://127.0.0.1:9", Some("00".repeat(32)));
         let err = cache
             .archive(&FetchRequest::new("http://127.0.0.1:9"), &r)
             .await
