@@ -42,7 +42,22 @@ done
 
 if [[ -d deploy/samples ]] && compgen -G "deploy/samples/*.yaml" >/dev/null; then
   # Samples may refer to CRDs just installed; retry briefly while discovery catches up.
-  for _ in 1 2 3 4 5; do $kubectl apply -f deploy/samples/ && break; sleep 1; done
+  applied=
+  for _ in 1 2 3 4 5; do
+    if $kubectl apply -f deploy/samples/; then applied=1; break; fi
+    sleep 1
+  done
+  if [[ -z "$applied" ]]; then
+    echo "kubectl apply -f deploy/samples/ failed 5 times; see the errors above" >&2
+    exit 1
+  fi
+  # Show the samples at work: the Pack installed by helm, the reflector's copies.
+  if $kubectl wait pack/test -n default --for=jsonpath='{.status.state}'=Applied --timeout=120s; then
+    $kubectl get packs,clusterpackrepositories,secretreflectors -A
+  else
+    echo "the sample Pack is not Applied after 120s; see .cluster/pack-controller.log and:" >&2
+    $kubectl get packs -A -o wide >&2 || true
+  fi
 fi
 
 cat <<MSG

@@ -55,7 +55,8 @@ pub fn enable_only(enabled: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// `helm template <release> <chart> -n <namespace> --set <each of sets>`, parsed into documents.
+/// `helm template <release> <chart> -n <namespace> --set <each of sets>`, parsed into documents. A set
+/// that starts with `json:` goes as `--set-json` (e.g. `json:packController.rbac.helmRules=[...]`).
 pub fn template(release: &str, namespace: &str, sets: &[String]) -> anyhow::Result<Vec<Value>> {
     let chart = chart_dir();
     let mut args = vec![
@@ -66,7 +67,10 @@ pub fn template(release: &str, namespace: &str, sets: &[String]) -> anyhow::Resu
         namespace,
     ];
     for s in sets {
-        args.extend(["--set", s.as_str()]);
+        match s.strip_prefix("json:") {
+            Some(json) => args.extend(["--set-json", json]),
+            None => args.extend(["--set", s.as_str()]),
+        }
     }
     parse_documents(&helm(&args)?)
 }

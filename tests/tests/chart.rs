@@ -210,16 +210,39 @@ const PENDING_FLAGS: &[(&str, &str)] = &[];
 
 #[test]
 fn every_flag_the_chart_passes_is_one_the_binary_knows() {
-    let docs = template(
-        "po",
-        "pack-operator",
-        &enable_only(&[
-            "pack-controller",
-            "redeploy-controller",
-            "reflector-controller",
-        ]),
-    )
-    .unwrap();
+    let all = enable_only(&[
+        "pack-controller",
+        "redeploy-controller",
+        "reflector-controller",
+    ]);
+    // The defaults, and every value that makes the chart pass a flag it does not pass by default.
+    let mut optional = all.clone();
+    optional.extend(
+        [
+            "packController.rbac.scope=namespaces",
+            "packController.rbac.namespaces={team-a,team-b}",
+            "reflectorController.allowTargetNamespaces={app-*}",
+            "reflectorController.denyTargetNamespaces={kube-*,app-secret}",
+            "redeployController.leaderElection.enabled=false",
+            "redeployController.replicas=1",
+        ]
+        .map(String::from),
+    );
+    let mut docs = template("po", "pack-operator", &all).unwrap();
+    docs.extend(template("po", "pack-operator", &optional).unwrap());
+    let passed: Vec<String> = of_kind(&docs, "Deployment")
+        .iter()
+        .flat_map(|d| container_args(d))
+        .collect();
+    for flag in [
+        "--namespace=team-a,team-b",
+        "--allow-target-namespaces=app-*",
+        "--deny-target-namespaces=kube-*",
+        "--deny-target-namespaces=kube-*,app-secret",
+        "--leader-elect=false",
+    ] {
+        assert!(passed.iter().any(|a| a == flag), "{flag} not in {passed:?}");
+    }
     for d in of_kind(&docs, "Deployment") {
         let c = component(d).unwrap();
         let help = std::process::Command::new(e2e::tools::workspace_binary(c).unwrap())
@@ -415,6 +438,44 @@ fn pack_controller_rbac_scope_is_cluster_or_a_list_of_namespaces() {
         err.contains("remove it from packController.extraArgs"),
         "{err}"
     );
+    // Helm's work dir must be on the /tmp emptyDir: the root filesystem is read-only.
+    let deployment = of_kind(&cluster, "Deployment")[0];
+    assert!(container_args(deployment).contains(&"--work-dir=/tmp/pack-operator".to_owned()));
+    let mounts = &deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"];
+    assert!(
+        mounts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mountPath"] == "/tmp"),
+        "{mounts}"
+    );
+    let mut elsewhere = pack.clone();
+    elsewhere.push("packController.helm.workDir=/var/lib/pack-operator".to_owned());
+    let err = template("po", "ops", &elsewhere).unwrap_err().to_string();
+    assert!(
+        err.contains("packController.helm.workDir must be /tmp or below it"),
+        "{err}"
+    );
+    // Helm's release Secrets (and the controller's own list/watch/update of them) do not depend on
+    // helmRules, which the scoped render above narrowed to Deployments.
+    let packs_role = of_kind(&scoped, "ClusterRole")
+        .into_iter()
+        .find(|r| name(r) == "po-pack-operator-pack-controller-packs")
+        .unwrap();
+    let secret_verbs: BTreeSet<&str> = packs_role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["resources"] == json!(["secrets"]))
+        .flat_map(|r| r["verbs"].as_array().unwrap().iter())
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        secret_verbs,
+        ["create", "delete", "get", "list", "update", "watch"].into(),
+        "{packs_role}"
+    );
     // Alerts select series by scrape job: without the ServiceMonitor, the job must be named.
     let mut rules = vec!["metrics.prometheusRule.enabled=true".to_owned()];
     let err = template("po", "ops", &rules).unwrap_err().to_string();
@@ -438,6 +499,24 @@ fn pack_controller_rbac_scope_is_cluster_or_a_list_of_namespaces() {
             "{c}: {text}"
         );
     }
+    // A scrape job of the user's own need not set the namespace label: only the job is matched. With
+    // the chart's ServiceMonitor, the namespace too.
+    assert!(!text.contains("namespace="), "{text}");
+    let monitored = template(
+        "po",
+        "ops",
+        &[
+            "metrics.prometheusRule.enabled=true".to_owned(),
+            "metrics.serviceMonitor.enabled=true".to_owned(),
+        ],
+    )
+    .unwrap();
+    let text = serde_json::to_string(&of_kind(&monitored, "PrometheusRule")).unwrap();
+    assert_eq!(
+        text.matches("namespace=\\\"ops\\\"").count(),
+        3 * 3 + 1 + 1,
+        "three alerts per controller (pack's errors alert has two selectors) and PacksFailing match the release namespace: {text}"
+    );
 
     // Leader election off (one replica): no Lease RBAC for that controller.
     let single_replica = template(
@@ -1031,11 +1110,22 @@ async fn pack_controller_with_the_chart_rbac_resolves_packs_only_in_its_namespac
         "packController.rbac.namespaces={{{},{}}}",
         ns.name, ns2.name
     );
+    // helmRules narrowed to the kinds the test chart renders: Helm's release Secrets and the
+    // controller's own watch and recovery of them must not depend on helmRules.
+    let narrowed = format!(
+        "json:packController.rbac.helmRules={}",
+        json!([
+            { "apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets"],
+              "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"] },
+            { "apiGroups": [""], "resources": ["configmaps"],
+              "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"] },
+        ])
+    );
     let (kubeconfig, _guard) = chart_service_account(
         &release,
         &ns.name,
         "pack-controller",
-        &["packController.rbac.scope=namespaces", &scope],
+        &["packController.rbac.scope=namespaces", &scope, &narrowed],
     )
     .await;
     let admin = env.client().await;
@@ -1067,7 +1157,9 @@ async fn pack_controller_with_the_chart_rbac_resolves_packs_only_in_its_namespac
                     "metadata": { "name": pack },
                     "spec": { "chart": {
                         "repository": { "kind": "ClusterPackRepository", "name": repo },
-                        "name": "genpack", "version": version } }
+                        "name": "genpack", "version": version },
+                        "values": { "gonbad": { "workloads": { "web": {
+                            "containers": { "web": { "image": { "repository": "nginx" } } } } } } } }
                 }))
                 .unwrap(),
             )
@@ -1149,6 +1241,11 @@ async fn pack_controller_with_the_chart_rbac_resolves_packs_only_in_its_namespac
         })
         .await;
     }
+    // Helm created the chart's Deployment with the narrowed rules.
+    Api::<Deployment>::namespaced(admin.clone(), &ns.name)
+        .get("test-web")
+        .await
+        .expect("Deployment test-web installed by helm");
     // A Pack outside the scope is left alone: no finalizer, no status.
     let stranger = strangers.get("stranger").await.unwrap();
     assert!(stranger.status.is_none(), "{:?}", stranger.status);
@@ -1189,6 +1286,16 @@ async fn pack_controller_with_the_chart_rbac_resolves_packs_only_in_its_namespac
         .create(&PostParams::default(), &cm("helm-may"))
         .await
         .expect("helm's rights in its namespace");
+    assert_forbidden(
+        "pack controller creates a kind helmRules leave out (a ServiceAccount) in its namespace",
+        Api::<ServiceAccount>::namespaced(sa.clone(), &ns.name)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({ "metadata": { "name": "not-in-helm-rules" } }))
+                    .unwrap(),
+            )
+            .await,
+    );
     assert_forbidden(
         "pack controller creates a ConfigMap outside its namespaces",
         Api::<ConfigMap>::namespaced(sa.clone(), &outside.name)
