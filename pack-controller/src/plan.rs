@@ -121,6 +121,15 @@ pub fn decide(desired: &ReleaseDigest, f: Facts<'_>) -> Plan {
     Plan::Apply { install, recover }
 }
 
+/// Whether `plan`, decided on the cached Pack, must be decided again on the stored Pack before it is
+/// acted on: one that runs Helm. The cache can lag behind the controller's own last status write (an
+/// event such as Helm's release Secret recording a failed upgrade may wake the Pack first), and a
+/// decision on the stale status would retry a failure at once instead of after its backoff, or take a
+/// revision the Pack just made for one made outside it.
+pub fn confirm_on_stored(plan: &Plan) -> bool {
+    matches!(plan, Plan::Apply { .. })
+}
+
 /// Whether the deployed release carries the Pack's digest but is not the revision the Pack last made: a
 /// `helm upgrade` or `helm rollback` run by hand (Helm copies the previous revision's labels, digest
 /// included, onto the new one). `recorded` is `status.revision`; unknown (None) counts as no change.
@@ -364,6 +373,53 @@ mod tests {
                 recover: false
             }
         );
+    }
+
+    #[test]
+    fn a_stale_status_cannot_skip_the_backoff_once_confirmed() {
+        let d = digest();
+        // Helm recorded the failed upgrade; the cached status still predates the failure...
+        let failed = record("failed", Some(d.label()), Some("test"));
+        let cached = PackStatus {
+            revision: Some(1),
+            ..Default::default()
+        };
+        let stale = decide(&d, facts(Some(&failed), &cached));
+        assert!(
+            confirm_on_stored(&stale),
+            "running helm on the cached status: {stale:?}"
+        );
+        // ...while the stored one says it failed just now: wait.
+        let stored = PackStatus {
+            revision: Some(1),
+            last_attempted_digest: Some(d.as_str().into()),
+            failures: Some(1),
+            ..Default::default()
+        };
+        let mut f = facts(Some(&failed), &stored);
+        f.since_last_attempt = Some(Duration::from_secs(1));
+        let confirmed = decide(&d, f);
+        assert_eq!(confirmed, Plan::Wait(Duration::from_secs(9)));
+        assert!(!confirm_on_stored(&confirmed));
+        // A revision the Pack just made looks made outside on the cached status (revision 1); the
+        // stored status (revision 2) says it is up to date.
+        let deployed = record("deployed", Some(d.label()), Some("test"));
+        let stale = decide(&d, facts(Some(&deployed), &cached));
+        assert!(confirm_on_stored(&stale), "{stale:?}");
+        let stored = PackStatus {
+            revision: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(decide(&d, facts(Some(&deployed), &stored)), Plan::UpToDate);
+        // Decisions that run no Helm are acted on as they are.
+        for plan in [
+            Plan::UpToDate,
+            Plan::NotOwned,
+            Plan::Wait(Duration::from_secs(1)),
+            Plan::HeldAfterRollback,
+        ] {
+            assert!(!confirm_on_stored(&plan), "{plan:?}");
+        }
     }
 
     #[test]

@@ -247,37 +247,42 @@ async fn install_or_upgrade(
         &resolution.values,
     );
     let record = release::read(&ctx.client, &ns, &name).await?;
-    let recorded = pack.status.as_ref().and_then(|s| s.revision);
+    let decide = |pack: &Pack| {
+        let next = status::resolved(status::base(pack), &resolution);
+        let facts = Facts {
+            pack: &name,
+            release: record.as_ref(),
+            status: &next,
+            requested_at: pack.annotations().get(REQUESTED_AT).map(String::as_str),
+            since_last_attempt: status::since_last_attempt(&next),
+            rollback_on_failure: pack.spec.rollback_on_failure,
+        };
+        (plan::decide(&digest, facts), next)
+    };
+    let (mut decision, mut next) = decide(pack);
     let fresh;
-    let pack = if plan::changed_outside(&digest, record.as_ref(), recorded) {
+    let pack = if plan::confirm_on_stored(&decision) {
         // The cached Pack can lag behind this controller's own last status write (the release Secret's
-        // event may wake this reconcile first): judge on the stored status.
+        // event, or the event of the status written before Helm ran, may wake this reconcile first): a
+        // decision to run Helm is taken again on the stored status, so a failure just recorded is not
+        // retried at once, skipping its backoff. One GET, only when Helm is about to run.
         let api: Api<Pack> = Api::namespaced(ctx.client.clone(), &ns);
         fresh = api.get(&name).await?;
         if fresh.metadata.generation != pack.metadata.generation {
             // A newer spec: its own event follows.
             return Ok(Action::requeue(WARM_UP));
         }
+        (decision, next) = decide(&fresh);
         &fresh
     } else {
         pack
     };
+    let requested_at = pack.annotations().get(REQUESTED_AT).map(String::as_str);
     let changed_outside = plan::changed_outside(
         &digest,
         record.as_ref(),
         pack.status.as_ref().and_then(|s| s.revision),
     );
-    let mut next = status::resolved(status::base(pack), &resolution);
-    let requested_at = pack.annotations().get(REQUESTED_AT).map(String::as_str);
-    let facts = Facts {
-        pack: &name,
-        release: record.as_ref(),
-        status: &next,
-        requested_at,
-        since_last_attempt: status::since_last_attempt(&next),
-        rollback_on_failure: pack.spec.rollback_on_failure,
-    };
-    let decision = plan::decide(&digest, facts);
     debug!(?decision, "plan");
     let (install, recover) = match decision {
         Plan::UpToDate => {
