@@ -68,6 +68,13 @@ pub struct RuntimeArgs {
     #[arg(long, env = "LEADER_ELECTION_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
     pub retry_period: Duration,
 
+    /// After SIGTERM/SIGINT, how long the controller may take to finish in-flight work (pack-controller:
+    /// running Helm processes, which get SIGTERM at once and SIGKILL shortly before this ends). The
+    /// leader keeps renewing its Lease meanwhile, then releases it. Keep it below the pod's
+    /// terminationGracePeriodSeconds.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
     /// Reconciles run at once, per controller loop. Bounds API connections and memory: each concurrent
     /// reconcile may hold its own HTTP/TLS connection.
     #[arg(long, env = "CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
@@ -203,6 +210,7 @@ mod tests {
         let cli = Cli::try_parse_from(["x"]).unwrap();
         assert!(cli.runtime.leader_elect);
         assert_eq!(cli.runtime.lease_duration, Duration::from_secs(15));
+        assert_eq!(cli.runtime.shutdown_grace, Duration::from_secs(20));
         cli.runtime.validate().unwrap();
     }
 

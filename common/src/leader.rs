@@ -6,7 +6,9 @@
 //! - The leader renews every retry period; if it has not renewed for the renew deadline (shorter than
 //!   the lease duration) it stops its work *before* anyone else may take the Lease.
 //! - On shutdown the leader stops its work and then releases the Lease, so a standby takes over on its
-//!   next retry instead of waiting for expiry.
+//!   next retry instead of waiting for expiry. While the work winds down (up to the shutdown grace) the
+//!   leader keeps renewing the Lease, so no standby starts while it still acts; should a renewal fail,
+//!   the work is aborted before the Lease could expire.
 
 use std::{
     future::Future,
@@ -22,17 +24,29 @@ use kube::{
     Api, Client,
     api::{ObjectMeta, PostParams},
 };
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{Error, health::Health, metrics::LeaderMetrics};
 
-/// Timing of leader election; see the `--lease-duration`, `--renew-deadline`, `--retry-period` flags.
+/// Timing of leader election; see the `--lease-duration`, `--renew-deadline`, `--retry-period` and
+/// `--shutdown-grace` flags.
 #[derive(Clone, Copy, Debug)]
 pub struct LeaseTiming {
     pub lease_duration: Duration,
     pub renew_deadline: Duration,
     pub retry_period: Duration,
+    /// How long the work may take to end after a shutdown signal (the Lease is renewed meanwhile).
+    pub shutdown_grace: Duration,
+}
+
+impl LeaseTiming {
+    /// How long the work may take to end once leadership is lost (or can no longer be renewed): until
+    /// just before the Lease could expire and another replica start.
+    fn lost_grace(&self) -> Duration {
+        self.lease_duration.saturating_sub(self.renew_deadline)
+    }
 }
 
 /// One candidate for one Lease.
@@ -123,17 +137,18 @@ impl LeaderElector {
 
             let stop = shutdown.child_token();
             let mut task = tokio::spawn(work(stop.clone()));
-            let end = self.hold(&shutdown, &mut task).await;
+            let (end, last_renew) = self.hold(&shutdown, &mut task).await;
             stop.cancel();
-            if !matches!(end, TermEnd::WorkEnded(_)) {
-                // Give the controller until just before the Lease could expire to finish in-flight work.
-                let grace = self
-                    .timing
-                    .lease_duration
-                    .saturating_sub(self.timing.renew_deadline);
-                if tokio::time::timeout(grace, &mut task).await.is_err() {
-                    warn!(grace = ?grace, "controller did not stop in time, aborting it");
-                    task.abort();
+            match end {
+                TermEnd::WorkEnded(_) => {}
+                // The Lease is still ours: keep it while the work winds down.
+                TermEnd::Shutdown => self.drain(&mut task, last_renew).await,
+                TermEnd::Lost => {
+                    let grace = self.timing.lost_grace();
+                    if tokio::time::timeout(grace, &mut task).await.is_err() {
+                        warn!(grace = ?grace, "controller did not stop before the Lease could expire, aborting it");
+                        abort(&mut task).await;
+                    }
                 }
             }
             self.metrics.set_leading(false);
@@ -180,40 +195,98 @@ impl LeaderElector {
         }
     }
 
-    /// Renews the Lease every retry period while `task` runs.
+    /// Renews the Lease every retry period while `task` runs. Returns why the term ended and when the
+    /// last successful renewal was sent.
     async fn hold(
         &mut self,
         shutdown: &CancellationToken,
-        task: &mut tokio::task::JoinHandle<()>,
-    ) -> TermEnd {
+        task: &mut JoinHandle<()>,
+    ) -> (TermEnd, Instant) {
         let mut last_renew = Instant::now();
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return TermEnd::Shutdown,
+                _ = shutdown.cancelled() => return (TermEnd::Shutdown, last_renew),
                 joined = &mut *task => {
                     let result = joined.map_err(|e| Error::ControllerPanicked(e.to_string()));
-                    return TermEnd::WorkEnded(result);
+                    return (TermEnd::WorkEnded(result), last_renew);
                 }
                 _ = tokio::time::sleep(self.timing.retry_period) => {}
             }
             let deadline = last_renew + self.timing.renew_deadline;
             let remaining = deadline.saturating_duration_since(Instant::now());
+            let sent = Instant::now();
             match tokio::time::timeout(remaining, self.try_acquire_or_renew()).await {
-                Ok(Ok(true)) => last_renew = Instant::now(),
+                Ok(Ok(true)) => last_renew = sent,
                 Ok(Ok(false)) => {
                     warn!("leader election: another replica holds the Lease");
-                    return TermEnd::Lost;
+                    return (TermEnd::Lost, last_renew);
                 }
                 Ok(Err(e)) => {
                     warn!(error = %e, "leader election: renewal failed");
                     if Instant::now() >= deadline {
-                        return TermEnd::Lost;
+                        return (TermEnd::Lost, last_renew);
                     }
                 }
                 Err(_) => {
                     warn!(deadline = ?self.timing.renew_deadline, "leader election: could not renew before the renew deadline");
-                    return TermEnd::Lost;
+                    return (TermEnd::Lost, last_renew);
                 }
+            }
+        }
+    }
+
+    /// After a shutdown signal, while the cancelled `task` winds down (Helm processes ending, in-flight
+    /// reconciles writing their status): the Lease is still ours, so it is renewed every retry period,
+    /// and `task` gets up to the shutdown grace. Should a renewal fail, renewals stop and `task` only
+    /// gets until the Lease could expire, as when leadership is lost: `last_renew` + lease duration
+    /// (another replica waits at least that long after it saw the renewal, which came after we sent
+    /// it). Aborts `task` when its time is up.
+    async fn drain(&mut self, task: &mut JoinHandle<()>, mut last_renew: Instant) {
+        let grace = self.timing.shutdown_grace;
+        let mut deadline = Instant::now() + grace;
+        let mut renewing = true;
+        loop {
+            let wake = if renewing {
+                deadline.min(Instant::now() + self.timing.retry_period)
+            } else {
+                deadline
+            };
+            tokio::select! {
+                _ = &mut *task => return,
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+            if Instant::now() >= deadline {
+                warn!(grace = ?grace, "controller did not stop within the shutdown grace, aborting it");
+                abort(task).await;
+                return;
+            }
+            if !renewing {
+                continue;
+            }
+            let remaining = (last_renew + self.timing.renew_deadline)
+                .saturating_duration_since(Instant::now());
+            let sent = Instant::now();
+            let renewed = match tokio::time::timeout(remaining, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => true,
+                Ok(Ok(false)) => {
+                    warn!("leader election: another replica holds the Lease");
+                    false
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "leader election: renewal failed");
+                    false
+                }
+                Err(_) => {
+                    warn!("leader election: Lease renewal timed out");
+                    false
+                }
+            };
+            if renewed {
+                last_renew = sent;
+            } else {
+                renewing = false;
+                deadline = deadline.min(last_renew + self.timing.lease_duration);
+                warn!(left = ?deadline.saturating_duration_since(Instant::now()), "cannot keep the Lease while stopping; the controller gets until just before it could expire");
             }
         }
     }
@@ -325,6 +398,13 @@ impl LeaderElector {
             }
         }
     }
+}
+
+/// Aborts `task` and waits until it is gone (its Helm children are killed as it drops them), so the
+/// Lease is released only once nothing of this term runs.
+async fn abort(task: &mut JoinHandle<()>) {
+    task.abort();
+    let _ = task.await;
 }
 
 /// Adds up to 20% jitter so candidates do not hit the API server in lockstep.

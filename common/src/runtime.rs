@@ -142,6 +142,7 @@ impl Runtime {
                 lease_duration: args.lease_duration,
                 renew_deadline: args.renew_deadline,
                 retry_period: args.retry_period,
+                shutdown_grace: args.shutdown_grace,
             };
             LeaderElector::new(
                 client,
@@ -158,8 +159,20 @@ impl Runtime {
             info!("leader election off; this replica acts alone");
             leader_metrics.set_leading(true);
             health.set_leading(true);
-            let work = tokio::spawn(start(shutdown.clone()));
-            let joined = work.await;
+            let mut work = tokio::spawn(start(shutdown.clone()));
+            let joined = tokio::select! {
+                joined = &mut work => joined,
+                // Once shut down, the controller gets the shutdown grace to finish.
+                () = async {
+                    shutdown.cancelled().await;
+                    tokio::time::sleep(args.shutdown_grace).await;
+                } => {
+                    tracing::warn!(grace = ?args.shutdown_grace, "controller did not stop within the shutdown grace, aborting it");
+                    work.abort();
+                    let _ = (&mut work).await;
+                    Ok(())
+                }
+            };
             leader_metrics.set_leading(false);
             match joined {
                 Ok(()) if shutdown.is_cancelled() => Ok(()),

@@ -6,10 +6,12 @@
 //! - Helm's homes (cache, config, data, and the kube discovery cache under `HOME`) live under the work
 //!   directory, so the root filesystem can be read-only.
 //! - At most `concurrency` Helm processes run at once.
-//! - Stopping (SIGTERM to the controller, or losing leadership) sends SIGTERM to running Helm processes,
-//!   which makes Helm end the operation and record it as failed rather than leave it pending; a process
-//!   that has not exited 20 s later is killed. If the controller itself dies, the kernel sends the same
-//!   SIGTERM (`PR_SET_PDEATHSIG`).
+//! - Stopping (SIGTERM to the controller, or losing leadership) sends SIGTERM to running Helm processes
+//!   at once, which makes Helm end the operation and record it as failed rather than leave it pending;
+//!   a process still running shortly before the controller's shutdown grace ends is killed
+//!   ([`kill_after`]). After a lost Lease the controller is aborted sooner (before the Lease can
+//!   expire), which kills Helm with it: the `pending-*` release it may leave is recovered by the next
+//!   leader. If the controller itself dies, the kernel sends Helm the same SIGTERM (`PR_SET_PDEATHSIG`).
 
 #![allow(unsafe_code)] // pre_exec: prctl(PR_SET_PDEATHSIG) and kill(2).
 
@@ -40,8 +42,15 @@ pub const REDACT_MIN_LEN: usize = 8;
 /// (not inside a longer word, so a value such as `web` or `nginx` does not shred Helm's message). Even
 /// shorter ones are not blanked.
 pub const REDACT_MIN_WORD_LEN: usize = 4;
-/// How long a Helm process gets to exit after SIGTERM.
-const TERM_GRACE: Duration = Duration::from_secs(20);
+/// How long before the end of the shutdown grace a Helm process that ignored SIGTERM is killed: time
+/// for its reconcile to return and the Lease to be released.
+const KILL_MARGIN: Duration = Duration::from_secs(2);
+
+/// How long a Helm process gets to exit after SIGTERM, for a controller that gets `shutdown_grace`
+/// (`--shutdown-grace`) to stop: until [`KILL_MARGIN`] (at most half the grace) before it ends.
+pub fn kill_after(shutdown_grace: Duration) -> Duration {
+    shutdown_grace.saturating_sub(KILL_MARGIN.min(shutdown_grace / 2))
+}
 
 /// How to run Helm.
 #[derive(Debug, Clone)]
@@ -56,6 +65,8 @@ pub struct HelmConfig {
     pub max_history: u32,
     /// Helm processes at once.
     pub concurrency: usize,
+    /// How long a Helm process gets to exit after SIGTERM before it is killed ([`kill_after`]).
+    pub term_grace: Duration,
 }
 
 /// Why a Helm operation did not succeed.
@@ -320,7 +331,7 @@ impl Helm {
                     // SAFETY: kill(2) on our own child's pid; it has not been reaped (we still await it).
                     unsafe { libc::kill(pid, libc::SIGTERM) };
                 }
-                match tokio::time::timeout(TERM_GRACE, &mut output).await {
+                match tokio::time::timeout(self.config.term_grace, &mut output).await {
                     Ok(_) => return Err(HelmError::Cancelled),
                     Err(_) => {
                         warn!("helm did not exit after SIGTERM; killing it");
@@ -621,12 +632,23 @@ mod tests {
             timeout: Duration::from_secs(1),
             max_history: 1,
             concurrency: 1,
+            term_grace: Duration::from_secs(1),
         };
         let metrics = HelmMetrics::register(&mut prometheus_client::registry::Registry::default());
         Helm::new(config, metrics).unwrap();
         assert!(!left.exists());
         assert!(dir.join("values").is_dir() && dir.join("charts").is_dir());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn helm_is_killed_shortly_before_the_shutdown_grace_ends() {
+        let s = Duration::from_secs;
+        assert_eq!(kill_after(s(20)), s(18));
+        assert_eq!(kill_after(s(60)), s(58));
+        // A short grace keeps half of it for the rest of the shutdown.
+        assert_eq!(kill_after(s(2)), s(1));
+        assert_eq!(kill_after(Duration::ZERO), Duration::ZERO);
     }
 
     #[test]

@@ -61,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
             timeout: cli.helm_timeout,
             max_history: cli.max_history,
             concurrency: cli.helm_concurrency,
+            term_grace: pack_controller::helm::kill_after(cli.runtime.shutdown_grace),
         },
     };
     let mut runtime =
