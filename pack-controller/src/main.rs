@@ -39,6 +39,11 @@ struct Cli {
     /// Helm processes at once, across all Packs (one per Pack at a time in any case).
     #[arg(long, env = "HELM_CONCURRENCY", default_value_t = 4)]
     helm_concurrency: usize,
+
+    /// How often each Pack is looked at again when nothing it watches changed (a safety net, ±10 %;
+    /// an up-to-date Pack costs two API reads and no Helm process). At least 1s.
+    #[arg(long, env = "RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    resync_interval: Duration,
 }
 
 #[tokio::main]
@@ -50,11 +55,15 @@ async fn main() -> anyhow::Result<()> {
     if cli.helm_concurrency == 0 {
         anyhow::bail!("--helm-concurrency must be at least 1");
     }
+    if cli.resync_interval < Duration::from_secs(1) {
+        anyhow::bail!("--resync-interval must be at least 1s");
+    }
     common::telemetry::init(cli.runtime.log_format, &cli.runtime.log_level)?;
     let settings = Settings {
         namespaces: cli.runtime.namespaces(),
         max_index_bytes: cli.max_index_size,
         concurrency: cli.runtime.concurrency,
+        resync: cli.resync_interval,
         helm: HelmConfig {
             binary: cli.helm_binary,
             work_dir: cli.work_dir,

@@ -54,9 +54,6 @@ use crate::{
 /// Finalizer that keeps a Pack until its Helm release is uninstalled.
 pub const FINALIZER: &str = "pack-operator.k8s.kubit.ir/helm-release";
 
-/// How often a Pack is looked at again when nothing it watches changed (a safety net).
-const RESYNC: Duration = Duration::from_secs(600);
-
 /// How soon a Pack is looked at again while this process has not fetched its (ready) repository yet.
 const WARM_UP: Duration = Duration::from_secs(2);
 
@@ -117,6 +114,8 @@ pub struct Settings {
     pub max_index_bytes: u64,
     /// Pack reconciles at once (`--concurrency`).
     pub concurrency: u16,
+    /// How often a Pack is looked at again when nothing it watches changed (`--resync-interval`, ±10 %).
+    pub resync: Duration,
     pub helm: HelmConfig,
 }
 
@@ -130,6 +129,8 @@ pub struct Context {
     pub charts: ChartCache,
     pub states: PackStates,
     pub max_index_bytes: u64,
+    /// The safety-net resync interval (`--resync-interval`).
+    pub resync: Duration,
     /// Cancelled when this process stops leading: running Helm processes get SIGTERM.
     pub stop: CancellationToken,
     /// Consecutive reconcile errors per Pack, for the error policy's backoff.
@@ -220,7 +221,7 @@ async fn apply(pack: &Pack, ctx: &Context) -> Result<Action, Error> {
             let next = status::resolve_failed(pack, &e);
             write_status(ctx, pack, &next).await?;
             announce_resolve_failure(ctx, pack, &e).await;
-            return Ok(Action::requeue(RESYNC));
+            return Ok(Action::requeue(ctx.resync));
         }
     };
     drop(cached);
@@ -289,7 +290,7 @@ async fn install_or_upgrade(
             let revision = record.as_ref().map_or(0, |r| r.revision);
             next = status::applied(next, &resolution, &digest, revision, &name, generation);
             write_status(ctx, pack, &next).await?;
-            return Ok(Action::requeue(jitter(RESYNC)));
+            return Ok(Action::requeue(jitter(ctx.resync)));
         }
         Plan::NotOwned => {
             let message = format!(
@@ -316,7 +317,7 @@ async fn install_or_upgrade(
                 )
                 .await;
             }
-            return Ok(Action::requeue(jitter(RESYNC)));
+            return Ok(Action::requeue(jitter(ctx.resync)));
         }
         Plan::Wait(d) => {
             write_status(ctx, pack, &next).await?;
@@ -325,7 +326,7 @@ async fn install_or_upgrade(
         }
         Plan::HeldAfterRollback => {
             write_status(ctx, pack, &next).await?;
-            return Ok(Action::requeue(jitter(RESYNC)));
+            return Ok(Action::requeue(jitter(ctx.resync)));
         }
         Plan::Apply { install, recover } => (install, recover),
     };
@@ -415,7 +416,7 @@ async fn install_or_upgrade(
                 &note,
             )
             .await;
-            Ok(Action::requeue(jitter(RESYNC)))
+            Ok(Action::requeue(jitter(ctx.resync)))
         }
         Err(ApplyError::Helm(HelmError::Cancelled)) => Err(Error::Cancelled),
         Err(e) => {
@@ -520,7 +521,7 @@ async fn install_or_upgrade(
             )
             .await;
             Ok(Action::requeue(if stalled {
-                jitter(RESYNC)
+                jitter(ctx.resync)
             } else {
                 retry
             }))
@@ -1001,6 +1002,7 @@ pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
         helm,
         states: metrics.states.clone(),
         max_index_bytes: settings.max_index_bytes,
+        resync: settings.resync,
         stop: leading.stop.clone(),
         errors: Mutex::default(),
         namespaces: settings.namespaces.clone(),

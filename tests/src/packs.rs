@@ -201,11 +201,92 @@ impl Drop for RepositoriesGuard {
     }
 }
 
-/// Helm processes a pack-controller ran (any operation, any result), from its metrics.
+/// Helm processes a pack-controller ran (any operation, any result), from its metrics. Panics when the
+/// metrics cannot be read: a count of 0 would make "no helm ran" pass whatever happened.
 pub async fn helm_operations(controller: &ControllerProcess) -> f64 {
-    let (_, body) = controller.get("/metrics").await.unwrap_or_default();
+    let body = match controller.get("/metrics").await {
+        Ok((200, body)) => body,
+        other => panic!(
+            "cannot read the metrics of {} ({}): {other:?}",
+            controller.name, controller.identity
+        ),
+    };
+    helm_operations_in(&body)
+}
+
+/// Sum of the `pack_operator_helm_operations_total` samples of an exposition.
+fn helm_operations_in(body: &str) -> f64 {
     body.lines()
         .filter(|l| l.starts_with("pack_operator_helm_operations_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Requests the API server has served so far (`apiserver_request_total`, WATCH not counted), by
+/// "VERB resource[/subresource]", for the given resources only. Read from the API server's own
+/// `/metrics`, so it counts every client: use it on a control plane where the controller under test is
+/// the only client of these resources.
+pub async fn apiserver_requests(
+    client: &Client,
+    resources: &[&str],
+) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let body = client.request_text(request).await?;
+    Ok(apiserver_requests_in(&body, resources))
+}
+
+fn apiserver_requests_in(body: &str, resources: &[&str]) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels.split(',').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k == name).then(|| v.trim_matches('"').to_owned())
+            })
+        };
+        let (Some(verb), Some(resource)) = (label("verb"), label("resource")) else {
+            continue;
+        };
+        if verb == "WATCH" || !resources.contains(&resource.as_str()) {
+            continue;
+        }
+        let Ok(n) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let key = match label("subresource").filter(|s| !s.is_empty()) {
+            Some(sub) => format!("{verb} {resource}/{sub}"),
+            None => format!("{verb} {resource}"),
+        };
+        *out.entry(key).or_insert(0.0) += n;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_helm_operations_and_api_requests() {
+        let body = "# TYPE pack_operator_helm_operations_total counter\n\
+            pack_operator_helm_operations_total{operation=\"install\",result=\"success\"} 2\n\
+            pack_operator_helm_operations_total{operation=\"upgrade\",result=\"failure\"} 1\n\
+            pack_operator_helm_operation_duration_seconds_count{operation=\"install\"} 2\n";
+        assert_eq!(helm_operations_in(body), 3.0);
+        let api = "apiserver_request_total{code=\"200\",component=\"apiserver\",group=\"\",resource=\"secrets\",scope=\"namespace\",subresource=\"\",verb=\"LIST\",version=\"v1\"} 4\n\
+            apiserver_request_total{code=\"404\",component=\"apiserver\",group=\"\",resource=\"secrets\",scope=\"namespace\",subresource=\"\",verb=\"LIST\",version=\"v1\"} 1\n\
+            apiserver_request_total{code=\"200\",component=\"apiserver\",group=\"k8s.kubit.ir\",resource=\"packs\",scope=\"namespace\",subresource=\"status\",verb=\"APPLY\",version=\"v1alpha1\"} 3\n\
+            apiserver_request_total{code=\"200\",component=\"apiserver\",group=\"\",resource=\"secrets\",scope=\"cluster\",subresource=\"\",verb=\"WATCH\",version=\"v1\"} 9\n\
+            apiserver_request_total{code=\"200\",component=\"apiserver\",group=\"\",resource=\"pods\",scope=\"cluster\",subresource=\"\",verb=\"LIST\",version=\"v1\"} 7\n";
+        let got = apiserver_requests_in(api, &["secrets", "packs"]);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got["LIST secrets"], 5.0);
+        assert_eq!(got["APPLY packs/status"], 3.0);
+    }
 }
