@@ -1,11 +1,15 @@
 //! Which namespaces a SecretReflector copies into: its explicit names and selector, minus its own
-//! exclusions, the controller's allow/deny lists, and namespaces that opted out. Pure: takes the
-//! namespaces as plain data, so it is tested without a cluster.
+//! exclusions, the controller's allow/deny lists, and namespaces that opted out; and which of several
+//! SecretReflectors claiming one target holds it. Pure: takes the namespaces and reflectors as plain
+//! data, so it is tested without a cluster.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::crd::reflector::Targets;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::{Selector, SelectorExt};
+
+use crate::copy::ReflectorKey;
 
 /// A namespace carrying this label with value `"false"` refuses every reflection into it.
 pub const ACCEPT_LABEL: &str = "pack-operator.k8s.kubit.ir/accept-reflections";
@@ -63,7 +67,8 @@ pub enum Placement {
     OptedOut,
     /// The controller's allow/deny lists refuse it.
     Denied,
-    /// The copy would be the source itself (same namespace and name).
+    /// The copy would be the source itself (same namespace and name), and the namespace is named
+    /// explicitly. (Only selected, it is left out quietly.)
     IsSource,
 }
 
@@ -73,7 +78,8 @@ pub enum Placement {
 pub struct InvalidSelector(String);
 
 /// Every namespace named or selected by `targets`, sorted by name, with its placement. Excluded and
-/// terminating namespaces are left out quietly.
+/// terminating namespaces are left out quietly, and so is the source's own namespace when it is only
+/// selected and the copy would be the source itself (e.g. `namespaceSelector: {}`).
 pub fn plan(
     targets: &Targets,
     source_namespace: &str,
@@ -94,7 +100,8 @@ pub fn plan(
         .map(String::as_str)
         .collect();
 
-    let mut chosen: BTreeSet<&str> = targets.namespaces.iter().map(String::as_str).collect();
+    let named: BTreeSet<&str> = targets.namespaces.iter().map(String::as_str).collect();
+    let mut chosen = named.clone();
     if let Some(selector) = &selector {
         chosen.extend(
             namespaces
@@ -117,6 +124,9 @@ pub fn plan(
                 Placement::OptedOut
             }
             Some(_) if name == source_namespace && target_name == source_name => {
+                if !named.contains(name) {
+                    continue;
+                }
                 Placement::IsSource
             }
             Some(_) => Placement::Copy,
@@ -124,6 +134,52 @@ pub fn plan(
         plan.insert(name.to_owned(), placement);
     }
     Ok(plan)
+}
+
+/// A SecretReflector claiming a target (a namespace where its plan says [`Placement::Copy`], under
+/// the same target name as another's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimant {
+    pub reflector: ReflectorKey,
+    /// Its creationTimestamp (always set by the API server; None sorts last).
+    pub created: Option<Time>,
+}
+
+/// Which of the SecretReflectors claiming one target holds it: the oldest by creationTimestamp, ties
+/// (one-second resolution) broken by `<namespace>/<name>`. Depends only on the claimants, not on who
+/// wrote first, so it never flips while they stay.
+pub fn winner(claimants: &[Claimant]) -> Option<&Claimant> {
+    claimants.iter().min_by_key(|c| {
+        (
+            c.created.is_none(),
+            c.created.clone(),
+            c.reflector.to_string(),
+        )
+    })
+}
+
+/// The namespaces where `mine` places a copy but a rival wins the target, with that rival. `rivals`:
+/// the other SecretReflectors with the same target name, each with its own plan; a rival claims the
+/// namespaces its plan places a copy in.
+pub fn lost(
+    me: &Claimant,
+    mine: &BTreeMap<String, Placement>,
+    rivals: &[(Claimant, BTreeMap<String, Placement>)],
+) -> BTreeMap<String, ReflectorKey> {
+    mine.iter()
+        .filter(|(_, p)| **p == Placement::Copy)
+        .filter_map(|(ns, _)| {
+            let mut claimants = vec![me.clone()];
+            claimants.extend(
+                rivals
+                    .iter()
+                    .filter(|(_, plan)| plan.get(ns) == Some(&Placement::Copy))
+                    .map(|(c, _)| c.clone()),
+            );
+            let won = winner(&claimants)?;
+            (won.reflector != me.reflector).then(|| (ns.clone(), won.reflector.clone()))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -222,8 +278,19 @@ mod tests {
                 ],
             ),
             (
-                "selector: opted-out reported, terminating skipped quietly, source itself refused",
+                "selector: opted-out reported, terminating and the source itself skipped quietly",
                 Targets {
+                    namespace_selector: selector(&[("tls", "wildcard")]),
+                    ..Default::default()
+                },
+                "tls",
+                &open,
+                vec![("app-a", Copy), ("app-c", OptedOut), ("kube-system", Copy)],
+            ),
+            (
+                "the source's namespace named explicitly: the copy would be the source, refused",
+                Targets {
+                    namespaces: names(&["certs", "app-b"]),
                     namespace_selector: selector(&[("tls", "wildcard")]),
                     ..Default::default()
                 },
@@ -231,6 +298,7 @@ mod tests {
                 &open,
                 vec![
                     ("app-a", Copy),
+                    ("app-b", Copy),
                     ("app-c", OptedOut),
                     ("certs", IsSource),
                     ("kube-system", Copy),
@@ -288,10 +356,9 @@ mod tests {
                 vec![],
             ),
             (
-                "empty selector selects every namespace",
+                "empty selector selects every namespace but the source's own, quietly",
                 Targets {
                     namespace_selector: Some(LabelSelector::default()),
-                    exclude_namespaces: names(&["certs"]),
                     ..Default::default()
                 },
                 "tls",
@@ -349,6 +416,119 @@ mod tests {
                 &TargetPolicy::default()
             )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn the_oldest_claimant_wins_ties_broken_by_name() {
+        let at = |secs: i64| {
+            Some(Time(
+                k8s_openapi::jiff::Timestamp::from_second(secs).unwrap(),
+            ))
+        };
+        let claimant = |ns: &str, name: &str, created: Option<Time>| Claimant {
+            reflector: ReflectorKey {
+                namespace: ns.into(),
+                name: name.into(),
+            },
+            created,
+        };
+        let winner_of = |claimants: Vec<Claimant>| {
+            let won = winner(&claimants).map(|c| c.reflector.to_string());
+            // Whatever order they are listed (or reconciled) in.
+            let mut reversed = claimants.clone();
+            reversed.reverse();
+            assert_eq!(won, winner(&reversed).map(|c| c.reflector.to_string()));
+            won
+        };
+        let cases: Vec<(&str, Vec<Claimant>, Option<&str>)> = vec![
+            ("nobody", vec![], None),
+            ("alone", vec![claimant("a", "x", at(5))], Some("a/x")),
+            (
+                "oldest wins, whatever the name",
+                vec![claimant("a", "a", at(20)), claimant("z", "z", at(10))],
+                Some("z/z"),
+            ),
+            (
+                "same second: by <namespace>/<name>",
+                vec![
+                    claimant("certs", "second", at(10)),
+                    claimant("certs", "first", at(10)),
+                ],
+                Some("certs/first"),
+            ),
+            (
+                "ties compare the joined string (`a-b/x` < `a/x`), not the namespace first",
+                vec![claimant("a", "x", at(10)), claimant("a-b", "x", at(10))],
+                Some("a-b/x"),
+            ),
+            (
+                "no creationTimestamp sorts last",
+                vec![claimant("a", "a", None), claimant("b", "b", at(99))],
+                Some("b/b"),
+            ),
+        ];
+        for (what, claimants, want) in cases {
+            assert_eq!(winner_of(claimants).as_deref(), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn targets_a_rival_wins_are_lost() {
+        let at = |secs: i64| {
+            Some(Time(
+                k8s_openapi::jiff::Timestamp::from_second(secs).unwrap(),
+            ))
+        };
+        let claimant = |name: &str, secs: i64| Claimant {
+            reflector: ReflectorKey {
+                namespace: "certs".into(),
+                name: name.into(),
+            },
+            created: at(secs),
+        };
+        let plan = |entries: &[(&str, Placement)]| -> BTreeMap<String, Placement> {
+            entries
+                .iter()
+                .map(|(n, p)| ((*n).to_owned(), p.clone()))
+                .collect()
+        };
+        let me = claimant("me", 10);
+        let mine = plan(&[
+            ("a", Placement::Copy),
+            ("b", Placement::Copy),
+            ("c", Placement::Copy),
+            ("d", Placement::OptedOut),
+        ]);
+        let rivals = vec![
+            // Older: wins where it also copies (a), not where it is refused (c) or absent (b).
+            (
+                claimant("older", 5),
+                plan(&[
+                    ("a", Placement::Copy),
+                    ("c", Placement::Denied),
+                    ("d", Placement::Copy),
+                ]),
+            ),
+            // Younger: never wins.
+            (claimant("younger", 20), plan(&[("b", Placement::Copy)])),
+        ];
+        let got = lost(&me, &mine, &rivals);
+        assert_eq!(
+            got.into_iter()
+                .map(|(ns, k)| format!("{ns}:{k}"))
+                .collect::<Vec<_>>(),
+            vec!["a:certs/older".to_owned()]
+        );
+        // The younger one, seen from its side, loses b to me.
+        let younger = lost(
+            &rivals[1].0,
+            &rivals[1].1,
+            &[(me.clone(), mine.clone()), rivals[0].clone()],
+        );
+        assert_eq!(
+            younger.get("b").map(ToString::to_string).as_deref(),
+            Some("certs/me")
         );
     }
 
