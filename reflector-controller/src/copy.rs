@@ -4,9 +4,17 @@
 //! A copy carries the source's `type`, `data`, `immutable` flag and its labels/annotations except the
 //! ownership metadata of other tools, plus our marker: the label [`MANAGED_LABEL`] (the reflector's
 //! namespace, so managed copies are watched by label selector) and annotations naming the reflector,
-//! the source and the source's data hash.
+//! the source, the source's data hash, and the label/annotation keys copied from the source.
+//!
+//! Data, type and the immutable flag of a copy are ours alone and restored exactly. Labels and
+//! annotations are shared with other tools (mutating webhooks, policy engines add theirs): a copy only
+//! has to carry the keys we write, with our values, and lose the keys we wrote before that the source
+//! no longer has. Which keys those are is recorded on the copy itself, so a restart loses nothing.
 
-use std::{collections::BTreeMap, fmt};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+};
 
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::api::ObjectMeta;
@@ -20,6 +28,22 @@ pub const REFLECTOR_ANNOTATION: &str = "pack-operator.k8s.kubit.ir/reflector";
 pub const SOURCE_ANNOTATION: &str = "pack-operator.k8s.kubit.ir/reflected-from";
 /// Annotation on every copy: sha256 (hex) of the source's type and data.
 pub const HASH_ANNOTATION: &str = "pack-operator.k8s.kubit.ir/source-hash";
+/// Annotation on every copy: the label keys copied from the source at the last write (sorted,
+/// comma-separated; label keys cannot contain a comma). Only these are ever removed from a copy.
+pub const COPIED_LABELS_ANNOTATION: &str = "pack-operator.k8s.kubit.ir/copied-labels";
+/// Annotation on every copy: the annotation keys copied from the source at the last write, as
+/// [`COPIED_LABELS_ANNOTATION`].
+pub const COPIED_ANNOTATIONS_ANNOTATION: &str = "pack-operator.k8s.kubit.ir/copied-annotations";
+
+/// Secret types that are not copied: another controller owns Secrets of the type in every namespace
+/// and would delete or rewrite a copy, which we would recreate forever.
+const UNSUPPORTED_TYPES: &[(&str, &str)] = &[(
+    "kubernetes.io/service-account-token",
+    "Kubernetes' token controller owns Secrets of this type: it deletes or rewrites a copy (its token \
+     belongs to a ServiceAccount of the source's namespace), so copies would be recreated forever. \
+     Create a token Secret for a ServiceAccount in each namespace that needs one, or use the \
+     TokenRequest API (projected ServiceAccount tokens)",
+)];
 
 /// Label/annotation prefixes owned by the tools that manage a source; never copied (a copy carrying
 /// them would be claimed, pruned or overwritten by that tool).
@@ -37,6 +61,8 @@ const NOT_COPIED_KEYS: &[&str] = &[
     REFLECTOR_ANNOTATION,
     SOURCE_ANNOTATION,
     HASH_ANNOTATION,
+    COPIED_LABELS_ANNOTATION,
+    COPIED_ANNOTATIONS_ANNOTATION,
 ];
 
 /// A SecretReflector, as named in markers and logs: `<namespace>/<name>`.
@@ -93,13 +119,42 @@ fn secret_type(s: &Secret) -> &str {
     s.type_.as_deref().unwrap_or("Opaque")
 }
 
+/// Why `source` cannot be copied at all (its type), as a status/Event message; None when it can.
+pub fn unsupported(source: &Secret) -> Option<String> {
+    let type_ = secret_type(source);
+    UNSUPPORTED_TYPES
+        .iter()
+        .find(|(t, _)| *t == type_)
+        .map(|(_, why)| {
+            format!(
+                "Secret {}/{} is of type {type_} and is not copied: {why}",
+                source.metadata.namespace.as_deref().unwrap_or_default(),
+                source.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
+}
+
+fn key_list(map: &BTreeMap<String, String>) -> String {
+    map.keys().map(String::as_str).collect::<Vec<_>>().join(",")
+}
+
+/// The keys recorded in annotation `record` of `meta`: what the last write copied from the source.
+/// None on a copy made before the record existed.
+fn recorded<'a>(meta: &'a ObjectMeta, record: &str) -> Option<BTreeSet<&'a str>> {
+    let list = meta.annotations.as_ref()?.get(record)?;
+    Some(list.split(',').filter(|k| !k.is_empty()).collect())
+}
+
 /// The copy `source` should have at `namespace/name`, marked as made by `reflector`.
 pub fn desired(source: &Secret, reflector: &ReflectorKey, namespace: &str, name: &str) -> Secret {
     let data = source.data.clone().unwrap_or_default();
     let type_ = secret_type(source).to_owned();
     let mut labels = copied(source.metadata.labels.as_ref());
-    labels.insert(MANAGED_LABEL.into(), reflector.namespace.clone());
     let mut annotations = copied(source.metadata.annotations.as_ref());
+    let (copied_labels, copied_annotations) = (key_list(&labels), key_list(&annotations));
+    labels.insert(MANAGED_LABEL.into(), reflector.namespace.clone());
+    annotations.insert(COPIED_LABELS_ANNOTATION.into(), copied_labels);
+    annotations.insert(COPIED_ANNOTATIONS_ANNOTATION.into(), copied_annotations);
     annotations.insert(REFLECTOR_ANNOTATION.into(), reflector.to_string());
     annotations.insert(
         SOURCE_ANNOTATION.into(),
@@ -155,7 +210,8 @@ pub enum Decision {
     Create,
     /// Our copy, already as desired.
     Unchanged,
-    /// Our copy, differing in data, labels, annotations or the immutable flag: update it in place.
+    /// Our copy (or one we take over), differing in data, the immutable flag, or the labels and
+    /// annotations we write: update it in place, with [`merged`].
     Update,
     /// Our copy, but its type differs, or it is immutable and its data differs: delete and create.
     Replace,
@@ -163,13 +219,22 @@ pub enum Decision {
     Conflict(String),
 }
 
-/// Decides what to do at a target given the Secret already there (if any).
-pub fn decide(existing: Option<&Secret>, desired: &Secret, reflector: &ReflectorKey) -> Decision {
+/// Decides what to do at a target given the Secret already there (if any). `take_over`: the
+/// SecretReflector named in the existing Secret's marker gives way to this one (it lost the target to
+/// it, or no longer exists), so its copy is treated as ours. A Secret without our marker is never
+/// taken over.
+pub fn decide(
+    existing: Option<&Secret>,
+    desired: &Secret,
+    reflector: &ReflectorKey,
+    take_over: bool,
+) -> Decision {
     let Some(existing) = existing else {
         return Decision::Create;
     };
     match ownership(&existing.metadata, reflector) {
         Ownership::Ours => {}
+        Ownership::OtherReflector(_) if take_over => {}
         Ownership::OtherReflector(other) => {
             return Decision::Conflict(format!(
                 "Secret {} already holds a copy made by SecretReflector {other}",
@@ -190,8 +255,15 @@ pub fn decide(existing: Option<&Secret>, desired: &Secret, reflector: &Reflector
     if secret_type(existing) != secret_type(desired) || (immutable && !data_same) {
         return Decision::Replace;
     }
-    let meta_same = existing.metadata.labels == desired.metadata.labels
-        && existing.metadata.annotations == desired.metadata.annotations;
+    let meta_same = holds(
+        existing.metadata.labels.as_ref(),
+        desired.metadata.labels.as_ref(),
+        recorded(&existing.metadata, COPIED_LABELS_ANNOTATION).as_ref(),
+    ) && holds(
+        existing.metadata.annotations.as_ref(),
+        desired.metadata.annotations.as_ref(),
+        recorded(&existing.metadata, COPIED_ANNOTATIONS_ANNOTATION).as_ref(),
+    );
     let immutable_same = immutable == (desired.immutable == Some(true));
     match (data_same && meta_same && immutable_same, immutable) {
         (true, _) => Decision::Unchanged,
@@ -199,6 +271,62 @@ pub fn decide(existing: Option<&Secret>, desired: &Secret, reflector: &Reflector
         (false, true) if !immutable_same => Decision::Replace,
         (false, _) => Decision::Update,
     }
+}
+
+/// Whether labels (or annotations) `existing` carry every key of `desired` with its value, and none
+/// of the keys `previously` copied that `desired` no longer has. Keys of other tools do not matter.
+/// Without a record (a copy made before it existed) every key of `existing` counts as copied.
+fn holds(
+    existing: Option<&BTreeMap<String, String>>,
+    desired: Option<&BTreeMap<String, String>>,
+    previously: Option<&BTreeSet<&str>>,
+) -> bool {
+    let empty = BTreeMap::new();
+    let (existing, desired) = (existing.unwrap_or(&empty), desired.unwrap_or(&empty));
+    let ours_present = desired.iter().all(|(k, v)| existing.get(k) == Some(v));
+    let dropped_absent = existing
+        .keys()
+        .all(|k| desired.contains_key(k) || previously.is_some_and(|p| !p.contains(k.as_str())));
+    ours_present && dropped_absent
+}
+
+/// Labels (or annotations) to write over `existing`: `desired`, plus the keys of `existing` that were
+/// not copied by the last write (other tools' keys). Without a record, `desired` alone.
+fn merge(
+    existing: Option<&BTreeMap<String, String>>,
+    desired: Option<&BTreeMap<String, String>>,
+    previously: Option<&BTreeSet<&str>>,
+) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = existing
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| previously.is_some_and(|p| !p.contains(k.as_str())))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    out.extend(
+        desired
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    out
+}
+
+/// The Secret to PUT over `existing` for [`Decision::Update`]: `desired`'s type, data, flag and
+/// labels/annotations, keeping the labels and annotations other tools added to `existing`.
+pub fn merged(existing: &Secret, desired: &Secret) -> Secret {
+    let mut next = desired.clone();
+    next.metadata.labels = Some(merge(
+        existing.metadata.labels.as_ref(),
+        desired.metadata.labels.as_ref(),
+        recorded(&existing.metadata, COPIED_LABELS_ANNOTATION).as_ref(),
+    ));
+    next.metadata.annotations = Some(merge(
+        existing.metadata.annotations.as_ref(),
+        desired.metadata.annotations.as_ref(),
+        recorded(&existing.metadata, COPIED_ANNOTATIONS_ANNOTATION).as_ref(),
+    ));
+    next
 }
 
 #[cfg(test)]
@@ -271,6 +399,8 @@ mod tests {
                 (REFLECTOR_ANNOTATION, "certs/wildcard"),
                 (SOURCE_ANNOTATION, "certs/tls"),
                 (HASH_ANNOTATION, &hash),
+                (COPIED_LABELS_ANNOTATION, "team"),
+                (COPIED_ANNOTATIONS_ANNOTATION, "note"),
             ]))
         );
         assert!(copy.metadata.owner_references.is_none());
@@ -318,13 +448,61 @@ mod tests {
                 Decision::Update,
             ),
             (
-                "label added by hand",
+                "label and annotation added by another tool (e.g. a mutating webhook) are left alone",
                 Some(with(&|s| {
                     s.metadata
                         .labels
                         .as_mut()
                         .unwrap()
                         .insert("x".into(), "y".into());
+                    s.metadata
+                        .annotations
+                        .as_mut()
+                        .unwrap()
+                        .insert("policy.example/checked".into(), "yes".into());
+                })),
+                Decision::Unchanged,
+            ),
+            (
+                "a copied label's value edited by hand",
+                Some(with(&|s| {
+                    s.metadata
+                        .labels
+                        .as_mut()
+                        .unwrap()
+                        .insert("team".into(), "db".into());
+                })),
+                Decision::Update,
+            ),
+            (
+                "a copied annotation removed by hand",
+                Some(with(&|s| {
+                    s.metadata.annotations.as_mut().unwrap().remove("note");
+                })),
+                Decision::Update,
+            ),
+            (
+                "a label copied before that the source no longer has",
+                Some(with(&|s| {
+                    s.metadata
+                        .labels
+                        .as_mut()
+                        .unwrap()
+                        .insert("old".into(), "x".into());
+                    s.metadata
+                        .annotations
+                        .as_mut()
+                        .unwrap()
+                        .insert(COPIED_LABELS_ANNOTATION.into(), "old,team".into());
+                })),
+                Decision::Update,
+            ),
+            (
+                "a copy made before the key record existed: every extra key counts as ours",
+                Some(with(&|s| {
+                    let a = s.metadata.annotations.as_mut().unwrap();
+                    a.remove(COPIED_LABELS_ANNOTATION);
+                    a.remove(COPIED_ANNOTATIONS_ANNOTATION);
                 })),
                 Decision::Update,
             ),
@@ -396,8 +574,135 @@ mod tests {
             ),
         ];
         for (what, existing, decision) in cases {
-            assert_eq!(decide(existing.as_ref(), &want, &key()), decision, "{what}");
+            assert_eq!(
+                decide(existing.as_ref(), &want, &key(), false),
+                decision,
+                "{what}"
+            );
         }
+    }
+
+    #[test]
+    fn a_copy_of_a_reflector_that_gives_way_is_taken_over_but_a_foreign_secret_never() {
+        let want = desired(&source(), &key(), "app-a", "tls");
+        let other = ReflectorKey {
+            namespace: "certs".into(),
+            name: "younger".into(),
+        };
+        let theirs = desired(&source(), &other, "app-a", "tls");
+        assert_eq!(decide(Some(&theirs), &want, &key(), true), Decision::Update);
+        let mut foreign = want.clone();
+        foreign.metadata.annotations = None;
+        assert!(matches!(
+            decide(Some(&foreign), &want, &key(), true),
+            Decision::Conflict(_)
+        ));
+        // The update writes our marker.
+        let next = merged(&theirs, &want);
+        assert_eq!(
+            ownership(&next.metadata, &key()),
+            Ownership::Ours,
+            "{next:?}"
+        );
+    }
+
+    #[test]
+    fn updates_keep_other_tools_keys_and_drop_keys_the_source_lost() {
+        let want = desired(&source(), &key(), "app-a", "tls");
+        let mut existing = want.clone();
+        existing.data = Some(BTreeMap::new()); // needs an update
+        let labels = existing.metadata.labels.as_mut().unwrap();
+        labels.insert("webhook.example/injected".into(), "yes".into());
+        labels.insert("old".into(), "copied before".into());
+        labels.insert("team".into(), "edited".into());
+        let annotations = existing.metadata.annotations.as_mut().unwrap();
+        annotations.insert(COPIED_LABELS_ANNOTATION.into(), "old,team".into());
+        annotations.insert("policy.example/checked".into(), "yes".into());
+        annotations.remove("note");
+
+        assert_eq!(
+            decide(Some(&existing), &want, &key(), false),
+            Decision::Update
+        );
+        let next = merged(&existing, &want);
+        assert_eq!(next.data, want.data);
+        assert_eq!(
+            next.metadata.labels,
+            Some(map(&[
+                ("team", "web"),
+                ("webhook.example/injected", "yes"),
+                (MANAGED_LABEL, "certs"),
+            ]))
+        );
+        let annotations = next.metadata.annotations.clone().unwrap();
+        assert_eq!(annotations.get("note").map(String::as_str), Some("kept"));
+        assert_eq!(
+            annotations
+                .get("policy.example/checked")
+                .map(String::as_str),
+            Some("yes")
+        );
+        assert_eq!(
+            annotations
+                .get(COPIED_LABELS_ANNOTATION)
+                .map(String::as_str),
+            Some("team")
+        );
+        // What was written is stable: the next look finds nothing to do.
+        assert_eq!(
+            decide(Some(&next), &want, &key(), false),
+            Decision::Unchanged
+        );
+
+        // A copy made before the record existed: only what we write now stays.
+        let mut legacy = existing.clone();
+        let a = legacy.metadata.annotations.as_mut().unwrap();
+        a.remove(COPIED_LABELS_ANNOTATION);
+        a.remove(COPIED_ANNOTATIONS_ANNOTATION);
+        let next = merged(&legacy, &want);
+        assert_eq!(next.metadata.labels, want.metadata.labels);
+        assert_eq!(next.metadata.annotations, want.metadata.annotations);
+    }
+
+    #[test]
+    fn a_key_record_on_the_source_is_not_copied() {
+        // A copy used as the source of another reflector: its record names its own keys.
+        let first = desired(&source(), &key(), "app-a", "tls");
+        let second = ReflectorKey {
+            namespace: "app-a".into(),
+            name: "chained".into(),
+        };
+        let copy = desired(&first, &second, "app-b", "tls");
+        let a = copy.metadata.annotations.unwrap();
+        assert_eq!(
+            a.get(COPIED_ANNOTATIONS_ANNOTATION).map(String::as_str),
+            Some("note")
+        );
+        assert_eq!(
+            a.get(SOURCE_ANNOTATION).map(String::as_str),
+            Some("app-a/tls")
+        );
+        assert_eq!(
+            a.get(REFLECTOR_ANNOTATION).map(String::as_str),
+            Some("app-a/chained")
+        );
+    }
+
+    #[test]
+    fn service_account_tokens_are_not_copied() {
+        let mut token = source();
+        token.type_ = Some("kubernetes.io/service-account-token".into());
+        token.data = Some(BTreeMap::from([(
+            "token".to_owned(),
+            ByteString(b"s3cr3t-value".to_vec()),
+        )]));
+        let why = unsupported(&token).expect("refused");
+        assert!(why.contains("certs/tls"), "{why}");
+        assert!(why.contains("kubernetes.io/service-account-token"), "{why}");
+        assert!(why.contains("TokenRequest"), "{why}");
+        assert!(!why.contains("s3cr3t"), "no data: {why}");
+        assert_eq!(unsupported(&source()), None);
+        assert_eq!(unsupported(&Secret::default()), None, "Opaque by default");
     }
 
     #[test]
@@ -408,13 +713,13 @@ mod tests {
         assert_eq!(want.immutable, Some(true));
         let mut mutable_copy = desired(&source(), &key(), "app-a", "tls");
         assert_eq!(
-            decide(Some(&mutable_copy), &want, &key()),
+            decide(Some(&mutable_copy), &want, &key(), false),
             Decision::Update,
             "a mutable copy may be made immutable in place"
         );
         mutable_copy.immutable = Some(true);
         assert_eq!(
-            decide(Some(&mutable_copy), &want, &key()),
+            decide(Some(&mutable_copy), &want, &key(), false),
             Decision::Unchanged
         );
     }

@@ -9,6 +9,9 @@
 //!   event on a Secret of some reflector's target name wakes that reflector (a conflict may be gone);
 //! - Namespaces, metadata only: selectors, opt-out labels and Terminating are read from it.
 //!
+//! A relist of any of these watches (e.g. after the API server expired the watch with 410) wakes
+//! every reflector, since events may have been missed meanwhile.
+//!
 //! Sources are read with one GET per reconcile. Each reconcile is also requeued after a jittered
 //! resync period, a safety net should a watch event be missed.
 
@@ -45,7 +48,7 @@ use crate::{
     copy::{self, Decision, MANAGED_LABEL, Ownership, REFLECTOR_ANNOTATION, ReflectorKey},
     metrics::ReflectorMetrics,
     status::{self, Blocked, TargetOutcome, TargetState},
-    targets::{self, NamespaceInfo, Placement, TargetPolicy},
+    targets::{self, Claimant, NamespaceInfo, Placement, TargetPolicy},
 };
 
 const FIELD_MANAGER: &str = "reflector-controller";
@@ -112,6 +115,10 @@ pub struct Context {
     reconciles: ReconcileMetrics,
     namespaces: Store<PartialObjectMeta<Namespace>>,
     copies: Store<Secret>,
+    /// The SecretReflectors (the Controller's cache): rivals for a target are read from it.
+    reflectors: Store<SecretReflector>,
+    /// Reconciles another reflector (e.g. one that may now win a target this one gave up).
+    wake: Wake,
     /// Targets in Conflict per reflector, for the conflicts gauge.
     conflicts: Mutex<HashMap<ReflectorKey, usize>>,
     /// Conflict/Error targets already reported by an Event, per reflector (`namespace` → state), so a
@@ -222,15 +229,19 @@ async fn sync(reflector: &SecretReflector, ctx: &Context) -> Result<Action, Erro
     // Namespaces where a copy of ours may stay (named `target_name`).
     let mut keep: BTreeSet<String> = BTreeSet::new();
     let mut delete_stale = true;
-    match source {
-        None => {
+    let unsupported = source.as_ref().and_then(copy::unsupported);
+    match (source, unsupported) {
+        (None, _) => {
             // Decision: copies follow their source; a deleted source takes its copies with it.
             blocked = Some(Blocked::SourceNotFound(format!(
                 "Secret {}/{source_name} not found; copies are removed until it exists again",
                 key.namespace
             )));
         }
-        Some(source) => match targets::plan(
+        // Decision: a source that another controller would fight over in every target namespace is
+        // refused, and copies made before are removed (as for a deleted source).
+        (Some(_), Some(why)) => blocked = Some(Blocked::SourceTypeUnsupported(why)),
+        (Some(source), None) => match targets::plan(
             &reflector.spec.targets,
             &key.namespace,
             source_name,
@@ -244,14 +255,31 @@ async fn sync(reflector: &SecretReflector, ctx: &Context) -> Result<Action, Erro
                 blocked = Some(Blocked::InvalidSpec(e.to_string()));
             }
             Ok(plan) => {
-                let (source, key_ref, name) = (&source, &key, target_name.as_str());
+                // Targets an older SecretReflector claims too: never written here. A copy of ours
+                // already there stays (kept below) until the winner takes it over, so the target
+                // namespace never goes without one.
+                let lost = targets::lost(
+                    &claimant(reflector),
+                    &plan,
+                    &rivals(ctx, reflector, &target_name, &all_namespaces),
+                );
+                let (source, key_ref, name, lost) = (&source, &key, target_name.as_str(), &lost);
                 let items: Vec<(String, Placement)> =
                     plan.iter().map(|(n, p)| (n.clone(), p.clone())).collect();
                 applied = futures::stream::iter(items)
                     .map(|(ns, placement)| async move {
-                        match placement {
-                            Placement::Copy => apply_target(ctx, key_ref, source, &ns, name).await,
-                            other => Applied {
+                        match (placement, lost.get(&ns)) {
+                            (Placement::Copy, None) => {
+                                apply_target(ctx, key_ref, source, &ns, name).await
+                            }
+                            (Placement::Copy, Some(winner)) => {
+                                ctx.metrics.reflection("conflict");
+                                Applied {
+                                    outcome: yielded(&ns, name, winner),
+                                    wrote: None,
+                                }
+                            }
+                            (other, _) => Applied {
                                 outcome: refused(&ns, &other, name),
                                 wrote: None,
                             },
@@ -301,13 +329,7 @@ async fn sync(reflector: &SecretReflector, ctx: &Context) -> Result<Action, Erro
         .iter()
         .filter(|o| o.state == TargetState::Conflict)
         .count();
-    {
-        let mut all = lock(&ctx.conflicts);
-        all.insert(key.clone(), conflicts);
-        ctx.metrics
-            .conflicts
-            .set(all.values().sum::<usize>() as i64);
-    }
+    count_conflicts(ctx, &key, Some(conflicts));
     let mut written: BTreeMap<&str, usize> = BTreeMap::new();
     for a in &applied {
         if let Some(w) = a.wrote {
@@ -319,6 +341,10 @@ async fn sync(reflector: &SecretReflector, ctx: &Context) -> Result<Action, Erro
     }
     report(ctx, reflector, &old, &new, &written).await;
     write_status(ctx, reflector, &old, new).await?;
+    if reflector.meta().generation != old.observed_generation {
+        // Its targets may have changed: a target it gave up may go to a reflector that lost it.
+        wake_conflicted(ctx, &key);
+    }
 
     let failed = outcomes
         .iter()
@@ -330,6 +356,101 @@ async fn sync(reflector: &SecretReflector, ctx: &Context) -> Result<Action, Erro
     } else {
         jittered(ctx.settings.resync)
     })
+}
+
+fn claimant(r: &SecretReflector) -> Claimant {
+    Claimant {
+        reflector: key_of(r),
+        created: r.metadata.creation_timestamp.clone(),
+    }
+}
+
+/// The other SecretReflectors of the cache with the same target name (not being deleted), each with
+/// the namespaces it would copy into.
+fn rivals(
+    ctx: &Context,
+    reflector: &SecretReflector,
+    target_name: &str,
+    namespaces: &BTreeMap<String, NamespaceInfo>,
+) -> Vec<(Claimant, BTreeMap<String, Placement>)> {
+    let me = key_of(reflector);
+    ctx.reflectors
+        .state()
+        .iter()
+        .filter(|r| {
+            r.metadata.deletion_timestamp.is_none()
+                && self::target_name(r) == target_name
+                && key_of(r) != me
+        })
+        .filter_map(|r| {
+            let plan = targets::plan(
+                &r.spec.targets,
+                &r.namespace().unwrap_or_default(),
+                &r.spec.source.name,
+                target_name,
+                namespaces,
+                &ctx.settings.policy,
+            )
+            .ok()?;
+            Some((claimant(r), plan))
+        })
+        .collect()
+}
+
+/// A target an older SecretReflector (`winner`) claims too.
+fn yielded(ns: &str, target_name: &str, winner: &ReflectorKey) -> TargetOutcome {
+    TargetOutcome {
+        namespace: ns.to_owned(),
+        state: TargetState::Conflict,
+        message: Some(format!(
+            "SecretReflector {winner} also copies into {ns}/{target_name} and holds it (the oldest \
+             SecretReflector claiming a target wins); not written by this one"
+        )),
+    }
+}
+
+/// Records the targets in Conflict of `key` (None: it is going) and sets the gauge.
+fn count_conflicts(ctx: &Context, key: &ReflectorKey, conflicts: Option<usize>) {
+    {
+        let mut all = lock(&ctx.conflicts);
+        match conflicts {
+            Some(n) => all.insert(key.clone(), n),
+            None => all.remove(key),
+        };
+    }
+    forget_gone(ctx);
+}
+
+/// Forgets the conflicts and reported targets of reflectors no longer in the cache (e.g. deleted
+/// without their cleanup, their finalizer removed by hand), and sets the conflicts gauge.
+fn forget_gone(ctx: &Context) {
+    let mut all = lock(&ctx.conflicts);
+    all.retain(|k, _| cached(ctx, k));
+    ctx.metrics
+        .conflicts
+        .set(all.values().sum::<usize>() as i64);
+    drop(all);
+    lock(&ctx.reported).retain(|k, _| cached(ctx, k));
+}
+
+fn cached(ctx: &Context, key: &ReflectorKey) -> bool {
+    ctx.reflectors
+        .get(&ObjectRef::new(&key.name).within(&key.namespace))
+        .is_some()
+}
+
+/// Wakes the other reflectors that report a Conflict: one may now win a target `key` gave up.
+fn wake_conflicted(ctx: &Context, key: &ReflectorKey) {
+    for r in ctx.reflectors.state() {
+        let conflicted = r.status.as_ref().is_some_and(|s| {
+            s.targets
+                .iter()
+                .any(|t| t.state == TargetState::Conflict.as_str())
+        });
+        if conflicted && key_of(&r) != *key {
+            let _ = ctx.wake.unbounded_send(ObjectRef::from_obj(r.as_ref()));
+        }
+    }
 }
 
 fn refused(ns: &str, placement: &Placement, target_name: &str) -> TargetOutcome {
@@ -376,7 +497,7 @@ async fn apply_target(
     let want = copy::desired(source, key, ns, name);
     let cached = ctx.copies.get(&ObjectRef::new(name).within(ns));
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let result = write_target(&api, cached.as_deref(), &want, key).await;
+    let result = write_target(ctx, &api, cached.as_deref(), &want, key).await;
     let (state, message, wrote) = match result {
         Ok(Written::Wrote(what)) => (TargetState::Synced, None, Some(what)),
         Ok(Written::Unchanged) => (TargetState::Synced, None, None),
@@ -417,6 +538,7 @@ enum Written {
 }
 
 async fn write_target(
+    ctx: &Context,
     api: &Api<Secret>,
     cached: Option<&Secret>,
     want: &Secret,
@@ -428,7 +550,7 @@ async fn write_target(
     // or our label removed): when the API server says so (409), read the live Secret and decide again,
     // once.
     for attempt in 0..2 {
-        match write_once(api, existing.as_ref(), want, key).await {
+        match write_once(ctx, api, existing.as_ref(), want, key).await {
             Err(kube::Error::Api(s)) if attempt == 0 && s.code == 409 => {
                 debug!(namespace = ?want.metadata.namespace, reason = %s.reason, "cache behind the API server; reading the live Secret");
                 existing = api.get_opt(name).await?;
@@ -440,12 +562,22 @@ async fn write_target(
 }
 
 async fn write_once(
+    ctx: &Context,
     api: &Api<Secret>,
     existing: Option<&Secret>,
     want: &Secret,
     key: &ReflectorKey,
 ) -> Result<Written, kube::Error> {
-    match copy::decide(existing, want, key) {
+    let previous = existing.map(|e| copy::ownership(&e.metadata, key));
+    let take_over = match &previous {
+        Some(Ownership::OtherReflector(owner)) => gives_way(ctx, owner).await,
+        _ => false,
+    };
+    let decision = copy::decide(existing, want, key, take_over);
+    if take_over && matches!(decision, Decision::Update | Decision::Replace) {
+        info!(namespace = ?want.metadata.namespace, previous = ?previous, "taking over the copy of a SecretReflector that gives way");
+    }
+    match decision {
         Decision::Unchanged => Ok(Written::Unchanged),
         Decision::Conflict(message) => Ok(Written::Conflict(message)),
         Decision::Create => {
@@ -454,7 +586,8 @@ async fn write_once(
         }
         Decision::Update => {
             let existing = existing.cloned().unwrap_or_default();
-            let mut next = want.clone();
+            // Other tools' labels and annotations on the copy are kept.
+            let mut next = copy::merged(&existing, want);
             // Optimistic concurrency: fails if the Secret changed since it was read (and checked).
             next.metadata.resource_version = existing.metadata.resource_version.clone();
             api.replace(&existing.name_any(), &post_params(), &next)
@@ -466,6 +599,29 @@ async fn write_once(
             delete_checked(api, &existing).await?;
             api.create(&post_params(), want).await?;
             Ok(Written::Wrote("replaced"))
+        }
+    }
+}
+
+/// Whether the SecretReflector `owner` named in a copy's marker gives way to this one, at a target this
+/// one won (only those are written): it is in the cache, so it lost the target or no longer claims
+/// it; or the API server says it does not exist. One outside the cache that exists (another
+/// controller's scope), or that cannot be checked, keeps its copy: a Conflict.
+async fn gives_way(ctx: &Context, owner: &str) -> bool {
+    let Some(owner) = ReflectorKey::parse(owner) else {
+        return false;
+    };
+    if cached(ctx, &owner) {
+        return true;
+    }
+    match Api::<SecretReflector>::namespaced(ctx.client.clone(), &owner.namespace)
+        .get_opt(&owner.name)
+        .await
+    {
+        Ok(found) => found.is_none(),
+        Err(e) => {
+            debug!(reflector = %owner, error = %e, "cannot check a copy's reflector");
+            false
         }
     }
 }
@@ -537,13 +693,9 @@ async fn cleanup(reflector: &SecretReflector, ctx: &Context) -> Result<Action, E
             }
         }
     }
-    {
-        let mut all = lock(&ctx.conflicts);
-        all.remove(&key);
-        ctx.metrics
-            .conflicts
-            .set(all.values().sum::<usize>() as i64);
-    }
+    count_conflicts(ctx, &key, None);
+    lock(&ctx.reported).remove(&key);
+    wake_conflicted(ctx, &key);
     if failed > 0 {
         return Err(Error::CleanupIncomplete(failed));
     }
@@ -570,7 +722,8 @@ async fn publish(
 }
 
 /// Events for what this reconcile did or newly found: writes (Synced), new conflicts (Conflict), new
-/// failures (Error), and a change of a blocking reason (SourceNotFound, InvalidSpec).
+/// failures (Error), and a change of a blocking reason (SourceNotFound, InvalidSpec,
+/// SourceTypeUnsupported).
 async fn report(
     ctx: &Context,
     reflector: &SecretReflector,
@@ -640,7 +793,10 @@ async fn report(
             .map(|c| (c.reason.clone(), c.message.clone()))
     };
     if let Some((reason, message)) = ready(new)
-        && matches!(reason.as_str(), "SourceNotFound" | "InvalidSpec")
+        && matches!(
+            reason.as_str(),
+            "SourceNotFound" | "InvalidSpec" | "SourceTypeUnsupported"
+        )
         && ready(old).map(|(r, _)| r) != Some(reason.clone())
     {
         publish(ctx, &reference, EventType::Warning, &reason, message).await;
@@ -688,6 +844,35 @@ fn concerned(
 
 type Wake = mpsc::UnboundedSender<ObjectRef<SecretReflector>>;
 
+/// After a (re)list: events may have been missed meanwhile, so every reflector is reconciled.
+fn wake_all(reflectors: &Store<SecretReflector>, wake: &Wake) {
+    for r in reflectors.state() {
+        let _ = wake.unbounded_send(ObjectRef::from_obj(r.as_ref()));
+    }
+}
+
+/// Copies in the cache that carry our marker annotation; a Secret that only forged the label is not
+/// one.
+fn managed(copies: &Store<Secret>) -> i64 {
+    copies
+        .state()
+        .iter()
+        .filter(|s| s.annotations().contains_key(REFLECTOR_ANNOTATION))
+        .count() as i64
+}
+
+/// Whether the label-selected copy watch sees a Secret with these labels too, so the metadata watch
+/// can leave it to that one: it carries the managed label with this controller's own value (any value
+/// without `--namespace`). A copy made for another namespace's reflectors may be the source of one
+/// of ours, and must still be seen.
+fn seen_by_copy_watch(labels: &BTreeMap<String, String>, scope: Option<&str>) -> bool {
+    match (labels.get(MANAGED_LABEL), scope) {
+        (Some(value), Some(namespace)) => value == namespace,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
 /// Managed copies (label-selected, cached without managedFields): any change wakes their reflector.
 async fn watch_copies(
     api: Api<Secret>,
@@ -712,7 +897,8 @@ async fn watch_copies(
         let obj = match event {
             Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => o,
             Ok(watcher::Event::InitDone) => {
-                metrics.copies_managed.set(store.len() as i64);
+                metrics.copies_managed.set(managed(&store));
+                wake_all(&reflectors, &wake);
                 continue;
             }
             Ok(_) => continue,
@@ -721,7 +907,7 @@ async fn watch_copies(
                 continue;
             }
         };
-        metrics.copies_managed.set(store.len() as i64);
+        metrics.copies_managed.set(managed(&store));
         let owner = obj
             .annotations()
             .get(REFLECTOR_ANNOTATION)
@@ -736,6 +922,7 @@ async fn watch_copies(
 /// Every Secret, metadata only and cached nowhere: wakes reflectors whose source or target name it is.
 async fn watch_secrets(
     api: Api<PartialObjectMeta<Secret>>,
+    scope: Option<String>,
     reflectors: Store<SecretReflector>,
     wake: Wake,
 ) {
@@ -745,14 +932,18 @@ async fn watch_secrets(
     while let Some(event) = events.next().await {
         let obj = match event {
             Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => o,
-            Ok(_) => continue, // (re)listing: every reflector is reconciled anyway
+            Ok(watcher::Event::InitDone) => {
+                wake_all(&reflectors, &wake);
+                continue;
+            }
+            Ok(_) => continue,
             Err(e) => {
                 debug!(error = %e, "secret watch error (retrying)");
                 continue;
             }
         };
-        if obj.labels().contains_key(MANAGED_LABEL) {
-            continue; // a copy: the copy watch has it
+        if seen_by_copy_watch(obj.labels(), scope.as_deref()) {
+            continue; // the copy watch has it
         }
         let ns = obj.namespace().unwrap_or_default();
         for r in concerned(&reflectors, &ns, &obj.name_any(), None) {
@@ -843,6 +1034,8 @@ async fn sweep_orphans(ctx: Arc<Context>, reflectors: Store<SecretReflector>) {
                     }
                 }
             }
+            // Reflectors gone without their cleanup leave no conflicts or reported targets behind.
+            forget_gone(&ctx);
         }
         tokio::time::sleep(ctx.settings.resync).await;
     }
@@ -890,7 +1083,12 @@ pub async fn run(
             metrics.clone(),
             wake.clone(),
         ),
-        watch_secrets(Api::all(client.clone()), reflector_store.clone(), wake),
+        watch_secrets(
+            Api::all(client.clone()),
+            namespace.clone(),
+            reflector_store.clone(),
+            wake.clone(),
+        ),
     );
 
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| "reflector-controller".into());
@@ -908,6 +1106,8 @@ pub async fn run(
         reconciles,
         namespaces: namespaces.clone(),
         copies: copies.clone(),
+        reflectors: reflector_store.clone(),
+        wake,
         conflicts: Mutex::default(),
         reported: Mutex::default(),
     });
@@ -941,5 +1141,44 @@ pub async fn run(
         _ = reconciling => {}
         _ = watches => {}
         _ = leading.stop.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metadata_watch_leaves_to_the_copy_watch_only_what_it_sees() {
+        let labels = |value: Option<&str>| -> BTreeMap<String, String> {
+            value
+                .map(|v| BTreeMap::from([(MANAGED_LABEL.to_owned(), v.to_owned())]))
+                .unwrap_or_default()
+        };
+        let cases = [
+            (None, Some("certs"), false, "not a copy"),
+            (
+                Some("certs"),
+                Some("certs"),
+                true,
+                "a copy of our reflectors",
+            ),
+            (
+                Some("other"),
+                Some("certs"),
+                false,
+                "a copy for another namespace's reflectors: maybe a chained source",
+            ),
+            (
+                Some("other"),
+                None,
+                true,
+                "without --namespace the copy watch sees all",
+            ),
+            (None, None, false, "not a copy, all namespaces"),
+        ];
+        for (value, scope, seen, what) in cases {
+            assert_eq!(seen_by_copy_watch(&labels(value), scope), seen, "{what}");
+        }
     }
 }

@@ -50,6 +50,8 @@ pub enum Blocked {
     SourceNotFound(String),
     /// The spec is invalid (e.g. the namespace selector).
     InvalidSpec(String),
+    /// The source's type is one the controller refuses to copy (copies were removed).
+    SourceTypeUnsupported(String),
 }
 
 /// Builds the status from the outcomes, keeping condition transition times from `old`.
@@ -69,6 +71,7 @@ pub fn build(
     let (ready, reason, message): (bool, &str, String) = match blocked {
         Some(Blocked::SourceNotFound(m)) => (false, "SourceNotFound", m.clone()),
         Some(Blocked::InvalidSpec(m)) => (false, "InvalidSpec", m.clone()),
+        Some(Blocked::SourceTypeUnsupported(m)) => (false, "SourceTypeUnsupported", m.clone()),
         None if conflicts > 0 => (
             false,
             "Conflict",
@@ -219,6 +222,17 @@ mod tests {
                 "0/0",
                 "False",
                 "SourceNotFound",
+                true,
+            ),
+            (
+                "source of a type not copied",
+                Some(Blocked::SourceTypeUnsupported(
+                    "Secret certs/token is of type kubernetes.io/service-account-token".into(),
+                )),
+                vec![],
+                "0/0",
+                "False",
+                "SourceTypeUnsupported",
                 true,
             ),
             ("no targets", None, vec![], "0/0", "True", "Synced", false),
