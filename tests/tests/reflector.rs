@@ -8,8 +8,8 @@ use common::crd::SecretReflector;
 use e2e::{
     TestEnv,
     cluster::TestNamespace,
-    controller::ControllerProcess,
-    events::{events_for, wait_event},
+    controller::{ControllerProcess, parse_sample},
+    events::{events_for, events_of, wait_event},
     test_env, wait,
 };
 use k8s_openapi::{
@@ -231,12 +231,68 @@ fn state(ns: &str, state: &str) -> String {
     format!("{ns}={state}")
 }
 
+/// Asserts that none of `values` (Secret data the test wrote), raw or base64-encoded as in a
+/// serialized Secret, appears in the status of SecretReflector `ns/name`, the Events about it, the
+/// controller's log or its /metrics.
+async fn assert_no_leak(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    controller: &ControllerProcess,
+    values: &[&str],
+) {
+    let status =
+        serde_json::to_string(&get_reflector(client, ns, name).await.and_then(|r| r.status))
+            .unwrap();
+    let events = format!("{:?}", events_of(client, ns, name).await);
+    let logs = controller.logs();
+    let (_, metrics) = controller.get("/metrics").await.unwrap();
+    for value in values {
+        let encoded = serde_json::to_string(&ByteString(value.as_bytes().to_vec())).unwrap();
+        let encoded = encoded.trim_matches('"');
+        for (what, text) in [
+            ("status", &status),
+            ("Events", &events),
+            ("log", &logs),
+            ("/metrics", &metrics),
+        ] {
+            assert!(
+                !text.contains(value) && !text.contains(encoded),
+                "{what} of {ns}/{name} leaks Secret data {value:?}:\n{text}"
+            );
+        }
+    }
+}
+
+/// The value of `pack_operator_<sample>` on the controller's /metrics (0 when absent).
+async fn metric(controller: &ControllerProcess, sample: &str) -> f64 {
+    let (_, body) = controller.get("/metrics").await.unwrap();
+    parse_sample(&body, &format!("pack_operator_{sample}")).unwrap_or(0.0)
+}
+
+async fn wait_metric(controller: &ControllerProcess, sample: &str, want: f64) {
+    wait::until(&format!("{sample} = {want}"), WAIT, POLL, || async {
+        match metric(controller, sample).await {
+            v if v == want => Ok(Some(())),
+            v => Err(v),
+        }
+    })
+    .await
+}
+
+fn uid(s: &Secret) -> String {
+    s.metadata.uid.clone().unwrap_or_default()
+}
+
 #[tokio::test]
 async fn copies_follow_names_selector_new_namespaces_and_source_changes() {
     let env = test_env();
     let client = env.client().await;
     let src = env.namespace("refl-src").await;
     let group = src.name.as_str();
+    // The selector also selects the source's own namespace, where the copy would be the source
+    // itself: skipped quietly (not listed, no Conflict).
+    label_namespace(&client, &src.name, &[("e2e-reflect", group)]).await;
     let named = namespace(&env, "refl-named", &[]).await;
     let selected = namespace(&env, "refl-sel", &[("e2e-reflect", group)]).await;
     let _controller = start_controller(&env, &src.name, &[]);
@@ -556,6 +612,18 @@ async fn a_foreign_secret_is_a_conflict_and_stays_untouched() {
     let src = env.namespace("refl-conf").await;
     let taken = namespace(&env, "refl-conf-taken", &[]).await;
     let free = namespace(&env, "refl-conf-free", &[]).await;
+    // A Secret elsewhere that forged our label (no reflector annotation): never counted as a copy.
+    let forged = namespace(&env, "refl-conf-forged", &[]).await;
+    create_secret(
+        &client,
+        &forged.name,
+        "forged",
+        json!({
+            "metadata": { "labels": { MANAGED_LABEL: src.name } },
+            "stringData": { "password": "hunter2" }
+        }),
+    )
+    .await;
     let foreign = create_secret(
         &client,
         &taken.name,
@@ -563,8 +631,10 @@ async fn a_foreign_secret_is_a_conflict_and_stays_untouched() {
         json!({ "type": "Opaque", "stringData": { "password": "hunter2" } }),
     )
     .await;
-    let _controller = start_controller(&env, &src.name, &[]);
-    source(&client, &src.name, "tls", "v1").await;
+    let controller = start_controller(&env, &src.name, &[]);
+    // Values no log line or metric would contain by chance, to look for leaks.
+    let (v1, v2) = ("crt-one-4f1c9", "crt-two-4f1c9");
+    source(&client, &src.name, "tls", v1).await;
     reflector(
         &client,
         &src.name,
@@ -575,7 +645,7 @@ async fn a_foreign_secret_is_a_conflict_and_stays_untouched() {
         }),
     )
     .await;
-    wait_copy(&client, &free.name, "tls", "v1").await;
+    wait_copy(&client, &free.name, "tls", v1).await;
     let r = wait_status(
         &client,
         &src.name,
@@ -596,10 +666,12 @@ async fn a_foreign_secret_is_a_conflict_and_stays_untouched() {
     assert!(message.contains("not managed"), "{message}");
     let note = wait_event(&client, &src.name, "wildcard", "Conflict", "").await;
     assert!(note.contains(&taken.name), "{note}");
+    wait_metric(&controller, "reflector_conflicts", 1.0).await;
+    wait_metric(&controller, "reflector_copies_managed", 1.0).await;
 
     // A source change proceeds elsewhere; the foreign Secret stays byte for byte.
-    set_source(&client, &src.name, "tls", "v2").await;
-    wait_copy(&client, &free.name, "tls", "v2").await;
+    set_source(&client, &src.name, "tls", v2).await;
+    wait_copy(&client, &free.name, "tls", v2).await;
     wait::holds(
         "the foreign Secret unchanged",
         Duration::from_secs(3),
@@ -616,6 +688,16 @@ async fn a_foreign_secret_is_a_conflict_and_stays_untouched() {
         },
     )
     .await;
+    // Neither the foreign Secret's data nor the source's reaches status, Events (the Conflict one
+    // included), the log or the metrics.
+    assert_no_leak(
+        &client,
+        &src.name,
+        "wildcard",
+        &controller,
+        &["hunter2", v1, v2],
+    )
+    .await;
     // Deleting the reflector does not delete the foreign Secret either.
     Api::<SecretReflector>::namespaced(client.clone(), &src.name)
         .delete("wildcard", &DeleteParams::default())
@@ -628,6 +710,9 @@ async fn a_foreign_secret_is_a_conflict_and_stays_untouched() {
         foreign.metadata.resource_version
     );
     assert_eq!(now.data, Some(data(&[("password", "hunter2")])));
+    // The conflicts gauge forgets a reflector that is gone.
+    wait_metric(&controller, "reflector_conflicts", 0.0).await;
+    wait_metric(&controller, "reflector_copies_managed", 0.0).await;
 }
 
 #[tokio::test]
@@ -636,7 +721,7 @@ async fn hand_edits_are_restored_and_deleted_copies_recreated() {
     let client = env.client().await;
     let src = env.namespace("refl-drift").await;
     let target = namespace(&env, "refl-drift-t", &[]).await;
-    let _controller = start_controller(&env, &src.name, &[]);
+    let controller = start_controller(&env, &src.name, &[]);
     source(&client, &src.name, "tls", "v1").await;
     reflector(
         &client,
@@ -664,6 +749,97 @@ async fn hand_edits_are_restored_and_deleted_copies_recreated() {
     assert!(
         !restored.data.unwrap_or_default().contains_key("extra"),
         "keys added by hand are removed"
+    );
+
+    // Labels and annotations another tool (e.g. a mutating webhook) adds are left alone: no fight,
+    // not even a write that changes nothing.
+    let updated = "reflections_total{result=\"updated\"}";
+    wait_metric(&controller, updated, 1.0).await; // the data restored above
+    let tagged = copies
+        .patch(
+            "copied-tls",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": {
+                "labels": { "webhook.example/injected": "yes" },
+                "annotations": { "policy.example/checked": "yes" }
+            } })),
+        )
+        .await
+        .unwrap();
+    wait::holds(
+        "a label and an annotation of another tool stay, the copy is not rewritten",
+        Duration::from_secs(3),
+        POLL,
+        || async {
+            let now = get_secret(&client, &target.name, "copied-tls").await;
+            match now {
+                Some(s) if s.metadata.resource_version == tagged.metadata.resource_version => {
+                    Ok(())
+                }
+                other => Err(other.map(|s| s.metadata)),
+            }
+        },
+    )
+    .await;
+    assert_eq!(metric(&controller, updated).await, 1.0, "no write");
+    // A copied label edited by hand is restored; the other tool's keys survive our update.
+    copies
+        .patch(
+            "copied-tls",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": { "team": "edited" } } })),
+        )
+        .await
+        .unwrap();
+    let restored = wait::until("label team restored", WAIT, POLL, || async {
+        let s = get_secret(&client, &target.name, "copied-tls")
+            .await
+            .unwrap();
+        let labels = s.metadata.labels.clone().unwrap_or_default();
+        match labels.get("team").map(String::as_str) {
+            Some("web") => Ok(Some(s)),
+            other => Err(other.map(str::to_owned)),
+        }
+    })
+    .await;
+    let labels = restored.metadata.labels.unwrap_or_default();
+    let annotations = restored.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        labels.get("webhook.example/injected").map(String::as_str),
+        Some("yes"),
+        "{labels:?}"
+    );
+    assert_eq!(
+        annotations
+            .get("policy.example/checked")
+            .map(String::as_str),
+        Some("yes"),
+        "{annotations:?}"
+    );
+    // A label the source drops is removed from the copy (it was ours); the other tool's stays.
+    Api::<Secret>::namespaced(client.clone(), &src.name)
+        .patch(
+            "tls",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": { "team": null } } })),
+        )
+        .await
+        .unwrap();
+    let dropped = wait::until("label team removed", WAIT, POLL, || async {
+        let s = get_secret(&client, &target.name, "copied-tls")
+            .await
+            .unwrap();
+        let labels = s.metadata.labels.clone().unwrap_or_default();
+        match labels.get("team") {
+            None => Ok(Some(labels)),
+            Some(v) => Err(v.clone()),
+        }
+    })
+    .await;
+    assert_eq!(
+        dropped.get("webhook.example/injected").map(String::as_str),
+        Some("yes"),
+        "{dropped:?}"
     );
 
     copies
@@ -731,9 +907,10 @@ async fn two_reflectors_on_one_target_one_wins() {
     let client = env.client().await;
     let src = env.namespace("refl-two").await;
     let target = namespace(&env, "refl-two-t", &[]).await;
-    let _controller = start_controller(&env, &src.name, &[]);
-    source(&client, &src.name, "first", "one").await;
-    source(&client, &src.name, "second", "two").await;
+    let controller = start_controller(&env, &src.name, &[]);
+    let (one, two) = ("first-value-9d2e", "second-value-9d2e");
+    source(&client, &src.name, "first", one).await;
+    source(&client, &src.name, "second", two).await;
     let spec = |source: &str| {
         json!({
             "source": { "name": source },
@@ -742,8 +919,8 @@ async fn two_reflectors_on_one_target_one_wins() {
         })
     };
     reflector(&client, &src.name, "first", spec("first")).await;
-    // The first holds the target before the second exists: it keeps it.
-    wait_copy(&client, &target.name, "shared", "one").await;
+    // The first is the older (or, created in the same second, first by name): it wins.
+    wait_copy(&client, &target.name, "shared", one).await;
     reflector(&client, &src.name, "second", spec("second")).await;
     wait_status(
         &client,
@@ -765,26 +942,47 @@ async fn two_reflectors_on_one_target_one_wins() {
     .await;
     let note = wait_event(&client, &src.name, "second", "Conflict", "").await;
     assert!(note.contains(&format!("{}/first", src.name)), "{note}");
-    wait::holds(
-        "the winner's copy stays",
-        Duration::from_secs(2),
-        POLL,
-        || async {
-            let s = get_secret(&client, &target.name, "shared").await;
-            match s.as_ref().map(value_of).as_deref() {
-                Some("one") => Ok(()),
-                other => Err(other.map(str::to_owned)),
-            }
-        },
+    let winner_holds = |what: &'static str| {
+        let (client, target) = (client.clone(), target.name.clone());
+        async move {
+            wait::holds(what, Duration::from_secs(2), POLL, || async {
+                let s = get_secret(&client, &target, "shared").await;
+                match s.as_ref().map(value_of).as_deref() {
+                    Some(v) if v == one => Ok(()),
+                    other => Err(other.map(str::to_owned)),
+                }
+            })
+            .await
+        }
+    };
+    winner_holds("the winner's copy stays").await;
+
+    // Deleted by hand, both reflectors are woken; the same (older) one wins again.
+    Api::<Secret>::namespaced(client.clone(), &target.name)
+        .delete("shared", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_copy(&client, &target.name, "shared", one).await;
+    winner_holds("the winner's recreated copy stays").await;
+    wait_status(
+        &client,
+        &src.name,
+        "second",
+        &[state(&target.name, "Conflict")],
+        "0/1",
+        "False/Conflict",
     )
     .await;
+    for name in ["first", "second"] {
+        assert_no_leak(&client, &src.name, name, &controller, &[one, two]).await;
+    }
 
     // When the winner goes, the other one takes the target.
     Api::<SecretReflector>::namespaced(client.clone(), &src.name)
         .delete("first", &DeleteParams::default())
         .await
         .unwrap();
-    wait_copy(&client, &target.name, "shared", "two").await;
+    wait_copy(&client, &target.name, "shared", two).await;
     wait_status(
         &client,
         &src.name,
@@ -792,6 +990,81 @@ async fn two_reflectors_on_one_target_one_wins() {
         &[state(&target.name, "Synced")],
         "1/1",
         "True/Synced",
+    )
+    .await;
+}
+
+/// A younger reflector holds a target; an older one starts claiming it: the older one takes the copy
+/// over in place (same Secret, no moment without a copy) and the younger one reports the Conflict.
+#[tokio::test]
+async fn an_older_reflector_takes_a_target_over_from_a_younger_one() {
+    let env = test_env();
+    let client = env.client().await;
+    let src = env.namespace("refl-over").await;
+    let target = namespace(&env, "refl-over-t", &[]).await;
+    let elsewhere = namespace(&env, "refl-over-e", &[]).await;
+    let _controller = start_controller(&env, &src.name, &[]);
+    source(&client, &src.name, "older", "older-v").await;
+    source(&client, &src.name, "younger", "younger-v").await;
+    let spec = |source: &str, ns: &str| {
+        json!({
+            "source": { "name": source },
+            "targets": { "namespaces": [ns] },
+            "targetName": "shared"
+        })
+    };
+    reflector(&client, &src.name, "older", spec("older", &elsewhere.name)).await;
+    wait_copy(&client, &elsewhere.name, "shared", "older-v").await;
+    reflector(&client, &src.name, "younger", spec("younger", &target.name)).await;
+    let held = wait_copy(&client, &target.name, "shared", "younger-v").await;
+
+    Api::<SecretReflector>::namespaced(client.clone(), &src.name)
+        .patch(
+            "older",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "targets": { "namespaces": [target.name] } } })),
+        )
+        .await
+        .unwrap();
+    let taken = wait_copy(&client, &target.name, "shared", "older-v").await;
+    assert_eq!(
+        uid(&taken),
+        uid(&held),
+        "taken over in place, not recreated"
+    );
+    assert_eq!(
+        taken
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get(REFLECTOR_ANNOTATION),
+        Some(&format!("{}/older", src.name))
+    );
+    wait_absent(&client, &elsewhere.name, "shared").await;
+    wait_status(
+        &client,
+        &src.name,
+        "younger",
+        &[state(&target.name, "Conflict")],
+        "0/1",
+        "False/Conflict",
+    )
+    .await;
+    wait_status(
+        &client,
+        &src.name,
+        "older",
+        &[state(&target.name, "Synced")],
+        "1/1",
+        "True/Synced",
+    )
+    .await;
+    wait_event(
+        &client,
+        &src.name,
+        "younger",
+        "Conflict",
+        &format!("{}/older", src.name),
     )
     .await;
 }
@@ -1057,4 +1330,219 @@ async fn terminating_namespaces_are_skipped_quietly() {
         )
         .await
         .unwrap();
+}
+
+/// A ServiceAccount token Secret is refused as a source: Kubernetes' token controller would delete or
+/// rewrite every copy and the reflector recreate it, forever. (This control plane runs no token
+/// controller, so the Secret stays as created.)
+#[tokio::test]
+async fn service_account_token_sources_are_refused() {
+    let env = test_env();
+    let client = env.client().await;
+    let src = env.namespace("refl-sat").await;
+    let target = namespace(&env, "refl-sat-t", &[]).await;
+    let controller = start_controller(&env, &src.name, &[]);
+    let token = "sa-token-7c1d0";
+    create_secret(
+        &client,
+        &src.name,
+        "token",
+        json!({
+            "metadata": { "annotations": { "kubernetes.io/service-account.name": "default" } },
+            "type": "kubernetes.io/service-account-token",
+            "stringData": { "token": token }
+        }),
+    )
+    .await;
+    reflector(
+        &client,
+        &src.name,
+        "token",
+        json!({ "source": { "name": "token" }, "targets": { "namespaces": [target.name] } }),
+    )
+    .await;
+    let r = wait_status(
+        &client,
+        &src.name,
+        "token",
+        &[],
+        "0/0",
+        "False/SourceTypeUnsupported",
+    )
+    .await;
+    let conditions = r.status.unwrap_or_default().conditions;
+    let ready = conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(
+        ready
+            .message
+            .contains("kubernetes.io/service-account-token")
+            && ready.message.contains("TokenRequest"),
+        "says why and what to do instead: {}",
+        ready.message
+    );
+    let stalled = conditions.iter().find(|c| c.type_ == "Stalled");
+    assert_eq!(
+        stalled.map(|c| (c.status.as_str(), c.reason.as_str())),
+        Some(("True", "SourceTypeUnsupported")),
+        "{conditions:?}"
+    );
+    wait_event(
+        &client,
+        &src.name,
+        "token",
+        "SourceTypeUnsupported",
+        "service-account-token",
+    )
+    .await;
+    wait::holds(
+        "no copy of the token",
+        Duration::from_secs(2),
+        POLL,
+        || async {
+            match get_secret(&client, &target.name, "token").await {
+                None => Ok(()),
+                Some(s) => Err(s.metadata),
+            }
+        },
+    )
+    .await;
+    assert_no_leak(&client, &src.name, "token", &controller, &[token]).await;
+}
+
+/// What copy.rs decides for immutable copies and type changes, each through its replace path
+/// (delete + create). The controller is stopped while the source is recreated, so that it meets the
+/// old copy and the new source (running, it would see the source gone and remove the copy first).
+#[tokio::test]
+async fn immutable_and_type_changes_replace_the_copies() {
+    let env = test_env();
+    let client = env.client().await;
+    let src = env.namespace("refl-imm").await;
+    let target = namespace(&env, "refl-imm-t", &[]).await;
+    let body = |type_: &str, immutable: bool, value: &str| {
+        json!({
+            "type": type_,
+            "immutable": immutable,
+            "stringData": { "tls.crt": value, "tls.key": format!("key-{value}") }
+        })
+    };
+    let (one, two, three) = ("imm-one-b7e2", "imm-two-b7e2", "imm-three-b7e2");
+    let sources = Api::<Secret>::namespaced(client.clone(), &src.name);
+    let recreate_source = |body: serde_json::Value| {
+        let (client, sources, ns) = (client.clone(), sources.clone(), src.name.clone());
+        async move {
+            sources
+                .delete("tls", &DeleteParams::default())
+                .await
+                .unwrap();
+            wait_absent(&client, &ns, "tls").await;
+            create_secret(&client, &ns, "tls", body).await;
+        }
+    };
+    let controller = start_controller(&env, &src.name, &[]);
+    create_secret(&client, &src.name, "tls", body("Opaque", false, one)).await;
+    reflector(
+        &client,
+        &src.name,
+        "wildcard",
+        json!({ "source": { "name": "tls" }, "targets": { "namespaces": [target.name] } }),
+    )
+    .await;
+    let first = wait_copy(&client, &target.name, "tls", one).await;
+    assert_eq!(first.immutable, None);
+
+    // The source is made immutable: the copy is made immutable in place (same Secret).
+    sources
+        .patch(
+            "tls",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "immutable": true })),
+        )
+        .await
+        .unwrap();
+    let frozen = wait::until("the copy immutable", WAIT, POLL, || async {
+        match get_secret(&client, &target.name, "tls").await {
+            Some(s) if s.immutable == Some(true) => Ok(Some(s)),
+            other => Err(other.map(|s| s.immutable)),
+        }
+    })
+    .await;
+    assert_eq!(uid(&frozen), uid(&first), "made immutable in place");
+
+    // An immutable source cannot change its data; recreated (still immutable) with new data, the
+    // immutable copy is replaced: a new Secret, immutable, with the new data.
+    drop(controller);
+    recreate_source(body("Opaque", true, two)).await;
+    let controller = start_controller(&env, &src.name, &[]);
+    let replaced = wait_copy(&client, &target.name, "tls", two).await;
+    assert_ne!(uid(&replaced), uid(&first), "replaced, not updated");
+    assert_eq!(replaced.immutable, Some(true));
+    wait_metric(&controller, "reflections_total{result=\"replaced\"}", 1.0).await;
+    assert_no_leak(&client, &src.name, "wildcard", &controller, &[one, two]).await;
+
+    // Recreated with another type (and mutable): replaced again, with the new type.
+    drop(controller);
+    recreate_source(body("kubernetes.io/tls", false, three)).await;
+    let controller = start_controller(&env, &src.name, &[]);
+    let retyped = wait_copy(&client, &target.name, "tls", three).await;
+    assert_ne!(uid(&retyped), uid(&replaced), "replaced, not updated");
+    assert_eq!(retyped.type_.as_deref(), Some("kubernetes.io/tls"));
+    assert_eq!(retyped.immutable, None);
+    wait_metric(&controller, "reflections_total{result=\"replaced\"}", 1.0).await;
+    wait_status(
+        &client,
+        &src.name,
+        "wildcard",
+        &[state(&target.name, "Synced")],
+        "1/1",
+        "True/Synced",
+    )
+    .await;
+    assert_no_leak(&client, &src.name, "wildcard", &controller, &[two, three]).await;
+}
+
+/// A copy may be the source of a SecretReflector in its own namespace, handled by another controller
+/// (each runs with `--namespace`): a change of the first source travels down the chain from the
+/// watches, long before the resync.
+#[tokio::test]
+async fn a_copy_can_be_the_source_of_another_reflector() {
+    let env = test_env();
+    let client = env.client().await;
+    let first = env.namespace("refl-chain-a").await;
+    let second = env.namespace("refl-chain-b").await;
+    let last = namespace(&env, "refl-chain-c", &[]).await;
+    let _first_controller = start_controller(&env, &first.name, &[]);
+    let _second_controller = start_controller(&env, &second.name, &[]);
+    source(&client, &first.name, "tls", "chain-v1").await;
+    reflector(
+        &client,
+        &first.name,
+        "onward",
+        json!({ "source": { "name": "tls" }, "targets": { "namespaces": [second.name] } }),
+    )
+    .await;
+    reflector(
+        &client,
+        &second.name,
+        "onward",
+        json!({ "source": { "name": "tls" }, "targets": { "namespaces": [last.name] } }),
+    )
+    .await;
+    wait_copy(&client, &last.name, "tls", "chain-v1").await;
+
+    set_source(&client, &first.name, "tls", "chain-v2").await;
+    wait_copy(&client, &second.name, "tls", "chain-v2").await;
+    let end = wait_copy(&client, &last.name, "tls", "chain-v2").await;
+    let annotations = end.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        annotations.get(REFLECTOR_ANNOTATION),
+        Some(&format!("{}/onward", second.name))
+    );
+    assert_eq!(
+        annotations.get("pack-operator.k8s.kubit.ir/reflected-from"),
+        Some(&format!("{}/tls", second.name))
+    );
+    assert_eq!(
+        end.metadata.labels.unwrap_or_default().get(MANAGED_LABEL),
+        Some(&second.name)
+    );
 }
