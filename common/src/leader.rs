@@ -256,15 +256,19 @@ impl LeaderElector {
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
             if Instant::now() >= deadline {
-                warn!(grace = ?grace, "controller did not stop within the shutdown grace, aborting it");
+                if renewing {
+                    warn!(grace = ?grace, "controller did not stop within the shutdown grace, aborting it");
+                } else {
+                    warn!("controller did not stop before the Lease could expire, aborting it");
+                }
                 abort(task).await;
                 return;
             }
             if !renewing {
                 continue;
             }
-            let remaining = (last_renew + self.timing.renew_deadline)
-                .saturating_duration_since(Instant::now());
+            let remaining =
+                (last_renew + self.timing.renew_deadline).saturating_duration_since(Instant::now());
             let sent = Instant::now();
             let renewed = match tokio::time::timeout(remaining, self.try_acquire_or_renew()).await {
                 Ok(Ok(true)) => true,
@@ -372,13 +376,13 @@ impl LeaderElector {
 
     /// Gives the Lease up (if we still hold it) so a standby can take it at once.
     async fn release(&mut self) {
-        let result: Result<(), Error> = async {
+        let result: Result<bool, Error> = async {
             let Some(mut lease) = self.api.get_opt(&self.lease_name).await? else {
-                return Ok(());
+                return Ok(false);
             };
             let spec = lease.spec.get_or_insert_with(Default::default);
             if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
-                return Ok(());
+                return Ok(false);
             }
             let now = MicroTime(Timestamp::now());
             spec.holder_identity = None;
@@ -388,11 +392,14 @@ impl LeaderElector {
             self.api
                 .replace(&self.lease_name, &PostParams::default(), &lease)
                 .await?;
-            Ok(())
+            Ok(true)
         }
         .await;
         match result {
-            Ok(()) => info!(lease = %self.lease_name, "released the leader-election Lease"),
+            Ok(true) => info!(lease = %self.lease_name, "released the leader-election Lease"),
+            Ok(false) => {
+                info!(lease = %self.lease_name, "the Lease is no longer ours; nothing to release")
+            }
             Err(e) => {
                 warn!(error = %e, "could not release the Lease; a standby takes over when it expires")
             }

@@ -125,16 +125,22 @@ pub fn publish(dir: &Path, version: &str) {
     helm(&["repo", "index", d], dir.parent().unwrap());
 }
 
+/// The work directory [`start_pack_controller`] gives the controller `identity` of namespace `ns`.
+pub fn pack_work_dir(ns: &str, identity: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("pack-operator-e2e-work-{ns}-{identity}"))
+}
+
 /// Starts pack-controller for Packs of namespace `ns` only, with the pinned helm, a work directory of its
-/// own, and `extra` flags.
+/// own ([`pack_work_dir`]), and `extra` flags; an `extra` `--flag=value` replaces the default of that
+/// flag (e.g. `--log-level=debug`, `--helm-binary=...`).
 pub fn start_pack_controller(
     env: &TestEnv,
     ns: &str,
     identity: &str,
     extra: &[&str],
 ) -> ControllerProcess {
-    let work = std::env::temp_dir().join(format!("pack-operator-e2e-work-{ns}-{identity}"));
-    let mut args = vec![
+    let work = pack_work_dir(ns, identity);
+    let defaults = [
         format!("--namespace={ns}"),
         format!("--lease-namespace={ns}"),
         "--lease-name=pack".to_owned(),
@@ -145,6 +151,12 @@ pub fn start_pack_controller(
         format!("--helm-binary={}", tool("helm").expect("helm").display()),
         format!("--work-dir={}", work.display()),
     ];
+    let flag = |arg: &str| arg.split('=').next().unwrap_or(arg).to_owned();
+    let overridden: Vec<String> = extra.iter().map(|a| flag(a)).collect();
+    let mut args: Vec<String> = defaults
+        .into_iter()
+        .filter(|d| !overridden.contains(&flag(d)))
+        .collect();
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ControllerProcess::start(env, "pack-controller", identity, &args)
@@ -235,7 +247,10 @@ pub async fn apiserver_requests(
     Ok(apiserver_requests_in(&body, resources))
 }
 
-fn apiserver_requests_in(body: &str, resources: &[&str]) -> std::collections::BTreeMap<String, f64> {
+fn apiserver_requests_in(
+    body: &str,
+    resources: &[&str],
+) -> std::collections::BTreeMap<String, f64> {
     let mut out = std::collections::BTreeMap::new();
     for line in body.lines() {
         let Some(rest) = line.strip_prefix("apiserver_request_total{") else {

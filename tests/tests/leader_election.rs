@@ -376,3 +376,303 @@ async fn leader_that_cannot_renew_stops_before_its_lease_expires() {
         valid_until.duration_since(now)
     );
 }
+
+/// pack-controller's Lease timing in [`start_pack_controller`].
+const PACK_LEASE: Duration = Duration::from_secs(3);
+
+/// A stand-in for helm that takes `after_term` to end after SIGTERM (as a Helm waiting for a hook to
+/// wind down may) and records in `<dir>/helm.log` when it started (with its pid), got SIGTERM, and
+/// exited by itself.
+fn slow_helm(
+    dir: &std::path::Path,
+    after_term: Duration,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir).unwrap();
+    let log = dir.join("helm.log");
+    let script = dir.join("helm");
+    let secs = after_term.as_secs();
+    let log_s = log.display();
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             echo \"started $$\" >> '{log_s}'\n\
+             trap 'echo term >> \"{log_s}\"; sleep {secs}; echo exit >> \"{log_s}\"; kill $child 2>/dev/null; exit 1' TERM\n\
+             sleep 60 &\n\
+             child=$!\n\
+             wait $child\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, log)
+}
+
+/// A repository of the test chart, a Pack of it, and pack-controller `identity` with the slow helm.
+struct SlowHelmFixture {
+    env: e2e::TestEnv,
+    ns: e2e::cluster::TestNamespace,
+    client: kube::Client,
+    server: e2e::packs::ChartServer,
+    _guard: e2e::packs::RepositoriesGuard,
+    helm: std::path::PathBuf,
+    helm_log: std::path::PathBuf,
+}
+
+async fn slow_helm_fixture(prefix: &str, after_term: Duration) -> SlowHelmFixture {
+    let env = test_env();
+    let ns = env.namespace(prefix).await;
+    let client = env.client().await;
+    let server = e2e::packs::ChartServer::with_versions(&ns.name, &["0.1.0"]).await;
+    let repo = format!("{}-repo", ns.name);
+    let guard = e2e::packs::RepositoriesGuard {
+        client: client.clone(),
+        names: vec![repo.clone()],
+    };
+    e2e::packs::create_repository(&client, &repo, &server.url).await;
+    let (helm, helm_log) = slow_helm(&server.dir.parent().unwrap().join("fake-helm"), after_term);
+    let pack: common::crd::Pack = serde_json::from_value(serde_json::json!({
+        "apiVersion": "k8s.kubit.ir/v1alpha1",
+        "kind": "Pack",
+        "metadata": {"name": "slow"},
+        "spec": {"chart": {
+            "repository": {"kind": "ClusterPackRepository", "name": repo},
+            "name": "genpack",
+        }},
+    }))
+    .unwrap();
+    Api::<common::crd::Pack>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &pack)
+        .await
+        .unwrap();
+    SlowHelmFixture {
+        env,
+        ns,
+        client,
+        server,
+        _guard: guard,
+        helm,
+        helm_log,
+    }
+}
+
+impl SlowHelmFixture {
+    fn start(&self, identity: &str, extra: &[&str]) -> ControllerProcess {
+        let helm = format!("--helm-binary={}", self.helm.display());
+        let mut args = vec![helm.as_str()];
+        args.extend_from_slice(extra);
+        e2e::packs::start_pack_controller(&self.env, &self.ns.name, identity, &args)
+    }
+
+    fn helm_log(&self) -> String {
+        std::fs::read_to_string(&self.helm_log).unwrap_or_default()
+    }
+
+    /// Waits until the slow helm runs (for the Pack); its pid.
+    async fn helm_started(&self, controller: &ControllerProcess) -> i32 {
+        wait::until(
+            "the slow helm runs",
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || async {
+                let log = self.helm_log();
+                match log.lines().find_map(|l| l.strip_prefix("started ")) {
+                    Some(pid) => Ok(Some(pid.trim().parse::<i32>().unwrap())),
+                    None => Err(format!(
+                        "helm log {log:?}; controller log:\n{}",
+                        controller.logs()
+                    )),
+                }
+            },
+        )
+        .await
+    }
+
+    fn leases(&self) -> Api<Lease> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+}
+
+/// Whether process `pid` still runs (a zombie does not count).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_keeps_the_lease_renewed_while_helm_winds_down_then_hands_over() {
+    // Helm takes more than twice the lease duration to end after SIGTERM: without renewals the Lease
+    // would expire and the standby start while the old leader's Helm still runs.
+    let after_term = 2 * PACK_LEASE + Duration::from_secs(1);
+    let f = slow_helm_fixture("le-grace", after_term).await;
+    let mut a = f.start("grace-a", &[]);
+    wait_single_leader(&[&a], Duration::from_secs(30)).await;
+    let helm_pid = f.helm_started(&a).await;
+    let b = f.start("grace-b", &[]);
+    wait_single_leader(&[&a, &b], Duration::from_secs(30)).await;
+    let leases = f.leases();
+    let before = leases.get("pack").await.unwrap().spec.unwrap();
+    assert_eq!(before.holder_identity.as_deref(), Some("grace-a"));
+
+    a.terminate();
+    let sent = Instant::now();
+    // While helm winds down the old leader (its HTTP server already stopped) still holds and renews the
+    // Lease; the standby stays a standby.
+    wait::holds(
+        "the old leader holds the Lease while its helm ends",
+        after_term - Duration::from_secs(1),
+        Duration::from_millis(100),
+        || async {
+            let holder = holder(&leases, "pack").await;
+            let standby = leader_flag(&b).await;
+            if holder.as_deref() == Some("grace-a") && standby == Some(0.0) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "holder {holder:?}, standby's leader flag {standby:?}\n{}",
+                    a.logs()
+                ))
+            }
+        },
+    )
+    .await;
+    assert!(
+        a.wait_exit(Duration::ZERO).await.is_none(),
+        "the old leader still runs"
+    );
+    let during = leases.get("pack").await.unwrap().spec.unwrap();
+    let renewed_for = during
+        .renew_time
+        .unwrap()
+        .0
+        .duration_since(before.renew_time.unwrap().0);
+    assert!(
+        renewed_for
+            >= k8s_openapi::jiff::SignedDuration::try_from(PACK_LEASE + Duration::from_secs(1))
+                .unwrap(),
+        "the Lease was renewed until {renewed_for:?} after its last renewal before SIGTERM; without renewals it would have expired {PACK_LEASE:?} after it"
+    );
+    assert!(
+        running(helm_pid) || f.helm_log().contains("exit"),
+        "helm was not killed"
+    );
+
+    // Helm ends by itself (SIGTERM, not SIGKILL), the old leader exits 0 having released the Lease, and
+    // the standby takes over at once.
+    let status = a
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("the old leader exits");
+    let exited = sent.elapsed();
+    assert!(status.success(), "exit {status}; logs:\n{}", a.logs());
+    let log = f.helm_log();
+    assert!(
+        log.contains("term") && log.contains("exit"),
+        "helm got SIGTERM and ended by itself: {log:?}"
+    );
+    assert!(
+        exited >= after_term,
+        "the leader exited {exited:?} after SIGTERM, before its helm ended ({after_term:?})"
+    );
+    assert!(
+        a.logs().contains("released the leader-election Lease"),
+        "logs:\n{}",
+        a.logs()
+    );
+    wait::until(
+        "the standby takes over",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || async {
+            match leader_flag(&b).await {
+                Some(1.0) => Ok(Some(())),
+                other => Err(other),
+            }
+        },
+    )
+    .await;
+    let took_over = sent.elapsed() - exited;
+    let after = leases.get("pack").await.unwrap().spec.unwrap();
+    assert_eq!(after.holder_identity.as_deref(), Some("grace-b"));
+    assert_eq!(
+        after.lease_transitions,
+        Some(before.lease_transitions.unwrap_or(0) + 1)
+    );
+    eprintln!(
+        "SIGTERM with a slow helm: old leader exited after {exited:?}, standby led {took_over:?} later"
+    );
+    drop(b);
+    drop(f.server);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_with_a_lease_taken_meanwhile_stops_before_it_could_expire() {
+    // Helm would take 30 s and the grace allows 60 s, but the Lease cannot be kept: the leader must stop
+    // (killing helm) within the lease duration of its last renewal.
+    let f = slow_helm_fixture("le-grace-lost", Duration::from_secs(30)).await;
+    let mut a = f.start("grace-c", &["--shutdown-grace=60s"]);
+    wait_single_leader(&[&a], Duration::from_secs(30)).await;
+    let helm_pid = f.helm_started(&a).await;
+    a.terminate();
+    // A renewal or two during the drain, then another party takes the Lease.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        a.wait_exit(Duration::ZERO).await.is_none(),
+        "still winding down"
+    );
+    let leases = f.leases();
+    let mut lease = leases.get("pack").await.unwrap();
+    let spec = lease.spec.as_mut().unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("grace-c"));
+    spec.holder_identity = Some("someone-else".into());
+    spec.lease_duration_seconds = Some(3600);
+    leases
+        .replace("pack", &PostParams::default(), &lease)
+        .await
+        .unwrap();
+    let taken = Instant::now();
+    let status = a
+        .wait_exit(PACK_LEASE + Duration::from_secs(3))
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "the leader did not stop after losing the Lease; logs:\n{}",
+                a.logs()
+            )
+        });
+    let took = taken.elapsed();
+    assert!(status.success(), "exit {status}; logs:\n{}", a.logs());
+    assert!(
+        took <= PACK_LEASE + Duration::from_millis(500),
+        "stopped {took:?} after the Lease was taken; its last renewal was before that, so it had at most {PACK_LEASE:?}"
+    );
+    assert!(
+        a.logs().contains("cannot keep the Lease while stopping"),
+        "logs:\n{}",
+        a.logs()
+    );
+    // Helm was killed with the controller, not left to end by itself.
+    let log = f.helm_log();
+    assert!(log.contains("term") && !log.contains("exit"), "{log:?}");
+    wait::until(
+        "helm gone",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || async {
+            if running(helm_pid) {
+                Err(helm_pid)
+            } else {
+                Ok(Some(()))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        holder(&leases, "pack").await.as_deref(),
+        Some("someone-else")
+    );
+    drop(f.server);
+}
