@@ -267,6 +267,10 @@ async fn install_or_upgrade(
         // event, or the event of the status written before Helm ran, may wake this reconcile first): a
         // decision to run Helm is taken again on the stored status, so a failure just recorded is not
         // retried at once, skipping its backoff. One GET, only when Helm is about to run.
+        debug!(
+            ?decision,
+            "deciding again on the stored Pack before running Helm"
+        );
         let api: Api<Pack> = Api::namespaced(ctx.client.clone(), &ns);
         fresh = api.get(&name).await?;
         if fresh.metadata.generation != pack.metadata.generation {
