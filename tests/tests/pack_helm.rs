@@ -230,6 +230,15 @@ fn status_and_ready(
     (s, ready)
 }
 
+/// A metric sample of `controller` that must be there (0 when its family has no such sample yet is not
+/// assumed: the exposition is printed instead).
+async fn sample(controller: &ControllerProcess, name: &str) -> f64 {
+    let (code, body) = controller.get("/metrics").await.expect("read /metrics");
+    assert_eq!(code, 200, "{body}");
+    e2e::controller::parse_sample(&body, name)
+        .unwrap_or_else(|| panic!("no sample {name} in the controller's metrics:\n{body}"))
+}
+
 async fn reconciles(controller: &ControllerProcess) -> f64 {
     controller
         .metric("pack_operator_reconciles_total{controller=\"pack\"}")
@@ -283,6 +292,22 @@ async fn sample_pack_installs_upgrades_and_uninstalls_with_real_helm() {
     assert_eq!(worker.spec.unwrap().replicas, Some(2));
     f.wait_event("test", "Installed", "genpack 0.1.3").await;
     assert_eq!(helm_operations(&controller).await, 1.0);
+    // This test's own controller (each test runs its own): one install timed, one Pack Applied.
+    let install_count =
+        "pack_operator_helm_operation_duration_seconds_count{operation=\"install\"}";
+    assert_eq!(sample(&controller, install_count).await, 1.0);
+    assert!(
+        sample(
+            &controller,
+            "pack_operator_helm_operation_duration_seconds_sum{operation=\"install\"}"
+        )
+        .await
+            > 0.0
+    );
+    assert_eq!(
+        sample(&controller, "pack_operator_packs{state=\"Applied\"}").await,
+        1.0
+    );
 
     // Re-applying the same spec (and any change that does not touch the release) runs no helm.
     let before = reconciles(&controller).await;
@@ -466,6 +491,22 @@ async fn sample_pack_installs_upgrades_and_uninstalls_with_real_helm() {
     )
     .await;
 
+    // Six upgrades timed (revisions 2 to 6 and 8; 7 was made by hand), still one install; the one Pack
+    // is Applied.
+    assert_eq!(
+        sample(
+            &controller,
+            "pack_operator_helm_operation_duration_seconds_count{operation=\"upgrade\"}"
+        )
+        .await,
+        6.0
+    );
+    assert_eq!(sample(&controller, install_count).await, 1.0);
+    assert_eq!(
+        sample(&controller, "pack_operator_packs{state=\"Applied\"}").await,
+        1.0
+    );
+
     // Deletion uninstalls, then the Pack goes.
     f.packs
         .delete("test", &DeleteParams::default())
@@ -495,6 +536,11 @@ async fn sample_pack_installs_upgrades_and_uninstalls_with_real_helm() {
             .unwrap();
     assert!(secrets.items.is_empty(), "Helm's release records are gone");
     f.wait_event("test", "Uninstalled", "test").await;
+    // A deleted Pack is no longer counted.
+    assert_eq!(
+        sample(&controller, "pack_operator_packs{state=\"Applied\"}").await,
+        0.0
+    );
     drop(controller);
 }
 
@@ -544,8 +590,9 @@ async fn helm_failures_are_reported_retried_with_backoff_and_recover() {
     // Helm's own words reach the Event (the values never do: see helm::tests for the blanking).
     f.wait_event("test", "UpgradeFailed", ".spec.replicas")
         .await;
-    // No hot loop: the next try waits 10 s, the one after 20 s.
-    helm_runs_at_most(&controller, 1.0, Duration::from_secs(8)).await;
+    // No hot loop, and no second run right after the failure (the decision to run Helm is confirmed on
+    // the stored status, which records the failure): the next try waits 10 s.
+    helm_runs_at_most(&controller, 0.0, Duration::from_secs(8)).await;
 
     // Fixed: applied again, the failure counter reset.
     f.patch_spec("test", json!({"values": sample_values()}))
@@ -645,6 +692,79 @@ async fn helm_failures_are_reported_retried_with_backoff_and_recover() {
     let history = f.history("foreign");
     assert_eq!(history.len(), 1, "{history:?}");
     assert_eq!(history[0]["status"], "deployed");
+
+    // A release already gone at deletion is fine: uninstalled by hand (while the Pack is suspended, so it
+    // is not installed again), then the Pack is deleted: it goes, without RemoveFailed or a failed
+    // uninstall.
+    let mut byhand = sample_pack(&f.repo);
+    byhand["metadata"]["name"] = json!("byhand");
+    f.create(byhand).await;
+    f.wait_state(
+        "byhand",
+        PackState::Applied,
+        "Applied",
+        Some(1),
+        &controller,
+    )
+    .await;
+    f.patch_spec("byhand", json!({"suspend": true})).await;
+    wait::until("byhand suspended", TIMEOUT, EVERY, || async {
+        let p = f.packs.get("byhand").await.unwrap();
+        let (s, ready) = status_and_ready(p.clone());
+        if ready.reason == "Suspended" && s.observed_generation == p.metadata.generation {
+            Ok(Some(()))
+        } else {
+            Err(ready)
+        }
+    })
+    .await;
+    f.helm(&["uninstall", "byhand"]);
+    let records =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(f.client.clone(), &f.ns.name)
+            .list_metadata(&ListParams::default().labels("owner=helm,name=byhand"))
+            .await
+            .unwrap();
+    assert!(records.items.is_empty(), "the release is gone");
+    let failed_uninstalls = controller
+        .metric("pack_operator_helm_operations_total{operation=\"uninstall\",result=\"failure\"}")
+        .await
+        .unwrap()
+        .unwrap_or(0.0);
+    f.packs
+        .delete("byhand", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait::until("Pack byhand gone", TIMEOUT, EVERY, || async {
+        match f.packs.get_opt("byhand").await.unwrap() {
+            None => Ok(Some(())),
+            Some(p) => {
+                let state = p.status.and_then(|s| s.state);
+                assert_ne!(
+                    state,
+                    Some(PackState::RemoveFailed),
+                    "{}",
+                    tail(&controller.logs(), 8)
+                );
+                Err(state)
+            }
+        }
+    })
+    .await;
+    assert!(
+        e2e::events::events_for(&f.client, &f.ns.name, "byhand", "UninstallFailed")
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        controller
+            .metric(
+                "pack_operator_helm_operations_total{operation=\"uninstall\",result=\"failure\"}"
+            )
+            .await
+            .unwrap()
+            .unwrap_or(0.0),
+        failed_uninstalls
+    );
 
     // An uninstall that fails (a pre-delete hook into a namespace that does not exist yet): RemoveFailed,
     // a Warning Event, retries with backoff (no loop), and the Pack goes once the cause is gone.
@@ -809,6 +929,153 @@ async fn wait_release_status(f: &Fixture, status: &str) -> Value {
     .await
 }
 
+/// Value strings of the stuck-release test's Pack that must never show on helm's command line nor in the
+/// controller's logs: one in the values, one a var substituted into them.
+const SECRET_VALUE: &str = "pack-e2e-value-5f2c9a41d7";
+const SECRET_VAR: &str = "pack-e2e-var-8d41b7c3e0";
+
+/// The hook Job of the genpack chart, if there is one: its uid.
+async fn hook_job(f: &Fixture) -> Option<String> {
+    Api::<k8s_openapi::api::batch::v1::Job>::namespaced(f.client.clone(), &f.ns.name)
+        .get_opt("test-pre-upgrade")
+        .await
+        .unwrap()
+        .and_then(|j| j.metadata.uid)
+}
+
+/// Waits for a hook Job other than `previous` (by uid): the one a Helm run created since; its uid.
+async fn new_hook_job(
+    f: &Fixture,
+    previous: Option<&str>,
+    controller: &ControllerProcess,
+) -> String {
+    wait::until("a new hook Job", TIMEOUT, EVERY, || async {
+        match hook_job(f).await {
+            Some(uid) if Some(uid.as_str()) != previous => Ok(Some(uid)),
+            other => Err(format!("{other:?}\n{}", tail(&controller.logs(), 6))),
+        }
+    })
+    .await
+}
+
+/// Plays the Job controller (the test control plane runs none) for the hook Job Helm created after
+/// `stale` (the one a killed Helm left behind): waits for it and marks it succeeded, as the Job
+/// controller would once its Pod succeeded. Helm, waiting for the hook, then goes on.
+async fn complete_hook_job(f: &Fixture, stale: &str, controller: &ControllerProcess) {
+    let jobs = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(f.client.clone(), &f.ns.name);
+    new_hook_job(f, Some(stale), controller).await;
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let condition = |type_: &str| {
+        json!({"type": type_, "status": "True", "reason": "CompletionsReached",
+               "message": "Reached expected number of succeeded pods",
+               "lastProbeTime": now, "lastTransitionTime": now})
+    };
+    let status = json!({"status": {
+        "startTime": now, "completionTime": now, "active": 0, "ready": 0, "succeeded": 1,
+        "conditions": [condition("SuccessCriteriaMet"), condition("Complete")],
+    }});
+    jobs.patch_status(
+        "test-pre-upgrade",
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    )
+    .await
+    .unwrap();
+}
+
+/// The arguments of process `pid`.
+fn cmdline(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Kills the controller's helm processes with SIGKILL (no chance to record anything); their pids.
+async fn kill_helm(controller: &ControllerProcess) -> Vec<i32> {
+    let pids = wait::until("the controller's helm process", TIMEOUT, EVERY, || async {
+        let pids = helm_children(controller.pid());
+        if pids.is_empty() {
+            Err(pids)
+        } else {
+            Ok(Some(pids))
+        }
+    })
+    .await;
+    for pid in &pids {
+        // SAFETY: kill(2) of a helm process started by the controller under test.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(*pid, libc::SIGKILL);
+        }
+    }
+    pids
+}
+
+/// The revision of the release's latest record, which must be `pending-upgrade`.
+fn pending_revision(f: &Fixture) -> i64 {
+    let last = f.history("test").last().cloned().unwrap();
+    assert_eq!(last["status"], "pending-upgrade", "{last}");
+    last["revision"].as_i64().unwrap()
+}
+
+/// Waits until the stuck revision `revision` is marked failed by the controller (Event) and the retried
+/// upgrade, unblocked by completing its hook Job, is deployed: `Applied`, with no spec change.
+async fn recovers_on_its_own(
+    f: &Fixture,
+    revision: i64,
+    stale_job: &str,
+    generation: Option<i64>,
+    controller: &ControllerProcess,
+) {
+    f.wait_event(
+        "test",
+        "StuckReleaseRecovered",
+        &format!("revision {revision} was stuck in pending-upgrade"),
+    )
+    .await;
+    complete_hook_job(f, stale_job, controller).await;
+    let p = f
+        .wait_state(
+            "test",
+            PackState::Applied,
+            "Applied",
+            Some(revision + 1),
+            controller,
+        )
+        .await;
+    assert_eq!(p.metadata.generation, generation, "nobody changed the Pack");
+    let s = p.status.unwrap();
+    assert!(
+        s.history.iter().any(|a| a.action == "Recover"
+            && a.result == "Succeeded"
+            && a.revision == Some(revision)),
+        "{:?}",
+        s.history
+    );
+    let history = f.history("test");
+    let statuses: Vec<(i64, &str)> = history
+        .iter()
+        .map(|h| {
+            (
+                h["revision"].as_i64().unwrap(),
+                h["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses.last(),
+        Some(&(revision + 1, "deployed")),
+        "{statuses:?}"
+    );
+    assert!(
+        !statuses.iter().any(|(_, s)| s.starts_with("pending")),
+        "{statuses:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn interrupted_helm_is_cancelled_cleanly_and_stuck_releases_recover() {
     let f = fixture("pack-stuck", &["0.1.0"]).await;
@@ -818,10 +1085,17 @@ async fn interrupted_helm_is_cancelled_cleanly_and_stuck_releases_recover() {
     f.wait_state("test", PackState::Applied, "Applied", Some(1), &controller)
         .await;
 
-    // An upgrade that hangs on a pre-upgrade hook Job (no Job controller here).
+    // An upgrade that hangs on a pre-upgrade hook Job (no Job controller here), with a value and a var
+    // that must stay secret.
     let mut hanging = sample_values();
     hanging["gonbad"]["hooks"] = json!({"preUpgradeJob": true});
-    f.patch_spec("test", json!({"values": hanging})).await;
+    hanging["gonbad"]["workloads"]["web"]["annotations"]["e2e/secret"] = json!(SECRET_VALUE);
+    hanging["gonbad"]["workloads"]["web"]["annotations"]["e2e/var"] = json!("{{ vars.TOKEN }}");
+    f.patch_spec(
+        "test",
+        json!({"values": hanging, "vars": {"TOKEN": SECRET_VAR}}),
+    )
+    .await;
     wait_release_status(&f, "pending-upgrade").await;
 
     // SIGTERM: the controller stops its helm, which records the upgrade failed instead of pending.
@@ -833,26 +1107,58 @@ async fn interrupted_helm_is_cancelled_cleanly_and_stuck_releases_recover() {
         tail(&controller.logs(), 8)
     );
     wait_release_status(&f, "failed").await;
+    let interrupted_job = hook_job(&f).await;
 
-    // A new controller retries, hangs again; its helm is killed -9: the release is left pending.
-    let controller = start_pack_controller(&f.env, &f.ns.name, "pack-1", &["--helm-timeout=2m"]);
+    // A new controller (logging at debug) retries, and hangs again.
+    let debug = ["--helm-timeout=2m", "--log-level=debug"];
+    let controller = start_pack_controller(&f.env, &f.ns.name, "pack-1", &debug);
     wait_release_status(&f, "pending-upgrade").await;
-    let pids = wait::until("the controller's helm process", TIMEOUT, EVERY, || async {
-        let pids = helm_children(controller.pid());
-        if pids.is_empty() {
-            Err(pids)
-        } else {
-            Ok(Some(pids))
+    let pid = wait::until("the controller's helm process", TIMEOUT, EVERY, || async {
+        match helm_children(controller.pid()).as_slice() {
+            [pid] => Ok(Some(*pid)),
+            other => Err(other.to_vec()),
         }
     })
     .await;
-    for pid in pids {
-        // SAFETY: kill(2) of a helm process started by the controller under test.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
+    // Values never reach helm's command line: they are in a file only this user can read, in a
+    // directory only this user can enter.
+    let args = cmdline(pid);
+    assert!(
+        args.first().is_some_and(|a| a.ends_with("helm")),
+        "{args:?}"
+    );
+    let value_strings: Vec<String> = [SECRET_VALUE, SECRET_VAR, "configmap/test-cm-1", "nginx"]
+        .map(String::from)
+        .to_vec();
+    for v in &value_strings {
+        assert!(
+            !args.iter().any(|a| a.contains(v.as_str())),
+            "{v} on helm's command line: {args:?}"
+        );
     }
+    let values_file = args
+        .iter()
+        .position(|a| a == "--values")
+        .and_then(|i| args.get(i + 1))
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("no --values in {args:?}"));
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&values_file), 0o600, "{}", values_file.display());
+        assert_eq!(mode(values_file.parent().unwrap()), 0o700);
+        let content = std::fs::read_to_string(&values_file).unwrap();
+        assert!(
+            content.contains(SECRET_VALUE) && content.contains(SECRET_VAR),
+            "the file holds the final values (vars substituted)"
+        );
+    }
+
+    // Its helm is killed -9 while it waits for its hook Job: the release is left pending-upgrade, and
+    // the values file goes all the same.
+    let stale_job = new_hook_job(&f, interrupted_job.as_deref(), &controller).await;
+    let generation = f.packs.get("test").await.unwrap().metadata.generation;
+    kill_helm(&controller).await;
     f.wait_state(
         "test",
         PackState::ApplyFailed,
@@ -861,37 +1167,46 @@ async fn interrupted_helm_is_cancelled_cleanly_and_stuck_releases_recover() {
         &controller,
     )
     .await;
+    let stuck = pending_revision(&f);
+    assert!(
+        !values_file.exists(),
+        "{} left behind",
+        values_file.display()
+    );
     assert_eq!(
-        f.history("test").last().unwrap()["status"],
-        "pending-upgrade"
+        std::fs::read_dir(values_file.parent().unwrap())
+            .unwrap()
+            .count(),
+        0,
+        "no values file left"
     );
 
-    // The hook is dropped (null deletes in a merge patch): the stuck revision is marked failed, and the
-    // upgrade goes through.
-    f.patch_spec("test", json!({"values": {"gonbad": {"hooks": null}}}))
-        .await;
-    let p = f
-        .wait_state("test", PackState::Applied, "Applied", None, &controller)
-        .await;
-    let s = p.status.unwrap();
-    assert!(
-        s.history
-            .iter()
-            .any(|a| a.action == "Recover" && a.result == "Succeeded"),
-        "{:?}",
-        s.history
-    );
-    f.wait_event("test", "StuckReleaseRecovered", "pending-upgrade")
-        .await;
-    let history = f.history("test");
-    let statuses: Vec<&str> = history
-        .iter()
-        .map(|h| h["status"].as_str().unwrap())
-        .collect();
-    assert_eq!(statuses.last(), Some(&"deployed"), "{statuses:?}");
-    assert!(
-        !statuses.iter().any(|s| s.starts_with("pending")),
-        "{statuses:?}"
-    );
+    // Nobody touches the Pack: after its backoff the controller marks the stuck revision failed and
+    // upgrades again; that upgrade's hook Job completes (the test plays the Job controller) and the
+    // release is deployed.
+    recovers_on_its_own(&f, stuck, &stale_job, generation, &controller).await;
+
+    // Startup: a release left pending while no controller runs is recovered by the next one. Another
+    // upgrade hangs on its hook; its helm and then the controller are killed -9.
+    hanging["gonbad"]["workloads"]["worker"]["replicaCount"] = json!(3);
+    let completed_job = hook_job(&f).await;
+    f.patch_spec("test", json!({"values": hanging})).await;
+    wait_release_status(&f, "pending-upgrade").await;
+    let stale_job = new_hook_job(&f, completed_job.as_deref(), &controller).await;
+    let generation = f.packs.get("test").await.unwrap().metadata.generation;
+    let mut controller = controller;
+    kill_helm(&controller).await;
+    controller.kill();
+    let stuck = pending_revision(&f);
+    let logs = controller.logs();
+    let controller = start_pack_controller(&f.env, &f.ns.name, "pack-2", &debug);
+    recovers_on_its_own(&f, stuck, &stale_job, generation, &controller).await;
+
+    // No value string in the logs of either controller that logged at debug.
+    let logs = logs + &controller.logs();
+    assert!(logs.contains("DEBUG"), "the controllers logged at debug");
+    for v in &value_strings {
+        assert!(!logs.contains(v.as_str()), "{v} in the controller's logs");
+    }
     drop(controller);
 }
