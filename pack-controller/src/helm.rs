@@ -135,23 +135,31 @@ impl std::fmt::Debug for Helm {
     }
 }
 
+/// Creates the work directory's parts (mode 0700): values files, charts, Helm's homes. `main` calls it
+/// before anything else, so a work directory that cannot be written stops the process with a clear error
+/// instead of a leader that holds its Lease and does nothing.
+pub fn prepare_work_dir(work_dir: &Path) -> std::io::Result<()> {
+    for dir in [
+        "values",
+        "charts",
+        "helm/cache",
+        "helm/config",
+        "helm/data",
+        "home",
+    ] {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(work_dir.join(dir))?;
+    }
+    Ok(())
+}
+
 impl Helm {
     /// Creates the work directories (mode 0700) and removes values files left by a process that died
     /// without its cleanup (OOM, SIGKILL): the work directory outlives container restarts.
     pub fn new(config: HelmConfig, metrics: HelmMetrics) -> std::io::Result<Self> {
-        for dir in [
-            "values",
-            "charts",
-            "helm/cache",
-            "helm/config",
-            "helm/data",
-            "home",
-        ] {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(config.work_dir.join(dir))?;
-        }
+        prepare_work_dir(&config.work_dir)?;
         // No Helm process of this controller runs yet; each process has a work directory of its own.
         for entry in fs::read_dir(config.work_dir.join("values"))?.flatten() {
             let _ = fs::remove_file(entry.path());

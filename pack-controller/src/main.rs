@@ -59,6 +59,12 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("--resync-interval must be at least 1s");
     }
     common::telemetry::init(cli.runtime.log_format, &cli.runtime.log_level)?;
+    pack_controller::helm::prepare_work_dir(&cli.work_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "--work-dir {} is not writable ({e}): point it at a writable directory (the chart mounts an emptyDir at /tmp)",
+            cli.work_dir.display()
+        )
+    })?;
     let settings = Settings {
         namespaces: cli.runtime.namespaces(),
         max_index_bytes: cli.max_index_size,

@@ -91,6 +91,39 @@ impl Error {
         }
     }
 
+    /// What to tell the Pack's owner when a request to the API server was refused or failed, with how to
+    /// fix it. None for errors that are no news to the owner: conflicts (a newer object; retried at once)
+    /// and objects gone meanwhile, and errors that are not the API server's answer.
+    fn api_failure(&self) -> Option<String> {
+        let api = match self {
+            Error::Kube(kube::Error::Api(s))
+            | Error::Release(ReleaseError::Kube(kube::Error::Api(s))) => s,
+            Error::Finalizer(e) => match e.as_ref() {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
+                    return e.api_failure();
+                }
+                finalizer::Error::AddFinalizer(kube::Error::Api(s))
+                | finalizer::Error::RemoveFinalizer(kube::Error::Api(s)) => s,
+                _ => return None,
+            },
+            _ => return None,
+        };
+        if matches!(api.code, 404 | 409) {
+            return None;
+        }
+        let hint = if api.code == 403 {
+            "; the pack-controller's ServiceAccount lacks this right: check its RBAC (docs/deploy.md, the \
+             chart's packController.rbac)"
+        } else {
+            ""
+        };
+        let text: String = api.message.chars().take(512).collect();
+        Some(format!(
+            "a request of the controller to the API server failed ({} {}): {text}{hint}",
+            api.code, api.reason
+        ))
+    }
+
     /// When to retry, if this error decides it (from the Pack's status) rather than the error policy.
     fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -147,6 +180,7 @@ async fn reconcile(pack: Arc<Pack>, ctx: Arc<Context>) -> Result<Action, Error> 
     let _timer = ctx.metrics.start();
     let api: Api<Pack> = Api::namespaced(ctx.client.clone(), &namespace(&pack));
     let key = ObjectRef::from_obj(pack.as_ref());
+    let original = pack.clone();
     let result = finalizer(&api, FINALIZER, pack, |event| async {
         match event {
             finalizer::Event::Apply(pack) => apply(&pack, &ctx).await,
@@ -159,13 +193,50 @@ async fn reconcile(pack: Arc<Pack>, ctx: Arc<Context>) -> Result<Action, Error> 
         | finalizer::Error::CleanupFailed(Error::Cancelled) => Error::Cancelled,
         e => Error::Finalizer(Box::new(e)),
     });
-    if result.is_ok() {
-        ctx.errors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&key);
+    match &result {
+        Ok(_) => {
+            ctx.errors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
+        }
+        Err(e) => {
+            if let Some(message) = e.api_failure() {
+                report_api_failure(&ctx, &original, message).await;
+            }
+        }
     }
     result
+}
+
+/// Tells the Pack's owner that a request of this controller to the API server failed (most often RBAC:
+/// a 403 names the verb and resource): `Ready=False` with reason `KubernetesAPIError`, and a Warning
+/// Event when that message is new. Best effort: when the status write itself is refused, the log says it.
+async fn report_api_failure(ctx: &Context, pack: &Pack, message: String) {
+    let current = pack
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, conditions::READY));
+    if current.is_some_and(|c| c.reason == status::API_REQUEST_FAILED && c.message == message) {
+        return;
+    }
+    let next = status::api_request_failed(
+        status::base(pack),
+        message.clone(),
+        pack.metadata.generation,
+    );
+    if let Err(e) = write_status(ctx, pack, &next).await {
+        warn!(error = %e, "cannot record the API failure in the Pack's status");
+    }
+    publish(
+        ctx,
+        pack,
+        EventType::Warning,
+        status::API_REQUEST_FAILED,
+        "Reconcile",
+        &message,
+    )
+    .await;
 }
 
 fn namespace(pack: &Pack) -> String {
@@ -1041,4 +1112,46 @@ pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
     futures::future::join(packs, repositories).await;
     // Not leading any more: a standby exports no Pack counts.
     metrics.states.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16, reason: &str, message: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(message, reason)
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn api_refusals_are_reported_with_the_fix_and_races_are_not() {
+        let forbidden = Error::Release(ReleaseError::Kube(api(
+            403,
+            "Forbidden",
+            "secrets is forbidden: cannot list resource \"secrets\"",
+        )));
+        let message = forbidden.api_failure().unwrap();
+        assert!(message.contains("403 Forbidden"), "{message}");
+        assert!(message.contains("cannot list resource"), "{message}");
+        assert!(message.contains("check its RBAC"), "{message}");
+        let in_finalizer = Error::Finalizer(Box::new(finalizer::Error::AddFinalizer(api(
+            422, "Invalid", "bad",
+        ))));
+        let message = in_finalizer.api_failure().unwrap();
+        assert!(
+            message.contains("422 Invalid") && !message.contains("RBAC"),
+            "{message}"
+        );
+        for quiet in [
+            Error::Kube(api(409, "Conflict", "the object has been modified")),
+            Error::Kube(api(404, "NotFound", "gone")),
+            Error::Cancelled,
+            Error::UninstallBackoff(Duration::from_secs(1)),
+        ] {
+            assert_eq!(quiet.api_failure(), None, "{quiet}");
+        }
+    }
 }

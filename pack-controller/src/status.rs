@@ -29,6 +29,7 @@ pub const RELEASE_NOT_OWNED: &str = "ReleaseNotOwned";
 pub const UNINSTALLING: &str = "Uninstalling";
 pub const UNINSTALL_FAILED: &str = "UninstallFailed";
 pub const SUSPENDED: &str = "Suspended";
+pub const API_REQUEST_FAILED: &str = "KubernetesAPIError";
 
 /// The status to start from: the current one with `observedGeneration` of this spec.
 pub fn base(pack: &Pack) -> PackStatus {
@@ -147,6 +148,27 @@ pub fn applied(
     );
     conditions::remove(&mut status.conditions, conditions::RECONCILING);
     conditions::remove(&mut status.conditions, conditions::STALLED);
+    status
+}
+
+/// A request of the controller to the API server failed (e.g. refused by RBAC): `Ready=False` says so.
+/// The state (STATUS column) and the release are left as they are; the retry backs off.
+pub fn api_request_failed(
+    mut status: PackStatus,
+    message: String,
+    generation: Option<i64>,
+) -> PackStatus {
+    conditions::set(
+        &mut status.conditions,
+        conditions::new(
+            conditions::READY,
+            false,
+            API_REQUEST_FAILED,
+            message,
+            generation,
+        ),
+    );
+    conditions::remove(&mut status.conditions, conditions::RECONCILING);
     status
 }
 
@@ -488,5 +510,36 @@ mod tests {
             attempt("Upgrade", None, None, Err("x".repeat(1000)), Duration::ZERO),
         );
         assert!(s.history[0].message.as_ref().unwrap().len() <= 256);
+    }
+    #[test]
+    fn an_api_failure_keeps_the_state_and_the_next_apply_clears_it() {
+        let p = pack();
+        let mut s = base(&p);
+        s.state = Some(PackState::Applied);
+        s.revision = Some(2);
+        let s = api_request_failed(
+            progressing(s, "upgrading".into(), Some(3)),
+            "403 Forbidden: secrets is forbidden".into(),
+            Some(3),
+        );
+        assert_eq!(
+            s.state,
+            Some(PackState::Applied),
+            "the release is as it was"
+        );
+        assert_eq!(s.revision, Some(2));
+        let ready = conditions::find(&s.conditions, conditions::READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", API_REQUEST_FAILED)
+        );
+        assert!(conditions::find(&s.conditions, conditions::RECONCILING).is_none());
+        let digest = ReleaseDigest::of("genpack", "0.1.0", Some("ab"), &json!({}));
+        let s = applied(s, &resolution("0.1.0"), &digest, 3, "p", Some(3));
+        let ready = conditions::find(&s.conditions, conditions::READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", APPLIED)
+        );
     }
 }

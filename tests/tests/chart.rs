@@ -1061,6 +1061,163 @@ async fn redeploy_controller_with_the_chart_rbac_rolls_out_and_nothing_more() {
 }
 
 /// Packages tests/charts/genpack at `versions` into `dir` and indexes it, with the pinned helm.
+/// `packController.rbac.helmRules` narrowed to the kinds the test chart renders.
+fn narrowed_helm_rules() -> String {
+    format!(
+        "json:packController.rbac.helmRules={}",
+        json!([
+            { "apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets"],
+              "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"] },
+            { "apiGroups": [""], "resources": ["configmaps"],
+              "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"] },
+        ])
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pack_controller_refused_by_rbac_says_so_on_the_pack_and_recovers() {
+    let env = test_env();
+    let ns = env.namespace("chart-pk-rbac").await;
+    let release = format!("pkr-{}", random_suffix());
+    let scope = format!("packController.rbac.namespaces={{{}}}", ns.name);
+    let (kubeconfig, _guard) = chart_service_account(
+        &release,
+        &ns.name,
+        "pack-controller",
+        &[
+            "packController.rbac.scope=namespaces",
+            &scope,
+            &narrowed_helm_rules(),
+        ],
+    )
+    .await;
+    let admin = env.client().await;
+    // An administrator trims the Secret rights (Helm's release records) from the chart's role.
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
+    let role_name = format!("{release}-pack-operator-pack-controller-packs");
+    let full = roles.get(&role_name).await.unwrap();
+    let mut trimmed = full.clone();
+    trimmed.rules = Some(
+        full.rules
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.resources.as_deref() != Some(&["secrets".to_owned()][..]))
+            .collect(),
+    );
+    assert_ne!(trimmed.rules, full.rules, "the role had a Secret rule");
+    roles
+        .replace(&role_name, &PostParams::default(), &trimmed)
+        .await
+        .unwrap();
+
+    let repo_dir = std::env::temp_dir().join(format!("pack-operator-e2e-{}-repo", ns.name));
+    genpack_repository(&repo_dir, &["0.1.0"]);
+    let server = StaticFiles::serve(&repo_dir, "127.0.0.1:0").unwrap();
+    let repo = format!("{}-packs", ns.name);
+    let _repo_guard = RepositoryGuard(admin.clone(), repo.clone());
+    Api::<ClusterPackRepository>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "k8s.kubit.ir/v1alpha1", "kind": "ClusterPackRepository",
+                "metadata": { "name": repo }, "spec": { "url": server.url, "interval": "5s" }
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let packs: Api<Pack> = Api::namespaced(admin.clone(), &ns.name);
+    packs
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "k8s.kubit.ir/v1alpha1", "kind": "Pack",
+                "metadata": { "name": "test" },
+                "spec": { "chart": {
+                    "repository": { "kind": "ClusterPackRepository", "name": repo },
+                    "name": "genpack", "version": "0.1.0" } }
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let args = controller_args(&ns.name, "pack-controller", &pack_helm_args(&ns.name));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let controller = ControllerProcess::start_with_kubeconfig(
+        &kubeconfig,
+        "pack-controller",
+        &format!("{release}-0"),
+        &args,
+    )
+    .unwrap();
+
+    // The refusal is on the Pack, with the verb, the resource and where to look.
+    let ready = |p: &Pack| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned())
+    };
+    wait::until("Pack test reports the 403", TIMEOUT, EVERY, || async {
+        let p = packs.get("test").await.unwrap();
+        match ready(&p) {
+            Some(c)
+                if c.status == "False"
+                    && c.reason == "KubernetesAPIError"
+                    && c.message.contains("403")
+                    && c.message.contains("secrets")
+                    && c.message.contains("RBAC") =>
+            {
+                Ok(Some(()))
+            }
+            other => Err(format!("{other:?}\n{}", controller.logs())),
+        }
+    })
+    .await;
+    let note = e2e::events::wait_event(
+        &admin,
+        &ns.name,
+        "test",
+        "KubernetesAPIError",
+        "cannot list resource \"secrets\"",
+    )
+    .await;
+    assert!(note.contains("RBAC"), "{note}");
+    assert!(
+        Api::<Secret>::namespaced(admin.clone(), &ns.name)
+            .list_metadata(&ListParams::default().labels("owner=helm"))
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "no release was installed"
+    );
+
+    // The rights back: the next retry installs, and Ready says so.
+    let mut restored = roles.get(&role_name).await.unwrap();
+    restored.rules = full.rules.clone();
+    roles
+        .replace(&role_name, &PostParams::default(), &restored)
+        .await
+        .unwrap();
+    wait::until("Pack test Applied", TIMEOUT, EVERY, || async {
+        let p = packs.get("test").await.unwrap();
+        let s = p.status.clone().unwrap_or_default();
+        match ready(&p) {
+            Some(c)
+                if c.status == "True" && s.state == Some(common::crd::pack::PackState::Applied) =>
+            {
+                Ok(Some(()))
+            }
+            other => Err(format!("{other:?} {:?}\n{}", s.state, controller.logs())),
+        }
+    })
+    .await;
+    // One Event for the one refusal, however many retries it took (no Event per retry).
+    let refusals = e2e::events::events_for(&admin, &ns.name, "test", "KubernetesAPIError").await;
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+}
+
 fn genpack_repository(dir: &Path, versions: &[&str]) {
     std::fs::create_dir_all(dir).unwrap();
     let chart = workspace_root().join("tests/charts/genpack");
@@ -1112,15 +1269,7 @@ async fn pack_controller_with_the_chart_rbac_resolves_packs_only_in_its_namespac
     );
     // helmRules narrowed to the kinds the test chart renders: Helm's release Secrets and the
     // controller's own watch and recovery of them must not depend on helmRules.
-    let narrowed = format!(
-        "json:packController.rbac.helmRules={}",
-        json!([
-            { "apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets"],
-              "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"] },
-            { "apiGroups": [""], "resources": ["configmaps"],
-              "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"] },
-        ])
-    );
+    let narrowed = narrowed_helm_rules();
     let (kubeconfig, _guard) = chart_service_account(
         &release,
         &ns.name,
