@@ -109,11 +109,14 @@ impl Runtime {
             health,
             leader_metrics,
         } = self;
+        // The server outlives the shutdown signal: while the controller winds down (up to the shutdown
+        // grace) its metrics and /healthz still answer. It stops once the controller has.
+        let serving = CancellationToken::new();
         let server = server::bind(
             args.metrics_address,
             Arc::new(registry),
             health.clone(),
-            shutdown.clone(),
+            serving.clone(),
         )
         .await?;
         let server = tokio::spawn(server);
@@ -183,6 +186,7 @@ impl Runtime {
 
         // Stop serving whatever ended the controller, then report the first error.
         shutdown.cancel();
+        serving.cancel();
         let served = server
             .await
             .map_err(|e| Error::ControllerPanicked(e.to_string()))?;

@@ -519,8 +519,8 @@ async fn sigterm_keeps_the_lease_renewed_while_helm_winds_down_then_hands_over()
 
     a.terminate();
     let sent = Instant::now();
-    // While helm winds down the old leader (its HTTP server already stopped) still holds and renews the
-    // Lease; the standby stays a standby.
+    // While helm winds down the old leader still holds and renews the Lease, and still serves its
+    // metrics (it leads); the standby stays a standby.
     wait::holds(
         "the old leader holds the Lease while its helm ends",
         after_term - Duration::from_secs(1),
@@ -528,11 +528,15 @@ async fn sigterm_keeps_the_lease_renewed_while_helm_winds_down_then_hands_over()
         || async {
             let holder = holder(&leases, "pack").await;
             let standby = leader_flag(&b).await;
-            if holder.as_deref() == Some("grace-a") && standby == Some(0.0) {
+            let draining = leader_flag(&a).await;
+            if holder.as_deref() == Some("grace-a")
+                && standby == Some(0.0)
+                && draining == Some(1.0)
+            {
                 Ok(())
             } else {
                 Err(format!(
-                    "holder {holder:?}, standby's leader flag {standby:?}\n{}",
+                    "holder {holder:?}, standby's leader flag {standby:?}, old leader's {draining:?}\n{}",
                     a.logs()
                 ))
             }
