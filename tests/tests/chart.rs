@@ -200,6 +200,46 @@ fn every_combination_of_controllers_lints_and_renders_only_what_it_enables() {
             let args = container_args(d);
             assert!(args.contains(&"--leader-elect=true".to_owned()), "{args:?}");
             assert!(args.contains(&format!("--lease-name={c}")), "{args:?}");
+
+            // The PDB, the metrics Service and the ServiceMonitor select this controller's pods (and
+            // its Service): labels must match, or they silently cover nothing.
+            let pod_labels = d["spec"]["template"]["metadata"]["labels"]
+                .as_object()
+                .unwrap();
+            let selects_pods = |selector: &Value| {
+                let selector = selector.as_object().unwrap();
+                !selector.is_empty() && selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v))
+            };
+            let of_c = |k: &str| -> Vec<&Value> {
+                of_kind(&docs, k)
+                    .into_iter()
+                    .filter(|x| component(x) == Some(c))
+                    .collect()
+            };
+            let pdb = of_c("PodDisruptionBudget")[0];
+            assert_eq!(pdb["spec"]["maxUnavailable"], 1, "{c}");
+            assert!(
+                selects_pods(&pdb["spec"]["selector"]["matchLabels"]),
+                "{c}: {pdb}"
+            );
+            let service = of_c("Service")[0];
+            assert!(selects_pods(&service["spec"]["selector"]), "{c}: {service}");
+            assert_eq!(
+                service["spec"]["ports"][0]["targetPort"], "metrics",
+                "{c}: {service}"
+            );
+            let monitor = of_c("ServiceMonitor")[0];
+            let service_labels = service["metadata"]["labels"].as_object().unwrap();
+            let wanted = monitor["spec"]["selector"]["matchLabels"]
+                .as_object()
+                .unwrap();
+            assert!(
+                !wanted.is_empty() && wanted.iter().all(|(k, v)| service_labels.get(k) == Some(v)),
+                "{c}: {monitor}"
+            );
+            let endpoint = &monitor["spec"]["endpoints"][0];
+            assert_eq!(endpoint["path"], "/metrics", "{c}");
+            assert_eq!(endpoint["port"], service["spec"]["ports"][0]["name"], "{c}");
         }
     }
 }
@@ -778,6 +818,49 @@ async fn installing_only_the_redeploy_controller_creates_nothing_of_the_others()
     })
     .await;
     drop(controller);
+
+    // Enabling the pack controller later by `helm upgrade` brings its CRDs (templates, not `crds/`, which
+    // Helm installs once and never upgrades), and a later upgrade updates them: `crds.keep=false` drops
+    // the keep policy from the live CRD, which stays.
+    let upgrade = |extra: &[&str]| {
+        let mut args = vec![
+            "upgrade".to_owned(),
+            "pack-operator".to_owned(),
+            chart.to_str().unwrap().to_owned(),
+            "--namespace=pack-operator".to_owned(),
+            format!("--kubeconfig={}", kubeconfig.display()),
+        ];
+        for s in enable_only(&["redeploy-controller", "pack-controller"])
+            .into_iter()
+            .chain(extra.iter().map(|s| s.to_string()))
+        {
+            args.extend(["--set".to_owned(), s]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        helm(&args).unwrap();
+    };
+    let crd_api = Api::<CustomResourceDefinition>::all(client.clone());
+    let policy =
+        |crd: &CustomResourceDefinition| crd.annotations().get("helm.sh/resource-policy").cloned();
+    upgrade(&[]);
+    for name in ["packs.k8s.kubit.ir", "clusterpackrepositories.k8s.kubit.ir"] {
+        let crd = crd_api
+            .get(name)
+            .await
+            .expect("CRD installed by helm upgrade");
+        assert_eq!(policy(&crd).as_deref(), Some("keep"), "{name}");
+    }
+    assert!(
+        crd_api
+            .get_opt("secretreflectors.k8s.kubit.ir")
+            .await
+            .unwrap()
+            .is_none(),
+        "the reflector is still disabled"
+    );
+    upgrade(&["crds.keep=false"]);
+    let crd = crd_api.get("packs.k8s.kubit.ir").await.unwrap();
+    assert_eq!(policy(&crd), None, "helm upgrade updated the CRD");
     drop(plane);
     let _ = std::fs::remove_dir_all(&dir);
 }
