@@ -274,6 +274,12 @@ fn apiserver_requests_in(
         let Ok(n) = value.trim().parse::<f64>() else {
             continue;
         };
+        // `resource.group` as kubectl spells it: core `events` (kube-controller-manager's recorder) and
+        // `events.events.k8s.io` (kube-runtime's, the controllers') are then told apart.
+        let resource = match label("group").filter(|g| !g.is_empty()) {
+            Some(group) => format!("{resource}.{group}"),
+            None => resource,
+        };
         let key = match label("subresource").filter(|s| !s.is_empty()) {
             Some(sub) => format!("{verb} {resource}/{sub}"),
             None => format!("{verb} {resource}"),
@@ -302,6 +308,6 @@ mod tests {
         let got = apiserver_requests_in(api, &["secrets", "packs"]);
         assert_eq!(got.len(), 2, "{got:?}");
         assert_eq!(got["LIST secrets"], 5.0);
-        assert_eq!(got["APPLY packs/status"], 3.0);
+        assert_eq!(got["APPLY packs.k8s.kubit.ir/status"], 3.0);
     }
 }
