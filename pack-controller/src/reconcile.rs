@@ -7,6 +7,7 @@
 //! `helm uninstall` is corrected), on spec/annotation changes, and on a periodic resync. A reconcile whose
 //! [`ReleaseDigest`] matches the deployed release runs no Helm process: it costs one metadata list call.
 
+use common::events::Recorder;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, PoisonError},
@@ -30,7 +31,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::{self, Action},
-        events::{EventType, Recorder, Reporter},
+        events::{EventType, Reporter},
         finalizer::{self, finalizer},
         reflector::{ObjectRef, Store},
         watcher,
@@ -102,8 +103,14 @@ impl Error {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
                     return e.api_failure();
                 }
+                // 422: the finalizer's JSON patch tests the list it read, and a cache behind the
+                // API server fails that test; the next reconcile reads the new list.
                 finalizer::Error::AddFinalizer(kube::Error::Api(s))
-                | finalizer::Error::RemoveFinalizer(kube::Error::Api(s)) => s,
+                | finalizer::Error::RemoveFinalizer(kube::Error::Api(s))
+                    if s.code != 422 =>
+                {
+                    s
+                }
                 _ => return None,
             },
             _ => return None,
@@ -1138,13 +1145,28 @@ mod tests {
         assert!(message.contains("cannot list resource"), "{message}");
         assert!(message.contains("check its RBAC"), "{message}");
         let in_finalizer = Error::Finalizer(Box::new(finalizer::Error::AddFinalizer(api(
-            422, "Invalid", "bad",
+            403,
+            "Forbidden",
+            "packs is forbidden",
         ))));
         let message = in_finalizer.api_failure().unwrap();
+        assert!(
+            message.contains("403 Forbidden") && message.contains("RBAC"),
+            "{message}"
+        );
+        let invalid = Error::Kube(api(422, "Invalid", "spec.x: Invalid value"));
+        let message = invalid.api_failure().unwrap();
         assert!(
             message.contains("422 Invalid") && !message.contains("RBAC"),
             "{message}"
         );
+        // The finalizer's JSON-patch test failing on a stale cache is a race, not news.
+        let raced = Error::Finalizer(Box::new(finalizer::Error::AddFinalizer(api(
+            422,
+            "Invalid",
+            "the server rejected our request due to an error in our request",
+        ))));
+        assert_eq!(raced.api_failure(), None);
         for quiet in [
             Error::Kube(api(409, "Conflict", "the object has been modified")),
             Error::Kube(api(404, "NotFound", "gone")),

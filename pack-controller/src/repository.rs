@@ -4,6 +4,7 @@
 //! ClusterPackRepository is cluster-scoped, so this controller watches every repository whatever
 //! `--namespace` says: a namespace-scoped pack-controller still needs the indexes its Packs use.
 
+use common::events::Recorder;
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex, PoisonError},
@@ -19,13 +20,7 @@ use futures::StreamExt;
 use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    runtime::{
-        Controller,
-        controller::Action,
-        events::{EventType, Recorder},
-        reflector::Store,
-        watcher,
-    },
+    runtime::{Controller, controller::Action, events::EventType, reflector::Store, watcher},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};

@@ -3,6 +3,7 @@
 //! are watched as metadata only and never cached; an event on one that some workload watches wakes
 //! those workloads, which then read and hash just the objects they name.
 
+use common::events::Recorder;
 use std::{
     collections::HashMap,
     fmt::Debug,
@@ -32,7 +33,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
-        events::{EventType, Recorder, Reporter},
+        events::{EventType, Reporter},
         reflector::{ObjectRef, Store},
         watcher,
     },

@@ -15,6 +15,7 @@
 //! Sources are read with one GET per reconcile. Each reconcile is also requeued after a jittered
 //! resync period, a safety net should a watch event be missed.
 
+use common::events::Recorder;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex},
@@ -36,7 +37,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
-        events::{EventType, Recorder, Reporter},
+        events::{EventType, Reporter},
         finalizer::{self, finalizer},
         reflector::{self, ObjectRef, Store},
         watcher,

@@ -1194,22 +1194,8 @@ async fn a_pack_controller_refused_by_rbac_says_so_on_the_pack_and_recovers() {
         .await
         .unwrap();
 
-    let repo_dir = std::env::temp_dir().join(format!("pack-operator-e2e-{}-repo", ns.name));
-    genpack_repository(&repo_dir, &["0.1.0"]);
-    let server = StaticFiles::serve(&repo_dir, "127.0.0.1:0").unwrap();
-    let repo = format!("{}-packs", ns.name);
-    let _repo_guard = RepositoryGuard(admin.clone(), repo.clone());
-    Api::<ClusterPackRepository>::all(admin.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "k8s.kubit.ir/v1alpha1", "kind": "ClusterPackRepository",
-                "metadata": { "name": repo }, "spec": { "url": server.url, "interval": "5s" }
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    let served = served_genpack_repository(&admin, &ns.name, &["0.1.0"]).await;
+    let repo = served.name.clone();
     let packs: Api<Pack> = Api::namespaced(admin.clone(), &ns.name);
     packs
         .create(
@@ -1283,7 +1269,10 @@ async fn a_pack_controller_refused_by_rbac_says_so_on_the_pack_and_recovers() {
         .replace(&role_name, &PostParams::default(), &restored)
         .await
         .unwrap();
-    wait::until("Pack test Applied", TIMEOUT, EVERY, || async {
+    // No nudge: the next retry sees the rights. Retries back off 10 s, 20 s, 40 s, 80 s (±10 %) from
+    // the first refusal, so the deadline covers the fourth.
+    let retries = Duration::from_secs(10 + 20 + 40 + 80 + 20);
+    wait::until("Pack test Applied", retries, EVERY, || async {
         let p = packs.get("test").await.unwrap();
         let s = p.status.clone().unwrap_or_default();
         match ready(&p) {
@@ -1316,6 +1305,50 @@ fn genpack_repository(dir: &Path, versions: &[&str]) {
         .unwrap();
     }
     helm(&["repo", "index", dir.to_str().unwrap()]).unwrap();
+}
+
+/// A ClusterPackRepository `<namespace>-packs` (refreshed every 5 s) of genpack at `versions`, served
+/// from loopback; the repository is deleted and the server stopped when dropped.
+struct ServedRepository {
+    name: String,
+    dir: std::path::PathBuf,
+    _guard: RepositoryGuard,
+    _server: StaticFiles,
+}
+
+impl Drop for ServedRepository {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn served_genpack_repository(
+    admin: &Client,
+    namespace: &str,
+    versions: &[&str],
+) -> ServedRepository {
+    let repo_dir = std::env::temp_dir().join(format!("pack-operator-e2e-{namespace}-repo"));
+    genpack_repository(&repo_dir, versions);
+    let server = StaticFiles::serve(&repo_dir, "127.0.0.1:0").unwrap();
+    let name = format!("{namespace}-packs");
+    let guard = RepositoryGuard(admin.clone(), name.clone());
+    Api::<ClusterPackRepository>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "k8s.kubit.ir/v1alpha1", "kind": "ClusterPackRepository",
+                "metadata": { "name": name }, "spec": { "url": server.url, "interval": "5s" }
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    ServedRepository {
+        name,
+        dir: repo_dir,
+        _guard: guard,
+        _server: server,
+    }
 }
 
 /// Deletes cluster-scoped ClusterPackRepositories when dropped.
@@ -1362,23 +1395,10 @@ async fn pack_controller_with_the_chart_rbac_resolves_packs_only_in_its_namespac
     .await;
     let admin = env.client().await;
 
-    let repo_dir = std::env::temp_dir().join(format!("pack-operator-e2e-{}-repo", ns.name));
-    genpack_repository(&repo_dir, &["0.1.0", "0.1.3", "0.2.0", "1.0.0"]);
-    let server = StaticFiles::serve(&repo_dir, "127.0.0.1:0").unwrap();
-    let repo = format!("{}-packs", ns.name);
-    let _repo_guard = RepositoryGuard(admin.clone(), repo.clone());
+    let served =
+        served_genpack_repository(&admin, &ns.name, &["0.1.0", "0.1.3", "0.2.0", "1.0.0"]).await;
+    let repo = served.name.clone();
     let repos: Api<ClusterPackRepository> = Api::all(admin.clone());
-    repos
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "k8s.kubit.ir/v1alpha1", "kind": "ClusterPackRepository",
-                "metadata": { "name": repo }, "spec": { "url": server.url, "interval": "5s" }
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
     let packs: Api<Pack> = Api::namespaced(admin.clone(), &ns.name);
     for (pack, version) in [("test", "~=0.1"), ("impossible", ">=5")] {
         packs
@@ -1566,7 +1586,6 @@ async fn pack_controller_with_the_chart_rbac_resolves_packs_only_in_its_namespac
             .await,
     );
     drop(controller);
-    let _ = std::fs::remove_dir_all(&repo_dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
