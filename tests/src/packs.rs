@@ -16,7 +16,7 @@ use axum::{
     http::{StatusCode, Uri},
     response::IntoResponse,
 };
-use common::crd::ClusterPackRepository;
+use common::crd::{ClusterPackRepository, Pack};
 use kube::{
     Api, Client,
     api::{DeleteParams, PostParams},
@@ -183,6 +183,68 @@ pub async fn create_repository_with_interval(
     .unwrap();
     Api::<ClusterPackRepository>::all(client.clone())
         .create(&PostParams::default(), &repo)
+        .await
+        .unwrap();
+}
+
+/// A served repository of genpack and ClusterPackRepository `name` for it (refreshed every 2 s): the
+/// server's directory is removed and the repository deleted when dropped.
+pub struct ServedRepository {
+    pub server: ChartServer,
+    pub name: String,
+    _guard: RepositoriesGuard,
+}
+
+/// Serves genpack at `versions` for test namespace `ns` ([`ChartServer::with_versions`]) and creates
+/// ClusterPackRepository `name` for it.
+pub async fn served_repository(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    versions: &[&str],
+) -> ServedRepository {
+    let server = ChartServer::with_versions(ns, versions).await;
+    let guard = RepositoriesGuard {
+        client: client.clone(),
+        names: vec![name.to_owned()],
+    };
+    create_repository(client, name, &server.url).await;
+    ServedRepository {
+        server,
+        name: name.to_owned(),
+        _guard: guard,
+    }
+}
+
+/// Creates Pack `ns/name` of genpack from ClusterPackRepository `repo`: `version` the constraint
+/// (None: the highest stable), `values` its values (`null`: none).
+pub async fn create_genpack_pack(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    repo: &str,
+    version: Option<&str>,
+    values: serde_json::Value,
+) {
+    let mut spec = json!({ "chart": {
+        "repository": { "kind": "ClusterPackRepository", "name": repo },
+        "name": "genpack",
+    } });
+    if let Some(version) = version {
+        spec["chart"]["version"] = json!(version);
+    }
+    if !values.is_null() {
+        spec["values"] = values;
+    }
+    let pack: Pack = serde_json::from_value(json!({
+        "apiVersion": "k8s.kubit.ir/v1alpha1",
+        "kind": "Pack",
+        "metadata": { "name": name },
+        "spec": spec,
+    }))
+    .unwrap();
+    Api::<Pack>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pack)
         .await
         .unwrap();
 }

@@ -14,7 +14,7 @@ use e2e::{
     },
     cluster::{ControlPlane, client_from},
     controller::ControllerProcess,
-    static_files::StaticFiles,
+    packs::{ChartServer, create_genpack_pack, served_repository},
     test_env,
     tools::workspace_root,
     wait,
@@ -1194,23 +1194,17 @@ async fn a_pack_controller_refused_by_rbac_says_so_on_the_pack_and_recovers() {
         .await
         .unwrap();
 
-    let served = served_genpack_repository(&admin, &ns.name, &["0.1.0"]).await;
-    let repo = served.name.clone();
+    let repo = served_repository(&admin, &ns.name, &format!("{}-packs", ns.name), &["0.1.0"]).await;
+    create_genpack_pack(
+        &admin,
+        &ns.name,
+        "test",
+        &repo.name,
+        Some("0.1.0"),
+        Value::Null,
+    )
+    .await;
     let packs: Api<Pack> = Api::namespaced(admin.clone(), &ns.name);
-    packs
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "k8s.kubit.ir/v1alpha1", "kind": "Pack",
-                "metadata": { "name": "test" },
-                "spec": { "chart": {
-                    "repository": { "kind": "ClusterPackRepository", "name": repo },
-                    "name": "genpack", "version": "0.1.0" } }
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
     let args = controller_args(&ns.name, "pack-controller", &pack_helm_args(&ns.name));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let controller = ControllerProcess::start_with_kubeconfig(
@@ -1290,88 +1284,6 @@ async fn a_pack_controller_refused_by_rbac_says_so_on_the_pack_and_recovers() {
     assert_eq!(refusals.len(), 1, "{refusals:?}");
 }
 
-fn genpack_repository(dir: &Path, versions: &[&str]) {
-    std::fs::create_dir_all(dir).unwrap();
-    let chart = workspace_root().join("tests/charts/genpack");
-    for v in versions {
-        helm(&[
-            "package",
-            chart.to_str().unwrap(),
-            "--version",
-            v,
-            "--destination",
-            dir.to_str().unwrap(),
-        ])
-        .unwrap();
-    }
-    helm(&["repo", "index", dir.to_str().unwrap()]).unwrap();
-}
-
-/// A ClusterPackRepository `<namespace>-packs` (refreshed every 5 s) of genpack at `versions`, served
-/// from loopback; the repository is deleted and the server stopped when dropped.
-struct ServedRepository {
-    name: String,
-    dir: std::path::PathBuf,
-    _guard: RepositoryGuard,
-    _server: StaticFiles,
-}
-
-impl Drop for ServedRepository {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn served_genpack_repository(
-    admin: &Client,
-    namespace: &str,
-    versions: &[&str],
-) -> ServedRepository {
-    let repo_dir = std::env::temp_dir().join(format!("pack-operator-e2e-{namespace}-repo"));
-    genpack_repository(&repo_dir, versions);
-    let server = StaticFiles::serve(&repo_dir, "127.0.0.1:0").unwrap();
-    let name = format!("{namespace}-packs");
-    let guard = RepositoryGuard(admin.clone(), name.clone());
-    Api::<ClusterPackRepository>::all(admin.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "k8s.kubit.ir/v1alpha1", "kind": "ClusterPackRepository",
-                "metadata": { "name": name }, "spec": { "url": server.url, "interval": "5s" }
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
-    ServedRepository {
-        name,
-        dir: repo_dir,
-        _guard: guard,
-        _server: server,
-    }
-}
-
-/// Deletes cluster-scoped ClusterPackRepositories when dropped.
-struct RepositoryGuard(Client, String);
-
-impl Drop for RepositoryGuard {
-    fn drop(&mut self) {
-        let (client, name) = (self.0.clone(), self.1.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let _ = Api::<ClusterPackRepository>::all(client)
-                    .delete(&name, &DeleteParams::default())
-                    .await;
-            });
-        })
-        .join();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn pack_controller_with_the_chart_rbac_resolves_packs_only_in_its_namespaces() {
     let env = test_env();
@@ -1395,53 +1307,28 @@ async fn pack_controller_with_the_chart_rbac_resolves_packs_only_in_its_namespac
     .await;
     let admin = env.client().await;
 
-    let served =
-        served_genpack_repository(&admin, &ns.name, &["0.1.0", "0.1.3", "0.2.0", "1.0.0"]).await;
+    let served = served_repository(
+        &admin,
+        &ns.name,
+        &format!("{}-packs", ns.name),
+        &["0.1.0", "0.1.3", "0.2.0", "1.0.0"],
+    )
+    .await;
     let repo = served.name.clone();
     let repos: Api<ClusterPackRepository> = Api::all(admin.clone());
     let packs: Api<Pack> = Api::namespaced(admin.clone(), &ns.name);
+    let web = json!({ "gonbad": { "workloads": { "web": {
+        "containers": { "web": { "image": { "repository": "nginx" } } } } } } });
     for (pack, version) in [("test", "~=0.1"), ("impossible", ">=5")] {
-        packs
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({
-                    "apiVersion": "k8s.kubit.ir/v1alpha1", "kind": "Pack",
-                    "metadata": { "name": pack },
-                    "spec": { "chart": {
-                        "repository": { "kind": "ClusterPackRepository", "name": repo },
-                        "name": "genpack", "version": version },
-                        "values": { "gonbad": { "workloads": { "web": {
-                            "containers": { "web": { "image": { "repository": "nginx" } } } } } } } }
-                }))
-                .unwrap(),
-            )
-            .await
-            .unwrap();
+        create_genpack_pack(&admin, &ns.name, pack, &repo, Some(version), web.clone()).await;
     }
 
     // Two namespaces in scope, as the chart passes them; a Pack in each, and one outside.
-    let pack_in = |api: Api<Pack>, name: &'static str| {
-        let repo = repo.clone();
-        async move {
-            api.create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({
-                    "apiVersion": "k8s.kubit.ir/v1alpha1", "kind": "Pack",
-                    "metadata": { "name": name },
-                    "spec": { "chart": {
-                        "repository": { "kind": "ClusterPackRepository", "name": repo },
-                        "name": "genpack", "version": "~=0.1" } }
-                }))
-                .unwrap(),
-            )
-            .await
-            .unwrap();
-        }
-    };
     let packs2: Api<Pack> = Api::namespaced(admin.clone(), &ns2.name);
     let strangers: Api<Pack> = Api::namespaced(admin.clone(), &outside.name);
-    pack_in(packs2.clone(), "test2").await;
-    pack_in(strangers.clone(), "stranger").await;
+    for (ns, name) in [(&ns2.name, "test2"), (&outside.name, "stranger")] {
+        create_genpack_pack(&admin, ns, name, &repo, Some("~=0.1"), Value::Null).await;
+    }
     let mut args = controller_args(&ns.name, "pack-controller", &pack_helm_args(&ns.name));
     args[0] = format!("--namespace={},{}", ns.name, ns2.name);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -1789,9 +1676,11 @@ async fn samples_apply_and_work_on_a_cluster_with_the_chart_installed() {
     .unwrap();
 
     // The samples, as they are; only the repository URL moves to this test's server.
-    let repo_dir = dir.join("repo");
-    genpack_repository(&repo_dir, &["0.1.0", "0.1.3", "0.2.0", "1.0.0"]);
-    let server = StaticFiles::serve(&repo_dir, "127.0.0.1:0").unwrap();
+    let server = ChartServer::with_versions(
+        &format!("chart-samples-{}", random_suffix()),
+        &["0.1.0", "0.1.3", "0.2.0", "1.0.0"],
+    )
+    .await;
     let samples = workspace_root().join("deploy/samples");
     let mut files: Vec<_> = std::fs::read_dir(&samples)
         .unwrap()

@@ -414,8 +414,7 @@ struct SlowHelmFixture {
     env: e2e::TestEnv,
     ns: e2e::cluster::TestNamespace,
     client: kube::Client,
-    server: e2e::packs::ChartServer,
-    _guard: e2e::packs::RepositoriesGuard,
+    repo: e2e::packs::ServedRepository,
     helm: std::path::PathBuf,
     helm_log: std::path::PathBuf,
 }
@@ -424,34 +423,25 @@ async fn slow_helm_fixture(prefix: &str, after_term: Duration) -> SlowHelmFixtur
     let env = test_env();
     let ns = env.namespace(prefix).await;
     let client = env.client().await;
-    let server = e2e::packs::ChartServer::with_versions(&ns.name, &["0.1.0"]).await;
-    let repo = format!("{}-repo", ns.name);
-    let guard = e2e::packs::RepositoriesGuard {
-        client: client.clone(),
-        names: vec![repo.clone()],
-    };
-    e2e::packs::create_repository(&client, &repo, &server.url).await;
-    let (helm, helm_log) = slow_helm(&server.dir.parent().unwrap().join("fake-helm"), after_term);
-    let pack: common::crd::Pack = serde_json::from_value(serde_json::json!({
-        "apiVersion": "k8s.kubit.ir/v1alpha1",
-        "kind": "Pack",
-        "metadata": {"name": "slow"},
-        "spec": {"chart": {
-            "repository": {"kind": "ClusterPackRepository", "name": repo},
-            "name": "genpack",
-        }},
-    }))
-    .unwrap();
-    Api::<common::crd::Pack>::namespaced(client.clone(), &ns.name)
-        .create(&PostParams::default(), &pack)
-        .await
-        .unwrap();
+    let repo =
+        e2e::packs::served_repository(&client, &ns.name, &format!("{}-repo", ns.name), &["0.1.0"])
+            .await;
+    let fake_helm = repo.server.dir.parent().unwrap().join("fake-helm");
+    let (helm, helm_log) = slow_helm(&fake_helm, after_term);
+    e2e::packs::create_genpack_pack(
+        &client,
+        &ns.name,
+        "slow",
+        &repo.name,
+        None,
+        serde_json::Value::Null,
+    )
+    .await;
     SlowHelmFixture {
         env,
         ns,
         client,
-        server,
-        _guard: guard,
+        repo,
         helm,
         helm_log,
     }
@@ -609,7 +599,7 @@ async fn sigterm_keeps_the_lease_renewed_while_helm_winds_down_then_hands_over()
         "SIGTERM with a slow helm: old leader exited after {exited:?}, standby led {took_over:?} later"
     );
     drop(b);
-    drop(f.server);
+    drop(f.repo);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -678,5 +668,5 @@ async fn sigterm_with_a_lease_taken_meanwhile_stops_before_it_could_expire() {
         holder(&leases, "pack").await.as_deref(),
         Some("someone-else")
     );
-    drop(f.server);
+    drop(f.repo);
 }

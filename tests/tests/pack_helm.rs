@@ -10,8 +10,7 @@ use e2e::{
     TestEnv,
     controller::ControllerProcess,
     packs::{
-        ChartServer, RepositoriesGuard, create_repository, helm, helm_operations, publish,
-        start_pack_controller,
+        ServedRepository, helm, helm_operations, publish, served_repository, start_pack_controller,
     },
     test_env, wait,
 };
@@ -68,10 +67,8 @@ struct Fixture {
     env: TestEnv,
     client: Client,
     ns: e2e::cluster::TestNamespace,
-    server: ChartServer,
-    repo: String,
+    repo: ServedRepository,
     packs: Api<Pack>,
-    _guard: RepositoriesGuard,
     helm_home: std::path::PathBuf,
 }
 
@@ -79,22 +76,20 @@ async fn fixture(prefix: &str, versions: &[&str]) -> Fixture {
     let env = test_env();
     let ns = env.namespace(prefix).await;
     let client = env.client().await;
-    let server = ChartServer::with_versions(&ns.name, versions).await;
-    let repo = format!("{}-kubit-packs", ns.name);
-    let guard = RepositoriesGuard {
-        client: client.clone(),
-        names: vec![repo.clone()],
-    };
-    create_repository(&client, &repo, &server.url).await;
-    let helm_home = server.dir.parent().unwrap().join("helm-user");
+    let repo = served_repository(
+        &client,
+        &ns.name,
+        &format!("{}-kubit-packs", ns.name),
+        versions,
+    )
+    .await;
+    let helm_home = repo.server.dir.parent().unwrap().join("helm-user");
     Fixture {
         env,
         packs: Api::namespaced(client.clone(), &ns.name),
         client,
         ns,
-        server,
         repo,
-        _guard: guard,
         helm_home,
     }
 }
@@ -251,7 +246,7 @@ async fn reconciles(controller: &ControllerProcess) -> f64 {
 async fn sample_pack_installs_upgrades_and_uninstalls_with_real_helm() {
     let f = fixture("pack-helm", &["0.1.0", "0.1.3", "1.0.0"]).await;
     let controller = start_pack_controller(&f.env, &f.ns.name, "pack-0", &[]);
-    f.create(sample_pack(&f.repo)).await;
+    f.create(sample_pack(&f.repo.name)).await;
 
     // Installed: ~=0.1 resolves to 0.1.3 (1.0.0 is outside).
     let p = f
@@ -311,7 +306,7 @@ async fn sample_pack_installs_upgrades_and_uninstalls_with_real_helm() {
 
     // Re-applying the same spec (and any change that does not touch the release) runs no helm.
     let before = reconciles(&controller).await;
-    let mut same = sample_pack(&f.repo);
+    let mut same = sample_pack(&f.repo.name);
     same["metadata"]["labels"] = json!({"touched": "yes"});
     f.packs
         .patch(
@@ -361,7 +356,7 @@ async fn sample_pack_installs_upgrades_and_uninstalls_with_real_helm() {
     f.wait_event("test", "Upgraded", "changed values").await;
 
     // A matching version is published: auto-upgrade, and the Event names old → new.
-    publish(&f.server.dir, "0.1.5");
+    publish(&f.repo.server.dir, "0.1.5");
     let p = f
         .wait_state("test", PackState::Applied, "Applied", Some(3), &controller)
         .await;
@@ -554,7 +549,7 @@ fn install_foreign(f: &Fixture, name: &str) {
 async fn helm_failures_are_reported_retried_with_backoff_and_recover() {
     let f = fixture("pack-fail", &["0.1.0"]).await;
     let controller = start_pack_controller(&f.env, &f.ns.name, "pack-0", &[]);
-    f.create(sample_pack(&f.repo)).await;
+    f.create(sample_pack(&f.repo.name)).await;
     f.wait_state("test", PackState::Applied, "Applied", Some(1), &controller)
         .await;
 
@@ -654,7 +649,7 @@ async fn helm_failures_are_reported_retried_with_backoff_and_recover() {
 
     // A release of the same name that no Pack made is never touched, nor uninstalled.
     install_foreign(&f, "foreign");
-    let mut foreign = sample_pack(&f.repo);
+    let mut foreign = sample_pack(&f.repo.name);
     foreign["metadata"]["name"] = json!("foreign");
     f.create(foreign).await;
     let p = f
@@ -696,7 +691,7 @@ async fn helm_failures_are_reported_retried_with_backoff_and_recover() {
     // A release already gone at deletion is fine: uninstalled by hand (while the Pack is suspended, so it
     // is not installed again), then the Pack is deleted: it goes, without RemoveFailed or a failed
     // uninstall.
-    let mut byhand = sample_pack(&f.repo);
+    let mut byhand = sample_pack(&f.repo.name);
     byhand["metadata"]["name"] = json!("byhand");
     f.create(byhand).await;
     f.wait_state(
@@ -771,7 +766,7 @@ async fn helm_failures_are_reported_retried_with_backoff_and_recover() {
     let hook_ns = format!("{}-hook", f.ns.name);
     let mut values = sample_values();
     values["gonbad"]["hooks"] = json!({"preDeleteNamespace": hook_ns});
-    let mut gone = sample_pack(&f.repo);
+    let mut gone = sample_pack(&f.repo.name);
     gone["metadata"]["name"] = json!("gone");
     gone["spec"]["values"] = values;
     f.create(gone).await;
@@ -1081,7 +1076,7 @@ async fn interrupted_helm_is_cancelled_cleanly_and_stuck_releases_recover() {
     let f = fixture("pack-stuck", &["0.1.0"]).await;
     let mut controller =
         start_pack_controller(&f.env, &f.ns.name, "pack-0", &["--helm-timeout=2m"]);
-    f.create(sample_pack(&f.repo)).await;
+    f.create(sample_pack(&f.repo.name)).await;
     f.wait_state("test", PackState::Applied, "Applied", Some(1), &controller)
         .await;
 
