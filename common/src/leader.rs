@@ -212,25 +212,36 @@ impl LeaderElector {
                 }
                 _ = tokio::time::sleep(self.timing.retry_period) => {}
             }
-            let deadline = last_renew + self.timing.renew_deadline;
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let sent = Instant::now();
-            match tokio::time::timeout(remaining, self.try_acquire_or_renew()).await {
-                Ok(Ok(true)) => last_renew = sent,
-                Ok(Ok(false)) => {
-                    warn!("leader election: another replica holds the Lease");
+            match self.renew(last_renew).await {
+                Renewal::Renewed(at) => last_renew = at,
+                Renewal::Taken => return (TermEnd::Lost, last_renew),
+                // A failed renewal is retried until the renew deadline (a timeout is at it).
+                Renewal::Failed if Instant::now() >= last_renew + self.timing.renew_deadline => {
                     return (TermEnd::Lost, last_renew);
                 }
-                Ok(Err(e)) => {
-                    warn!(error = %e, "leader election: renewal failed");
-                    if Instant::now() >= deadline {
-                        return (TermEnd::Lost, last_renew);
-                    }
-                }
-                Err(_) => {
-                    warn!(deadline = ?self.timing.renew_deadline, "leader election: could not renew before the renew deadline");
-                    return (TermEnd::Lost, last_renew);
-                }
+                Renewal::Failed => {}
+            }
+        }
+    }
+
+    /// One renewal, given up at the renew deadline counted from `last_renew`.
+    async fn renew(&mut self, last_renew: Instant) -> Renewal {
+        let remaining =
+            (last_renew + self.timing.renew_deadline).saturating_duration_since(Instant::now());
+        let sent = Instant::now();
+        match tokio::time::timeout(remaining, self.try_acquire_or_renew()).await {
+            Ok(Ok(true)) => Renewal::Renewed(sent),
+            Ok(Ok(false)) => {
+                warn!("leader election: another replica holds the Lease");
+                Renewal::Taken
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "leader election: renewal failed");
+                Renewal::Failed
+            }
+            Err(_) => {
+                warn!(deadline = ?self.timing.renew_deadline, "leader election: could not renew before the renew deadline");
+                Renewal::Failed
             }
         }
     }
@@ -267,27 +278,11 @@ impl LeaderElector {
             if !renewing {
                 continue;
             }
-            let remaining =
-                (last_renew + self.timing.renew_deadline).saturating_duration_since(Instant::now());
-            let sent = Instant::now();
-            let renewed = match tokio::time::timeout(remaining, self.try_acquire_or_renew()).await {
-                Ok(Ok(true)) => true,
-                Ok(Ok(false)) => {
-                    warn!("leader election: another replica holds the Lease");
-                    false
-                }
-                Ok(Err(e)) => {
-                    warn!(error = %e, "leader election: renewal failed");
-                    false
-                }
-                Err(_) => {
-                    warn!("leader election: Lease renewal timed out");
-                    false
-                }
-            };
-            if renewed {
-                last_renew = sent;
+            if let Renewal::Renewed(at) = self.renew(last_renew).await {
+                last_renew = at;
             } else {
+                // While stopping, one failed renewal ends the renewals: the time left is bounded by
+                // the last one that succeeded.
                 renewing = false;
                 deadline = deadline.min(last_renew + self.timing.lease_duration);
                 warn!(left = ?deadline.saturating_duration_since(Instant::now()), "cannot keep the Lease while stopping; the controller gets until just before it could expire");
@@ -407,9 +402,19 @@ impl LeaderElector {
     }
 }
 
+/// The outcome of one renewal attempt.
+enum Renewal {
+    /// Renewed; the attempt was sent at this instant (the Lease runs from no earlier than that).
+    Renewed(Instant),
+    /// Another replica holds the Lease.
+    Taken,
+    /// The request failed or timed out.
+    Failed,
+}
+
 /// Aborts `task` and waits until it is gone (its Helm children are killed as it drops them), so the
-/// Lease is released only once nothing of this term runs.
-async fn abort(task: &mut JoinHandle<()>) {
+/// Lease is released, or the process ends, only once nothing of the work runs.
+pub(crate) async fn abort(task: &mut JoinHandle<()>) {
     task.abort();
     let _ = task.await;
 }

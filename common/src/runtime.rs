@@ -171,8 +171,7 @@ impl Runtime {
                     tokio::time::sleep(args.shutdown_grace).await;
                 } => {
                     tracing::warn!(grace = ?args.shutdown_grace, "controller did not stop within the shutdown grace, aborting it");
-                    work.abort();
-                    let _ = (&mut work).await;
+                    crate::leader::abort(&mut work).await;
                     Ok(())
                 }
             };
