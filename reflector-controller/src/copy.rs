@@ -17,7 +17,7 @@ use std::{
 };
 
 use k8s_openapi::{ByteString, api::core::v1::Secret};
-use kube::api::ObjectMeta;
+use kube::{ResourceExt, api::ObjectMeta};
 use sha2::{Digest, Sha256};
 
 /// Label on every copy: the namespace of the SecretReflector that made it.
@@ -255,15 +255,10 @@ pub fn decide(
     if secret_type(existing) != secret_type(desired) || (immutable && !data_same) {
         return Decision::Replace;
     }
-    let meta_same = holds(
-        existing.metadata.labels.as_ref(),
-        desired.metadata.labels.as_ref(),
-        recorded(&existing.metadata, COPIED_LABELS_ANNOTATION).as_ref(),
-    ) && holds(
-        existing.metadata.annotations.as_ref(),
-        desired.metadata.annotations.as_ref(),
-        recorded(&existing.metadata, COPIED_ANNOTATIONS_ANNOTATION).as_ref(),
-    );
+    // The labels and annotations an update would write (ours over theirs) are those already there.
+    let next = merged(existing, desired);
+    let meta_same = next.metadata.labels == Some(existing.labels().clone())
+        && next.metadata.annotations == Some(existing.annotations().clone());
     let immutable_same = immutable == (desired.immutable == Some(true));
     match (data_same && meta_same && immutable_same, immutable) {
         (true, _) => Decision::Unchanged,
@@ -271,23 +266,6 @@ pub fn decide(
         (false, true) if !immutable_same => Decision::Replace,
         (false, _) => Decision::Update,
     }
-}
-
-/// Whether labels (or annotations) `existing` carry every key of `desired` with its value, and none
-/// of the keys `previously` copied that `desired` no longer has. Keys of other tools do not matter.
-/// Without a record (a copy made before it existed) every key of `existing` counts as copied.
-fn holds(
-    existing: Option<&BTreeMap<String, String>>,
-    desired: Option<&BTreeMap<String, String>>,
-    previously: Option<&BTreeSet<&str>>,
-) -> bool {
-    let empty = BTreeMap::new();
-    let (existing, desired) = (existing.unwrap_or(&empty), desired.unwrap_or(&empty));
-    let ours_present = desired.iter().all(|(k, v)| existing.get(k) == Some(v));
-    let dropped_absent = existing
-        .keys()
-        .all(|k| desired.contains_key(k) || previously.is_some_and(|p| !p.contains(k.as_str())));
-    ours_present && dropped_absent
 }
 
 /// Labels (or annotations) to write over `existing`: `desired`, plus the keys of `existing` that were
