@@ -22,7 +22,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
     jiff::Timestamp,
 };
-pub use kube::runtime::events::EventType;
+use kube::runtime::events::EventType;
 use kube::{
     Api, Client,
     api::{Patch, PatchParams, PostParams},

@@ -7,7 +7,6 @@
 //! `helm uninstall` is corrected), on spec/annotation changes, and on a periodic resync. A reconcile whose
 //! [`ReleaseDigest`] matches the deployed release runs no Helm process: it costs one metadata list call.
 
-use common::events::Recorder;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, PoisonError},
@@ -20,6 +19,7 @@ use common::{
         ClusterPackRepository, Pack, PackStatus,
         pack::{PackState, RepositoryKind},
     },
+    events::Recorder,
     metrics::ReconcileMetrics,
     runtime::Leading,
 };

@@ -4,7 +4,6 @@
 //! ClusterPackRepository is cluster-scoped, so this controller watches every repository whatever
 //! `--namespace` says: a namespace-scoped pack-controller still needs the indexes its Packs use.
 
-use common::events::Recorder;
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex, PoisonError},
@@ -14,6 +13,7 @@ use std::{
 use common::{
     conditions,
     crd::{ClusterPackRepository, ClusterPackRepositoryStatus, repository::SecretReference},
+    events::Recorder,
     metrics::ReconcileMetrics,
 };
 use futures::StreamExt;

@@ -3,7 +3,6 @@
 //! are watched as metadata only and never cached; an event on one that some workload watches wakes
 //! those workloads, which then read and hash just the objects they name.
 
-use common::events::Recorder;
 use std::{
     collections::HashMap,
     fmt::Debug,
@@ -15,6 +14,7 @@ use common::{
     annotation::{WATCH_TO_REDEPLOY, WatchKind, WatchTarget, parse_watch_targets},
     cli::parse_duration,
     crd::Pack,
+    events::Recorder,
     metrics::ReconcileMetrics,
     runtime::Leading,
 };

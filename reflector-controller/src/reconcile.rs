@@ -15,7 +15,6 @@
 //! Sources are read with one GET per reconcile. Each reconcile is also requeued after a jittered
 //! resync period, a safety net should a watch event be missed.
 
-use common::events::Recorder;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex},
@@ -25,6 +24,7 @@ use std::{
 use common::{
     conditions,
     crd::{SecretReflector, SecretReflectorStatus},
+    events::Recorder,
     metrics::ReconcileMetrics,
     runtime::{Leading, store_synced},
 };
@@ -412,18 +412,19 @@ fn yielded(ns: &str, target_name: &str, winner: &ReflectorKey) -> TargetOutcome 
 
 /// Records the targets in Conflict of `key` (None: it is going) and sets the gauge.
 fn count_conflicts(ctx: &Context, key: &ReflectorKey, conflicts: Option<usize>) {
-    {
-        let mut all = lock(&ctx.conflicts);
-        match conflicts {
-            Some(n) => all.insert(key.clone(), n),
-            None => all.remove(key),
-        };
-    }
-    forget_gone(ctx);
+    let mut all = lock(&ctx.conflicts);
+    match conflicts {
+        Some(n) => all.insert(key.clone(), n),
+        None => all.remove(key),
+    };
+    ctx.metrics
+        .conflicts
+        .set(all.values().sum::<usize>() as i64);
 }
 
 /// Forgets the conflicts and reported targets of reflectors no longer in the cache (e.g. deleted
-/// without their cleanup, their finalizer removed by hand), and sets the conflicts gauge.
+/// without their cleanup, their finalizer removed by hand), and sets the conflicts gauge. Run by the
+/// orphan sweep, once per resync: a reflector that goes through its cleanup is forgotten there.
 fn forget_gone(ctx: &Context) {
     let mut all = lock(&ctx.conflicts);
     all.retain(|k, _| cached(ctx, k));
