@@ -11,15 +11,20 @@ pub mod cli;
 pub mod conditions;
 pub mod crd;
 pub mod events;
+pub mod finalizer;
 pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod process_metrics;
+pub mod requeue;
 pub mod runtime;
 pub mod server;
 pub mod shutdown;
 pub mod status;
+pub mod sync;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use cli::RuntimeArgs;
 

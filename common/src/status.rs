@@ -30,3 +30,23 @@ where
     .await?;
     Ok(())
 }
+
+/// Applies `new` to the status subresource of `name` unless it equals `old` (the status the object was
+/// read with): a reconcile that changes nothing writes nothing. Returns whether it wrote.
+pub async fn write<K, S>(
+    api: &Api<K>,
+    name: &str,
+    field_manager: &str,
+    old: Option<&S>,
+    new: &S,
+) -> kube::Result<bool>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    if old == Some(new) {
+        return Ok(false);
+    }
+    apply(api, name, field_manager, new).await?;
+    Ok(true)
+}
