@@ -10,6 +10,9 @@
 //! shared cache of each repository's `index.yaml`), `metrics` (Helm operations, Packs by state).
 
 pub mod chart;
+pub mod controller;
+pub mod error;
+pub mod execute;
 pub mod helm;
 pub mod index;
 pub mod metrics;
@@ -22,4 +25,4 @@ pub mod status;
 pub mod vars;
 pub mod versions;
 
-pub use reconcile::run;
+pub use controller::{Metrics, Settings, run};

@@ -5,7 +5,7 @@ use common::{RuntimeArgs, cli::parse_duration, metrics::ReconcileMetrics, runtim
 use pack_controller::{
     helm::HelmConfig,
     metrics::{HelmMetrics, PackStates},
-    reconcile::{Metrics, Settings},
+    controller::{Metrics, Settings},
 };
 
 /// pack-controller: installs, upgrades and uninstalls the Helm release of each Pack.

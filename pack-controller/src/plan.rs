@@ -68,6 +68,39 @@ pub enum Plan {
     Apply { install: bool, recover: bool },
 }
 
+/// What executing a [`Plan::Apply`] came to: the input of the status and Event report
+/// ([`crate::status::after_apply`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `helm upgrade --install` made this revision.
+    Applied { revision: i64, took: Duration },
+    /// It failed (the chart could not be had, or Helm refused): `reason` for the condition and the
+    /// Event, `error` as Helm said it (values blanked), and the rollback tried after it, if any.
+    Failed {
+        reason: &'static str,
+        error: String,
+        took: Duration,
+        rollback: Option<RollbackOutcome>,
+    },
+}
+
+/// A rollback to the revision deployed before a failed upgrade (`spec.rollbackOnFailure`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollbackOutcome {
+    /// Helm rolled back to revision `to`, making `revision` (None: the release could not be read after).
+    RolledBack {
+        to: i64,
+        revision: Option<i64>,
+        took: Duration,
+    },
+    /// The rollback failed too.
+    Failed {
+        to: i64,
+        error: String,
+        took: Duration,
+    },
+}
+
 /// Inputs to [`decide`] besides the digest.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {

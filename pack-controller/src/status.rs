@@ -11,7 +11,7 @@ use common::{
 use k8s_openapi::jiff::Timestamp;
 
 use crate::{
-    plan::ReleaseDigest,
+    plan::{self, Outcome, ReleaseDigest, RollbackOutcome},
     resolve::{Resolution, ResolveError},
 };
 
@@ -196,12 +196,7 @@ pub fn apply_failed(
     stalled: bool,
     generation: Option<i64>,
 ) -> PackStatus {
-    let failures = if status.last_attempted_digest.as_deref() == Some(digest.as_str()) {
-        status.failures.unwrap_or(0).saturating_add(1)
-    } else {
-        1
-    };
-    status.failures = Some(failures);
+    status.failures = Some(failures_with(&status, digest));
     status.last_attempted_digest = Some(digest.as_str().to_owned());
     status.state = Some(PackState::ApplyFailed);
     conditions::set(
@@ -224,6 +219,15 @@ pub fn apply_failed(
         conditions::remove(&mut status.conditions, conditions::STALLED);
     }
     status
+}
+
+/// Consecutive failures of `digest` once another one is counted.
+fn failures_with(status: &PackStatus, digest: &ReleaseDigest) -> u32 {
+    if status.last_attempted_digest.as_deref() == Some(digest.as_str()) {
+        status.failures.unwrap_or(0).saturating_add(1)
+    } else {
+        1
+    }
 }
 
 /// A release of the Pack's name exists that no Pack made.
@@ -287,6 +291,201 @@ pub fn remove_failed(mut status: PackStatus, error: &str, generation: Option<i64
         ),
     );
     status
+}
+
+/// An install or upgrade that was run: what [`after_apply`] reports on besides its [`Outcome`].
+#[derive(Debug, Clone, Copy)]
+pub struct Attempted<'a> {
+    /// The release (the Pack's name).
+    pub release: &'a str,
+    pub resolution: &'a Resolution,
+    pub digest: &'a ReleaseDigest,
+    /// `helm install` (no release before) rather than an upgrade.
+    pub install: bool,
+    /// The `requestedAt` annotation the attempt handled, if any.
+    pub requested_at: Option<&'a str>,
+    /// The revision of the release made outside this Pack (a manual `helm upgrade`/`rollback`) that the
+    /// attempt corrected, if it was one.
+    pub changed_outside: Option<i64>,
+    pub generation: Option<i64>,
+}
+
+/// An Event to publish on the Pack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    pub warning: bool,
+    pub reason: &'static str,
+    /// Part of what makes two Events one series: a repeat of the same failure of the same spec folds.
+    pub action: String,
+    pub note: String,
+}
+
+/// When to look at the Pack again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// On the periodic resync (nothing to retry, or held until something changes).
+    Resync,
+    /// After this backoff.
+    After(std::time::Duration),
+}
+
+/// The report of an attempt: the status to write, the Event to publish, when to look again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub status: PackStatus,
+    pub event: Announcement,
+    pub retry: Retry,
+}
+
+/// How the status (starting from `previous`, the status written while Helm ran) and the Event follow
+/// from an install/upgrade and its [`Outcome`]. Pure: the reconcile writes and publishes the result.
+pub fn after_apply(mut previous: PackStatus, a: &Attempted<'_>, outcome: &Outcome) -> Report {
+    let (r, digest) = (a.resolution, a.digest);
+    let action = if a.install { "Install" } else { "Upgrade" };
+    previous.last_handled_reconcile_at = a.requested_at.map(Into::into);
+    match outcome {
+        Outcome::Applied { revision, took } => {
+            let earlier_version = previous.applied_version.clone();
+            push_history(
+                &mut previous,
+                attempt(
+                    action,
+                    Some(&r.version),
+                    Some(digest),
+                    Ok(Some(*revision)),
+                    *took,
+                ),
+            );
+            previous.last_attempted_digest = Some(digest.as_str().to_owned());
+            let status = applied(previous, r, digest, *revision, a.release, a.generation);
+            Report {
+                status,
+                event: Announcement {
+                    warning: false,
+                    reason: if a.install { "Installed" } else { "Upgraded" },
+                    action: format!("{action} {} r{revision}", r.version),
+                    note: applied_note(a, earlier_version.as_deref(), *revision),
+                },
+                retry: Retry::Resync,
+            }
+        }
+        Outcome::Failed {
+            reason,
+            error,
+            took,
+            rollback,
+        } => {
+            let operation = if a.install { "install" } else { "upgrade" };
+            let mut message = format!(
+                "helm {operation} of chart {} {} failed: {error}",
+                r.chart, r.version
+            );
+            push_history(
+                &mut previous,
+                attempt(
+                    action,
+                    Some(&r.version),
+                    Some(digest),
+                    Err(error.clone()),
+                    *took,
+                ),
+            );
+            let stalled = match rollback {
+                Some(rollback) => record_rollback(&mut previous, rollback, &mut message),
+                None => false,
+            };
+            let retry = plan::backoff(failures_with(&previous, digest));
+            if !stalled {
+                message.push_str(&format!("; retrying in {}s", retry.as_secs()));
+            }
+            let status = apply_failed(
+                previous,
+                digest,
+                reason,
+                message.clone(),
+                stalled,
+                a.generation,
+            );
+            Report {
+                status,
+                event: Announcement {
+                    warning: true,
+                    reason,
+                    // Repeated failures of one spec fold into one Event series; another spec gets its own.
+                    action: format!("{action} {} {}", r.version, &digest.label()[..8]),
+                    note: message,
+                },
+                retry: if stalled {
+                    Retry::Resync
+                } else {
+                    Retry::After(retry)
+                },
+            }
+        }
+    }
+}
+
+/// The note of a successful install/upgrade: what changed.
+fn applied_note(a: &Attempted<'_>, earlier_version: Option<&str>, revision: i64) -> String {
+    let (r, release) = (a.resolution, a.release);
+    match (a.install, earlier_version, a.changed_outside) {
+        (true, _, _) => format!(
+            "Installed chart {} {} as release {release} revision {revision}",
+            r.chart, r.version
+        ),
+        (false, Some(old), _) if old != r.version => format!(
+            "Upgraded chart {} {old} → {} (revision {revision})",
+            r.chart, r.version
+        ),
+        (false, _, Some(outside)) => format!(
+            "Upgraded chart {} {} back to the Pack's values: revision {outside} of the release was \
+             made outside this Pack (revision {revision})",
+            r.chart, r.version
+        ),
+        (false, _, None) => format!(
+            "Upgraded chart {} {} with changed values{} (revision {revision})",
+            r.chart,
+            r.version,
+            if a.requested_at.is_some() {
+                " or on request"
+            } else {
+                ""
+            },
+        ),
+    }
+}
+
+/// Records the rollback after a failed upgrade in the history and the message; whether the Pack is now
+/// held (rolled back: not retried until something changes).
+fn record_rollback(
+    status: &mut PackStatus,
+    rollback: &RollbackOutcome,
+    message: &mut String,
+) -> bool {
+    match rollback {
+        RollbackOutcome::RolledBack { to, revision, took } => {
+            // The rollback made a new revision: the one the Pack now stands on.
+            status.revision = revision.or(status.revision);
+            message.push_str(&format!(
+                "; rolled back to revision {to} (spec.rollbackOnFailure); not retried until the spec, \
+                 the chart version or the requestedAt annotation changes"
+            ));
+            let version = status.applied_version.clone();
+            push_history(
+                status,
+                attempt("Rollback", version.as_deref(), None, Ok(*revision), *took),
+            );
+            true
+        }
+        RollbackOutcome::Failed { to, error, took } => {
+            message.push_str(&format!("; rollback to revision {to} failed too: {error}"));
+            push_history(
+                status,
+                attempt("Rollback", None, None, Err(error.clone()), *took),
+            );
+            false
+        }
+    }
 }
 
 /// Adds `attempt` to the front of the history, keeping [`HISTORY`] entries.
@@ -541,5 +740,354 @@ mod tests {
             (ready.status.as_str(), ready.reason.as_str()),
             ("True", APPLIED)
         );
+    }
+
+    /// One row of the [`after_apply`] table: the status before, the attempt, the outcome, and what the
+    /// report must say.
+    struct Case {
+        name: &'static str,
+        before: PackStatus,
+        install: bool,
+        requested_at: Option<&'static str>,
+        changed_outside: Option<i64>,
+        outcome: Outcome,
+        state: PackState,
+        ready: (&'static str, &'static str),
+        message_has: &'static [&'static str],
+        event: (bool, &'static str, &'static str),
+        stalled: bool,
+        revision: Option<i64>,
+        failures: Option<u32>,
+        history: &'static [(&'static str, &'static str)],
+        retry: Retry,
+    }
+
+    #[test]
+    fn after_apply_reports_each_outcome() {
+        let p = pack();
+        let r = resolution("0.1.5");
+        let digest = ReleaseDigest::of("genpack", "0.1.5", Some("ab"), &json!({"a": 1}));
+        let d8 = &digest.label()[..8];
+        let secs = Duration::from_secs;
+        let deployed = {
+            let mut s = applied(base(&p), &resolution("0.1.0"), &digest, 2, "p", Some(3));
+            s.history.clear();
+            s
+        };
+        let failed_once = {
+            let mut s = deployed.clone();
+            s.last_attempted_digest = Some(digest.as_str().to_owned());
+            s.failures = Some(1);
+            s
+        };
+        let failed = |reason, rollback| Outcome::Failed {
+            reason,
+            error: "UPGRADE FAILED: boom".into(),
+            took: secs(1),
+            rollback,
+        };
+        let cases = [
+            Case {
+                name: "install",
+                before: base(&p),
+                install: true,
+                requested_at: None,
+                changed_outside: None,
+                outcome: Outcome::Applied {
+                    revision: 1,
+                    took: secs(2),
+                },
+                state: PackState::Applied,
+                ready: ("True", APPLIED),
+                message_has: &["release p revision 1 runs chart genpack 0.1.5"],
+                event: (
+                    false,
+                    "Installed",
+                    "Installed chart genpack 0.1.5 as release p revision 1",
+                ),
+                stalled: false,
+                revision: Some(1),
+                failures: None,
+                history: &[("Install", "Succeeded")],
+                retry: Retry::Resync,
+            },
+            Case {
+                name: "upgrade to a new version names both",
+                before: deployed.clone(),
+                install: false,
+                requested_at: None,
+                changed_outside: None,
+                outcome: Outcome::Applied {
+                    revision: 3,
+                    took: secs(2),
+                },
+                state: PackState::Applied,
+                ready: ("True", APPLIED),
+                message_has: &["revision 3"],
+                event: (
+                    false,
+                    "Upgraded",
+                    "Upgraded chart genpack 0.1.0 → 0.1.5 (revision 3)",
+                ),
+                stalled: false,
+                revision: Some(3),
+                failures: None,
+                history: &[("Upgrade", "Succeeded")],
+                retry: Retry::Resync,
+            },
+            Case {
+                name: "a release changed outside is put back",
+                before: {
+                    let mut s = applied(base(&p), &r, &digest, 2, "p", Some(3));
+                    s.history.clear();
+                    s
+                },
+                install: false,
+                requested_at: None,
+                changed_outside: Some(4),
+                outcome: Outcome::Applied {
+                    revision: 5,
+                    took: secs(2),
+                },
+                state: PackState::Applied,
+                ready: ("True", APPLIED),
+                message_has: &["revision 5"],
+                event: (
+                    false,
+                    "Upgraded",
+                    "Upgraded chart genpack 0.1.5 back to the Pack's values: revision 4 of the release \
+                     was made outside this Pack (revision 5)",
+                ),
+                stalled: false,
+                revision: Some(5),
+                failures: None,
+                history: &[("Upgrade", "Succeeded")],
+                retry: Retry::Resync,
+            },
+            Case {
+                name: "same version on request",
+                before: {
+                    let mut s = applied(base(&p), &r, &digest, 2, "p", Some(3));
+                    s.history.clear();
+                    s
+                },
+                install: false,
+                requested_at: Some("now"),
+                changed_outside: None,
+                outcome: Outcome::Applied {
+                    revision: 3,
+                    took: secs(2),
+                },
+                state: PackState::Applied,
+                ready: ("True", APPLIED),
+                message_has: &[],
+                event: (
+                    false,
+                    "Upgraded",
+                    "Upgraded chart genpack 0.1.5 with changed values or on request (revision 3)",
+                ),
+                stalled: false,
+                revision: Some(3),
+                failures: None,
+                history: &[("Upgrade", "Succeeded")],
+                retry: Retry::Resync,
+            },
+            Case {
+                name: "a second failure of the same spec backs off longer",
+                before: failed_once.clone(),
+                install: false,
+                requested_at: None,
+                changed_outside: None,
+                outcome: failed(UPGRADE_FAILED, None),
+                state: PackState::ApplyFailed,
+                ready: ("False", UPGRADE_FAILED),
+                message_has: &[
+                    "helm upgrade of chart genpack 0.1.5 failed: UPGRADE FAILED: boom",
+                    "; retrying in 20s",
+                ],
+                event: (
+                    true,
+                    UPGRADE_FAILED,
+                    "helm upgrade of chart genpack 0.1.5 failed: UPGRADE FAILED: boom; retrying in 20s",
+                ),
+                stalled: false,
+                revision: Some(2),
+                failures: Some(2),
+                history: &[("Upgrade", "Failed")],
+                retry: Retry::After(secs(20)),
+            },
+            Case {
+                name: "rolled back: held, stalled, standing on the rollback's revision",
+                before: deployed.clone(),
+                install: false,
+                requested_at: None,
+                changed_outside: None,
+                outcome: failed(
+                    UPGRADE_FAILED,
+                    Some(RollbackOutcome::RolledBack {
+                        to: 2,
+                        revision: Some(4),
+                        took: secs(1),
+                    }),
+                ),
+                state: PackState::ApplyFailed,
+                ready: ("False", UPGRADE_FAILED),
+                message_has: &["; rolled back to revision 2 (spec.rollbackOnFailure); not retried"],
+                event: (
+                    true,
+                    UPGRADE_FAILED,
+                    "helm upgrade of chart genpack 0.1.5 failed: UPGRADE FAILED: boom; rolled back to revision 2 (spec.rollbackOnFailure); not retried until the spec, the chart version or the requestedAt annotation changes",
+                ),
+                stalled: true,
+                revision: Some(4),
+                failures: Some(1),
+                history: &[("Rollback", "Succeeded"), ("Upgrade", "Failed")],
+                retry: Retry::Resync,
+            },
+            Case {
+                name: "a failed rollback is retried like a failure",
+                before: deployed.clone(),
+                install: false,
+                requested_at: None,
+                changed_outside: None,
+                outcome: failed(
+                    UPGRADE_FAILED,
+                    Some(RollbackOutcome::Failed {
+                        to: 2,
+                        error: "no".into(),
+                        took: secs(1),
+                    }),
+                ),
+                state: PackState::ApplyFailed,
+                ready: ("False", UPGRADE_FAILED),
+                message_has: &["; rollback to revision 2 failed too: no; retrying in 10s"],
+                event: (
+                    true,
+                    UPGRADE_FAILED,
+                    "helm upgrade of chart genpack 0.1.5 failed: UPGRADE FAILED: boom; rollback to revision 2 failed too: no; retrying in 10s",
+                ),
+                stalled: false,
+                revision: Some(2),
+                failures: Some(1),
+                history: &[("Rollback", "Failed"), ("Upgrade", "Failed")],
+                retry: Retry::After(secs(10)),
+            },
+            Case {
+                name: "a chart that cannot be had keeps its own reason",
+                before: base(&p),
+                install: true,
+                requested_at: None,
+                changed_outside: None,
+                outcome: failed("ChartDigestMismatch", None),
+                state: PackState::ApplyFailed,
+                ready: ("False", "ChartDigestMismatch"),
+                message_has: &["helm install of chart genpack 0.1.5 failed"],
+                event: (
+                    true,
+                    "ChartDigestMismatch",
+                    "helm install of chart genpack 0.1.5 failed: UPGRADE FAILED: boom; retrying in 10s",
+                ),
+                stalled: false,
+                revision: None,
+                failures: Some(1),
+                history: &[("Install", "Failed")],
+                retry: Retry::After(secs(10)),
+            },
+        ];
+        for c in cases {
+            let attempted = Attempted {
+                release: "p",
+                resolution: &r,
+                digest: &digest,
+                install: c.install,
+                requested_at: c.requested_at,
+                changed_outside: c.changed_outside,
+                generation: Some(3),
+            };
+            let report = after_apply(c.before, &attempted, &c.outcome);
+            let s = &report.status;
+            assert_eq!(s.state, Some(c.state), "{}", c.name);
+            let ready = conditions::find(&s.conditions, conditions::READY).unwrap();
+            assert_eq!(
+                (ready.status.as_str(), ready.reason.as_str()),
+                c.ready,
+                "{}",
+                c.name
+            );
+            for part in c.message_has {
+                assert!(
+                    ready.message.contains(part),
+                    "{}: {}",
+                    c.name,
+                    ready.message
+                );
+            }
+            assert_eq!(
+                conditions::find(&s.conditions, conditions::STALLED).is_some(),
+                c.stalled,
+                "{}",
+                c.name
+            );
+            assert!(
+                conditions::find(&s.conditions, conditions::RECONCILING).is_none(),
+                "{}",
+                c.name
+            );
+            assert_eq!(s.revision, c.revision, "{}", c.name);
+            assert_eq!(s.failures, c.failures, "{}", c.name);
+            assert_eq!(
+                s.last_attempted_digest.as_deref(),
+                Some(digest.as_str()),
+                "{}",
+                c.name
+            );
+            assert_eq!(
+                s.last_handled_reconcile_at.as_deref(),
+                c.requested_at,
+                "{}",
+                c.name
+            );
+            let history: Vec<_> = s
+                .history
+                .iter()
+                .map(|h| (h.action.as_str(), h.result.as_str()))
+                .collect();
+            assert_eq!(history, c.history, "{}", c.name);
+            let e = &report.event;
+            assert_eq!(
+                (e.warning, e.reason, e.note.as_str()),
+                c.event,
+                "{}",
+                c.name
+            );
+            assert_eq!(report.retry, c.retry, "{}", c.name);
+            if e.warning {
+                assert_eq!(
+                    e.action,
+                    format!(
+                        "{} 0.1.5 {d8}",
+                        if c.install { "Install" } else { "Upgrade" }
+                    ),
+                    "{}",
+                    c.name
+                );
+                assert!(
+                    !ready.message.is_empty() && e.note == ready.message,
+                    "{}",
+                    c.name
+                );
+            } else {
+                assert_eq!(
+                    e.action,
+                    format!(
+                        "{} 0.1.5 r{}",
+                        if c.install { "Install" } else { "Upgrade" },
+                        c.revision.unwrap()
+                    ),
+                    "{}",
+                    c.name
+                );
+            }
+        }
     }
 }

@@ -1,0 +1,284 @@
+//! What wakes a Pack reconcile: the watches and the `Controller` of the pack-controller (the reconcile
+//! itself is in [`crate::reconcile`]).
+//!
+//! A Pack is reconciled when its spec or annotations change; when the ClusterPackRepository it references
+//! changes its index, readiness or spec (see [`RepositoryFingerprint`]: not on every fetch); when this
+//! process's index cache gets another index of that repository (a newly published matching version
+//! upgrades it); when its Helm release's Secrets change (a manual `helm rollback` or `helm uninstall` is
+//! corrected); and on a periodic resync. The ClusterPackRepository loop runs beside it
+//! ([`crate::repository::run`]).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use common::{
+    conditions,
+    crd::{ClusterPackRepository, Pack, pack::RepositoryKind},
+    events::Recorder,
+    metrics::ReconcileMetrics,
+    runtime::Leading,
+    sync::lock,
+};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, ResourceExt,
+    api::PartialObjectMeta,
+    runtime::{
+        Controller, WatchStreamExt, controller,
+        events::Reporter,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use tracing::{Instrument, debug, info_span};
+
+use crate::{
+    chart::ChartCache,
+    helm::{Helm, HelmConfig},
+    index::{IndexCache, IndexFetcher},
+    metrics::{HelmMetrics, PackStates},
+    reconcile::{Context, error_policy, reconcile},
+    release, repository,
+};
+
+/// What `run` needs besides the leader's client.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Only Packs of these namespaces (all when empty). With several, Packs are watched cluster-wide
+    /// and those of other namespaces are left alone (no finalizer, no status, no Helm).
+    pub namespaces: Vec<String>,
+    /// Largest repository index accepted.
+    pub max_index_bytes: u64,
+    /// Pack reconciles at once (`--concurrency`).
+    pub concurrency: u16,
+    /// How often a Pack is looked at again when nothing it watches changed (`--resync-interval`, ±10 %).
+    pub resync: Duration,
+    pub helm: HelmConfig,
+}
+
+/// The Packs of `store` that reference repository `name`.
+fn packs_of(store: &Store<Pack>, name: &str) -> Vec<ObjectRef<Pack>> {
+    store
+        .state()
+        .iter()
+        .filter(|p| {
+            p.spec.chart.repository.kind == RepositoryKind::ClusterPackRepository
+                && p.spec.chart.repository.name == name
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// What about a repository matters to its Packs: not the time of its last fetch, which its status records
+/// after every refresh (waking every Pack of the repository each interval for nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RepositoryFingerprint {
+    generation: Option<i64>,
+    url: String,
+    index_digest: Option<String>,
+    ready: Option<(String, String)>,
+}
+
+impl RepositoryFingerprint {
+    fn of(repo: &ClusterPackRepository) -> Self {
+        let status = repo.status.as_ref();
+        RepositoryFingerprint {
+            generation: repo.metadata.generation,
+            url: repo.spec.url.clone(),
+            index_digest: status.and_then(|s| s.index_digest.clone()),
+            ready: status
+                .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+                .map(|c| (c.status.clone(), c.reason.clone())),
+        }
+    }
+}
+
+/// ClusterPackRepositories that changed in a way their Packs care about (see [`RepositoryFingerprint`]),
+/// and every deleted one.
+fn repository_changes(
+    api: Api<ClusterPackRepository>,
+) -> impl futures::Stream<Item = Result<ClusterPackRepository, watcher::Error>> + Send + 'static {
+    let seen: Arc<Mutex<HashMap<String, RepositoryFingerprint>>> = Arc::default();
+    watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .filter_map(move |event| {
+            let seen = seen.clone();
+            async move {
+                let mut seen = lock(&seen);
+                match event {
+                    Ok(watcher::Event::Apply(r) | watcher::Event::InitApply(r)) => {
+                        let fingerprint = RepositoryFingerprint::of(&r);
+                        let changed =
+                            seen.insert(r.name_any(), fingerprint.clone()) != Some(fingerprint);
+                        changed.then_some(Ok(r))
+                    }
+                    Ok(watcher::Event::Delete(r)) => {
+                        seen.remove(&r.name_any());
+                        Some(Ok(r))
+                    }
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            }
+        })
+}
+
+/// Metrics of the two loops and of Helm.
+#[derive(Clone)]
+pub struct Metrics {
+    pub packs: ReconcileMetrics,
+    pub repositories: ReconcileMetrics,
+    pub helm: HelmMetrics,
+    pub states: PackStates,
+}
+
+/// Runs the Pack and ClusterPackRepository controllers until `leading.stop` is cancelled.
+/// `settings.namespace` scopes the Packs; repositories are cluster-scoped and always all watched.
+pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
+    let client = leading.client.clone();
+    let helm = match Helm::new(settings.helm.clone(), metrics.helm.clone()) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, dir = %settings.helm.work_dir.display(), "cannot create the work directory; is it writable?");
+            leading.stop.cancelled().await;
+            return;
+        }
+    };
+    let packs: Api<Pack> = match settings.namespaces.as_slice() {
+        [ns] => Api::namespaced(client.clone(), ns),
+        _ => Api::all(client.clone()),
+    };
+    // Helm's release Secrets: one watch per namespace in scope (the RBAC of a namespace-scoped install
+    // allows no cluster-wide Secret list), or one for all.
+    let secrets: Vec<Api<PartialObjectMeta<Secret>>> = if settings.namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        settings
+            .namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    };
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| "pack-controller".into());
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "pack-controller".into(),
+            instance: Some(identity),
+        },
+    );
+    let cache = IndexCache::new();
+
+    // The Pack cache holds what reconciles read, not managedFields or kubectl's last-applied copy of the
+    // whole Pack (values included): at 1,000 Packs they are most of the controller's memory.
+    let (reader, writer) = kube::runtime::reflector::store();
+    let pack_stream = watcher(packs, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|pack: &mut Pack| {
+            pack.metadata.managed_fields = None;
+            if let Some(a) = pack.metadata.annotations.as_mut() {
+                a.remove("kubectl.kubernetes.io/last-applied-configuration");
+            }
+        })
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(pack_stream, reader)
+        .with_config(controller::Config::default().concurrency(settings.concurrency));
+    let store = controller.store();
+    common::runtime::report_sync_when_ready(store.clone(), leading.health.clone());
+    let mapper_store = store.clone();
+    // Helm's release Secrets, metadata only: a release changed outside (manual rollback, uninstall, a
+    // finished operation) wakes the Pack of the same name.
+    let releases = futures::stream::select_all(secrets.into_iter().map(|api| {
+        watcher(
+            api,
+            watcher::Config::default()
+                .labels(release::OWNER_SELECTOR)
+                .any_semantic(),
+        )
+        .default_backoff()
+        .touched_objects()
+        .boxed()
+    }));
+    let controller = controller
+        .watches_stream(
+            repository_changes(Api::<ClusterPackRepository>::all(client.clone())),
+            move |repo: ClusterPackRepository| packs_of(&mapper_store, &repo.name_any()),
+        )
+        .watches_stream(releases, |secret| {
+            let name = secret.labels().get("name")?.clone();
+            Some(ObjectRef::<Pack>::new(&name).within(&secret.namespace()?))
+        });
+    // This process's cache got another index of a repository: wake its Packs (a newer matching version
+    // upgrades them). Tied to the cache, not to the repository's status, which another process may have
+    // written first.
+    let index_store = store.clone();
+    let index_changes = futures::stream::unfold(cache.subscribe(), |mut rx| async move {
+        match rx.recv().await {
+            Ok(name) => Some((Some(name), rx)),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some((None, rx)),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+        }
+    })
+    .flat_map(move |name| {
+        let packs = match name {
+            Some(name) => packs_of(&index_store, &name),
+            // Missed some: every Pack.
+            None => index_store
+                .state()
+                .iter()
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect(),
+        };
+        futures::stream::iter(packs)
+    });
+    let controller = controller.reconcile_on(index_changes);
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        cache: cache.clone(),
+        recorder: recorder.clone(),
+        metrics: metrics.packs,
+        charts: ChartCache::new(IndexFetcher::new(), settings.helm.work_dir.join("charts")),
+        helm,
+        states: metrics.states.clone(),
+        max_index_bytes: settings.max_index_bytes,
+        resync: settings.resync,
+        stop: leading.stop.clone(),
+        errors: Mutex::default(),
+        namespaces: settings.namespaces.clone(),
+    });
+    let packs = controller
+        .graceful_shutdown_on(leading.stop.clone().cancelled_owned())
+        .run(
+            |pack, ctx| {
+                let span = info_span!(
+                    "pack",
+                    namespace = %pack.namespace().unwrap_or_default(),
+                    name = %pack.name_any()
+                );
+                async move {
+                    debug!("reconcile");
+                    reconcile(pack, ctx).await
+                }
+                .instrument(span)
+            },
+            error_policy,
+            ctx,
+        )
+        .for_each(|_| std::future::ready(()));
+    let repositories = repository::run(
+        client,
+        cache,
+        recorder,
+        metrics.repositories,
+        settings.max_index_bytes,
+        leading.stop.clone(),
+    );
+    futures::future::join(packs, repositories).await;
+    // Not leading any more: a standby exports no Pack counts.
+    metrics.states.clear();
+}
