@@ -591,3 +591,6 @@ pub(crate) fn error_policy(pack: Arc<Pack>, error: &Error, ctx: Arc<Context>) ->
     warn!(%error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
+
+#[cfg(test)]
+mod tests;
