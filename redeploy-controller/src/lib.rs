@@ -2,14 +2,24 @@
 //! annotated `pack-operator.k8s.kubit.ir/watch-to-redeploy` when a ConfigMap or Secret they name
 //! changes.
 //!
-//! Modules: `index` (which workload watches what), `state` (hashes, the record on the workload, the
-//! rollout decision), `limiter` (global rollout rate limit), `metrics`, `reconcile` (API glue).
+//! Modules, in the order a change travels through them:
+//! - `controller` (wiring: the watches, the per-kind `Controller`s and what wakes a reconcile, `run`,
+//!   `Settings`),
+//! - `index` (which workload watches what: whom a ConfigMap/Secret event wakes),
+//! - `reconcile` (one workload reconcile: read the annotation and hashes, decide, execute — record the
+//!   hashes, roll out — and report),
+//! - `state` (pure decisions: hashes, the record on the workload, the rollout decision and its delay),
+//! - `outcome` (pure: what a reconcile did, and its Event, metric result and requeue),
+//! - `limiter` (global rollout rate limit), `metrics`.
+//!
 //! The annotation parser is shared: `common::annotation`.
 
+pub mod controller;
 pub mod index;
 pub mod limiter;
 pub mod metrics;
+pub mod outcome;
 pub mod reconcile;
 pub mod state;
 
-pub use reconcile::{Settings, run};
+pub use controller::{Settings, run};

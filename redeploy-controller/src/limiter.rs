@@ -6,6 +6,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::sync::lock;
+
 #[derive(Debug)]
 pub struct RateLimiter {
     rate: f64,
@@ -29,7 +31,7 @@ impl RateLimiter {
     }
 
     fn try_take_at(&self, now: Instant) -> Result<(), Duration> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = lock(&self.state);
         let (tokens, last) = *state;
         let tokens = (tokens + now.saturating_duration_since(last).as_secs_f64() * self.rate)
             .min(self.burst);

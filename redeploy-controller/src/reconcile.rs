@@ -1,10 +1,10 @@
-//! The reconcile loop. Workloads (Deployments, StatefulSets, DaemonSets, Packs) are watched as metadata
-//! only: the annotation is all that decides whether a workload is of interest. ConfigMaps and Secrets
-//! are watched as metadata only and never cached; an event on one that some workload watches wakes
-//! those workloads, which then read and hash just the objects they name.
+//! What one workload reconcile does: read the workload's annotation and the hashes of what it watches,
+//! decide ([`crate::state::decide`], [`crate::state::plan`], pure), execute the plan (record the hashes,
+//! roll out) into an [`Outcome`], and report it ([`crate::outcome::report`]: Event, metrics, requeue).
+//! What wakes a reconcile is in [`crate::controller`].
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fmt::Debug,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -12,13 +12,11 @@ use std::{
 
 use common::{
     annotation::{WATCH_TO_REDEPLOY, WatchKind, WatchTarget, parse_watch_targets},
-    cli::parse_duration,
     crd::Pack,
     events::Recorder,
     metrics::ReconcileMetrics,
-    runtime::Leading,
+    sync::lock,
 };
-use futures::{StreamExt, channel::mpsc};
 use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, Deployment, StatefulSet},
@@ -30,31 +28,25 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
     core::PartialObjectMeta,
-    runtime::{
-        Controller, WatchStreamExt,
-        controller::Action,
-        events::{EventType, Reporter},
-        reflector::{ObjectRef, Store},
-        watcher,
-    },
+    runtime::{controller::Action, events::EventType, reflector::Store},
 };
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::{
+    controller::Settings,
     index::{SourceKey, WatchIndex, WorkloadKey, WorkloadKind},
     limiter::RateLimiter,
     metrics::RedeployMetrics,
+    outcome::{Outcome, report},
     state::{
-        ABSENT, CONFIG_HASH_ANNOTATION, DELAY_ANNOTATION, Decision, HASHES_ANNOTATION, Hashes,
-        PACK_CONFIG_HASH_ANNOTATION, combined_hash, content_hash, decide, parse_recorded,
+        ABSENT, CONFIG_HASH_ANNOTATION, HASHES_ANNOTATION, Hashes, PACK_CONFIG_HASH_ANNOTATION,
+        Plan, combined_hash, content_hash, decide, delay, parse_recorded, plan,
     },
 };
 
 const FIELD_MANAGER: &str = "redeploy-controller";
-/// How often a paused Deployment with a pending change is looked at again.
-const PAUSED_RECHECK: Duration = Duration::from_secs(10);
 const HELM_RELEASE_NAME: &str = "meta.helm.sh/release-name";
 const HELM_RELEASE_NAMESPACE: &str = "meta.helm.sh/release-namespace";
 
@@ -73,46 +65,61 @@ impl Error {
     }
 }
 
-/// Tunables (from flags).
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// Wait this long after the first change before rolling out; later changes within it are coalesced.
-    pub delay: Duration,
-    /// Global rollout rate limit, rollouts per second.
-    pub rate: f64,
-    /// Rollouts allowed at once before the rate applies.
-    pub burst: u32,
-    /// Reconciles at once, per workload kind.
-    pub concurrency: u16,
-}
-
 /// State shared by every reconcile.
 pub struct Context {
     client: Client,
     settings: Settings,
-    index: Mutex<WatchIndex>,
+    /// Which workload watches what; read by the source watches to know whom to wake.
+    pub(crate) index: Mutex<WatchIndex>,
     /// When a pending change was first seen, per workload (memory only: after a restart the change is
     /// seen again from the record on the workload, and waits one full delay).
     pending: Mutex<HashMap<WorkloadKey, Instant>>,
-    /// Hash of each watched object at a resourceVersion; invalidated by the source watch.
-    hashes: Mutex<HashMap<SourceKey, (String, String)>>,
+    /// Hash of each watched object at a resourceVersion; invalidated by the source watches.
+    pub(crate) hashes: Mutex<HashMap<SourceKey, (String, String)>>,
     /// Invalid annotation values already reported, so each gets one Event.
     reported_invalid: Mutex<HashMap<WorkloadKey, String>>,
     recorder: Recorder,
     limiter: RateLimiter,
     metrics: RedeployMetrics,
     reconciles: ReconcileMetrics,
-    deployments: Store<PartialObjectMeta<Deployment>>,
-    statefulsets: Store<PartialObjectMeta<StatefulSet>>,
-    daemonsets: Store<PartialObjectMeta<DaemonSet>>,
+    stores: WorkloadStores,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// The caches of workload metadata, where a Pack's rollout finds the workloads of its Helm release.
+#[derive(Clone)]
+pub struct WorkloadStores {
+    pub deployments: Store<PartialObjectMeta<Deployment>>,
+    pub statefulsets: Store<PartialObjectMeta<StatefulSet>>,
+    pub daemonsets: Store<PartialObjectMeta<DaemonSet>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        recorder: Recorder,
+        metrics: RedeployMetrics,
+        reconciles: ReconcileMetrics,
+        stores: WorkloadStores,
+    ) -> Self {
+        Context {
+            client,
+            limiter: RateLimiter::new(settings.rate, settings.burst),
+            settings,
+            index: Mutex::default(),
+            pending: Mutex::default(),
+            hashes: Mutex::default(),
+            reported_invalid: Mutex::default(),
+            recorder,
+            metrics,
+            reconciles,
+            stores,
+        }
+    }
 }
 
 /// A kind of annotated object this controller reconciles.
-trait Watcher:
+pub(crate) trait Watcher:
     Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static
 {
     const KIND: WorkloadKind;
@@ -130,7 +137,7 @@ impl Watcher for Pack {
     const KIND: WorkloadKind = WorkloadKind::Pack;
 }
 
-async fn reconcile<K: Watcher>(
+pub(crate) async fn reconcile<K: Watcher>(
     obj: Arc<PartialObjectMeta<K>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
@@ -144,7 +151,7 @@ async fn reconcile<K: Watcher>(
     reconcile_workload(&key, &obj.metadata, &reference, &ctx).await
 }
 
-fn error_policy<K: Watcher>(
+pub(crate) fn error_policy<K: Watcher>(
     _: Arc<PartialObjectMeta<K>>,
     error: &Error,
     ctx: Arc<Context>,
@@ -154,6 +161,7 @@ fn error_policy<K: Watcher>(
     Action::requeue(Duration::from_secs(15))
 }
 
+/// Decide → execute → report, for one workload.
 async fn reconcile_workload(
     key: &WorkloadKey,
     meta: &ObjectMeta,
@@ -161,125 +169,159 @@ async fn reconcile_workload(
     ctx: &Context,
 ) -> Result<Action, Error> {
     let annotations = meta.annotations.clone().unwrap_or_default();
-    let Some(value) = annotations.get(WATCH_TO_REDEPLOY) else {
-        forget(key, ctx);
+    let Some(targets) = watch_targets(ctx, key, &annotations, reference).await else {
         return Ok(Action::await_change());
     };
-    let targets = match parse_watch_targets(value) {
-        Ok(t) => t,
-        Err(e) => {
-            forget(key, ctx);
-            let first_report = lock(&ctx.reported_invalid)
-                .insert(key.clone(), value.clone())
-                .as_deref()
-                != Some(value);
-            if first_report {
-                ctx.metrics
-                    .invalid_annotations
-                    .get_or_create(&crate::metrics::KindLabel {
-                        kind: key.kind.as_str().into(),
-                    })
-                    .inc();
-                warn!(workload = %key, error = %e, "invalid watch-to-redeploy annotation; not acting on it");
-                publish(ctx, reference, EventType::Warning, "InvalidAnnotation", format!(
-                    "{e}. Nothing is watched until it is fixed; a valid value looks like: configmap/my-config, secret/my-secret"
-                )).await;
-            }
-            return Ok(Action::await_change());
-        }
+    let sources = track(ctx, key, &targets);
+    let current = current_hashes(ctx, &targets, &sources).await?;
+    let recorded = parse_recorded(annotations.get(HASHES_ANNOTATION).map(String::as_str));
+    let pending_since = lock(&ctx.pending).get(key).copied();
+    let plan = plan(
+        decide(recorded.as_ref(), &current),
+        pending_since,
+        delay(&annotations, ctx.settings.delay),
+        Instant::now(),
+    );
+    let outcome = execute(ctx, key, plan, &current).await?;
+    Ok(publish_outcome(ctx, key, reference, outcome).await)
+}
+
+/// What the workload's annotation names, or `None` (the workload forgotten) when it has no annotation
+/// or an invalid one; an invalid value is reported once (a Warning Event and a metric).
+async fn watch_targets(
+    ctx: &Context,
+    key: &WorkloadKey,
+    annotations: &BTreeMap<String, String>,
+    reference: &ObjectReference,
+) -> Option<Vec<WatchTarget>> {
+    let Some(value) = annotations.get(WATCH_TO_REDEPLOY) else {
+        forget(key, ctx);
+        return None;
     };
-    lock(&ctx.reported_invalid).remove(key);
+    let e = match parse_watch_targets(value) {
+        Ok(targets) => {
+            lock(&ctx.reported_invalid).remove(key);
+            return Some(targets);
+        }
+        Err(e) => e,
+    };
+    forget(key, ctx);
+    let first_report = lock(&ctx.reported_invalid)
+        .insert(key.clone(), value.clone())
+        .as_deref()
+        != Some(value);
+    if first_report {
+        ctx.metrics
+            .invalid_annotations
+            .get_or_create(&crate::metrics::KindLabel {
+                kind: key.kind.as_str().into(),
+            })
+            .inc();
+        warn!(workload = %key, error = %e, "invalid watch-to-redeploy annotation; not acting on it");
+        publish(ctx, reference, EventType::Warning, "InvalidAnnotation", format!(
+            "{e}. Nothing is watched until it is fixed; a valid value looks like: configmap/my-config, secret/my-secret"
+        )).await;
+    }
+    None
+}
+
+/// Records in the index that `key` watches `targets` (so their changes wake it); their source keys.
+fn track(ctx: &Context, key: &WorkloadKey, targets: &[WatchTarget]) -> Vec<SourceKey> {
     let sources: Vec<SourceKey> = targets
         .iter()
         .map(|t| SourceKey::of(&key.namespace, t))
         .collect();
-    {
-        let mut index = lock(&ctx.index);
-        index.set(key, sources.clone());
-        ctx.metrics
-            .watched_objects
-            .set(index.watched_objects() as i64);
-    }
+    let mut index = lock(&ctx.index);
+    index.set(key, sources.clone());
+    ctx.metrics
+        .watched_objects
+        .set(index.watched_objects() as i64);
+    sources
+}
 
+async fn current_hashes(
+    ctx: &Context,
+    targets: &[WatchTarget],
+    sources: &[SourceKey],
+) -> Result<Hashes, Error> {
     let mut current = Hashes::new();
-    for (target, source) in targets.iter().zip(&sources) {
+    for (target, source) in targets.iter().zip(sources) {
         current.insert(target.to_string(), source_hash(ctx, target, source).await?);
     }
-    let recorded = parse_recorded(annotations.get(HASHES_ANNOTATION).map(String::as_str));
-    match decide(recorded.as_ref(), &current) {
-        Decision::Nothing => {
+    Ok(current)
+}
+
+/// Carries out `plan`: records hashes, rolls out, keeps the pending change's first sight.
+async fn execute(
+    ctx: &Context,
+    key: &WorkloadKey,
+    plan: Plan,
+    current: &Hashes,
+) -> Result<Outcome, Error> {
+    match plan {
+        Plan::Nothing => {
             lock(&ctx.pending).remove(key);
-            Ok(Action::await_change())
+            Ok(Outcome::Unchanged)
         }
-        Decision::Record => {
+        Plan::Record => {
             lock(&ctx.pending).remove(key);
-            record(ctx, key, &current).await?;
-            debug!(workload = %key, "recorded baseline of watched objects");
-            Ok(Action::await_change())
+            record(ctx, key, current).await?;
+            Ok(Outcome::Recorded)
         }
-        Decision::RecordDeleted(deleted) => {
+        Plan::RecordDeleted(deleted) => {
             lock(&ctx.pending).remove(key);
-            record(ctx, key, &current).await?;
-            publish(ctx, reference, EventType::Normal, "WatchedObjectDeleted", format!(
-                "{} deleted; not redeploying (pods that need it would fail to start). Recreating it redeploys.",
-                deleted.join(", ")
-            )).await;
-            Ok(Action::await_change())
+            record(ctx, key, current).await?;
+            Ok(Outcome::RecordedDeleted(deleted))
         }
-        Decision::Rollout(changed) => {
-            let delay = annotations
-                .get(DELAY_ANNOTATION)
-                .and_then(|d| parse_duration(d).ok())
-                .unwrap_or(ctx.settings.delay);
-            let since = *lock(&ctx.pending)
-                .entry(key.clone())
-                .or_insert_with(Instant::now);
-            let due = since + delay;
-            let now = Instant::now();
-            if now < due {
-                return Ok(Action::requeue(due - now));
-            }
+        Plan::Wait { since, remaining } => {
+            lock(&ctx.pending).insert(key.clone(), since);
+            Ok(Outcome::Waiting(remaining))
+        }
+        Plan::Rollout { since, changed } => {
+            lock(&ctx.pending).insert(key.clone(), since);
             if let Err(wait) = ctx.limiter.try_take() {
-                ctx.metrics.redeploy(key.kind.as_str(), "rate_limited");
-                return Ok(Action::requeue(wait.max(Duration::from_millis(100))));
+                return Ok(Outcome::RateLimited(wait));
             }
-            match rollout(ctx, key, &current).await? {
+            match rollout(ctx, key, current).await? {
                 Rollout::Done(workloads) => {
                     lock(&ctx.pending).remove(key);
-                    ctx.metrics.redeploy(key.kind.as_str(), "rolled");
-                    ctx.metrics
-                        .change_to_patch
-                        .observe(since.elapsed().as_secs_f64());
-                    info!(workload = %key, changed = ?changed, "redeployed");
-                    let what = if key.kind == WorkloadKind::Pack {
-                        format!(
-                            " ({} workload(s): {})",
-                            workloads.len(),
-                            workloads.join(", ")
-                        )
-                    } else {
-                        String::new()
-                    };
-                    publish(
-                        ctx,
-                        reference,
-                        EventType::Normal,
-                        "Redeployed",
-                        format!("{} changed; rolled out{what}", changed.join(", ")),
-                    )
-                    .await;
-                    Ok(Action::await_change())
+                    Ok(Outcome::Rolled {
+                        changed,
+                        workloads,
+                        since,
+                    })
                 }
-                Rollout::Paused => {
-                    ctx.metrics.redeploy(key.kind.as_str(), "paused");
-                    publish(ctx, reference, EventType::Normal, "RedeployPaused", format!(
-                        "{} changed, but the Deployment is paused: it rolls out after `kubectl rollout resume`", changed.join(", ")
-                    )).await;
-                    Ok(Action::requeue(PAUSED_RECHECK))
-                }
+                Rollout::Paused => Ok(Outcome::Paused { changed }),
             }
         }
     }
+}
+
+/// Reports `outcome` (metrics, log, Event on the workload) and says when to look again.
+async fn publish_outcome(
+    ctx: &Context,
+    key: &WorkloadKey,
+    reference: &ObjectReference,
+    outcome: Outcome,
+) -> Action {
+    let report = report(key.kind, &outcome);
+    if let Some(result) = report.result {
+        ctx.metrics.redeploy(key.kind.as_str(), result);
+    }
+    match &outcome {
+        Outcome::Recorded => debug!(workload = %key, "recorded baseline of watched objects"),
+        Outcome::Rolled { changed, since, .. } => {
+            ctx.metrics
+                .change_to_patch
+                .observe(since.elapsed().as_secs_f64());
+            info!(workload = %key, changed = ?changed, "redeployed");
+        }
+        _ => {}
+    }
+    if let Some(event) = report.event {
+        publish(ctx, reference, event.type_, event.reason, event.note).await;
+    }
+    report.action
 }
 
 fn forget(key: &WorkloadKey, ctx: &Context) {
@@ -461,21 +503,21 @@ fn release_workloads(ctx: &Context, namespace: &str, release: &str) -> Vec<(Work
     }
     let mut out = vec![];
     of(
-        &ctx.deployments,
+        &ctx.stores.deployments,
         WorkloadKind::Deployment,
         namespace,
         release,
         &mut out,
     );
     of(
-        &ctx.statefulsets,
+        &ctx.stores.statefulsets,
         WorkloadKind::StatefulSet,
         namespace,
         release,
         &mut out,
     );
     of(
-        &ctx.daemonsets,
+        &ctx.stores.daemonsets,
         WorkloadKind::DaemonSet,
         namespace,
         release,
@@ -492,312 +534,3 @@ async fn deployment_paused(ctx: &Context, namespace: &str, name: &str) -> Result
     Ok(d.spec.and_then(|s| s.paused).unwrap_or(false))
 }
 
-fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
-where
-    K: Resource<DynamicType = ()>,
-    K: Resource<Scope = kube::core::NamespaceResourceScope>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
-/// A controller over the metadata of one workload kind. What it caches is trimmed to what reconciles
-/// read: managedFields and kubectl's last-applied copy of the whole object are dropped before they
-/// reach the store (they are most of a workload's metadata).
-fn workload_controller<K>(
-    client: &Client,
-    namespace: &Option<String>,
-    config: kube::runtime::controller::Config,
-) -> Controller<PartialObjectMeta<K>>
-where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + Debug
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = kube::runtime::reflector::store();
-    let stream = watcher(
-        scoped::<PartialObjectMeta<K>>(client, namespace),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .modify(|obj: &mut PartialObjectMeta<K>| {
-        obj.metadata.managed_fields = None;
-        if let Some(a) = obj.metadata.annotations.as_mut() {
-            a.remove("kubectl.kubernetes.io/last-applied-configuration");
-        }
-    })
-    .reflect(writer)
-    .applied_objects();
-    Controller::for_stream(stream, reader).with_config(config)
-}
-
-/// Watches ConfigMaps or Secrets (metadata only, nothing cached) and wakes the workloads that watch one
-/// when it changes, is created or is deleted.
-async fn watch_sources<S>(
-    api: Api<PartialObjectMeta<S>>,
-    kind: WatchKind,
-    ctx: Arc<Context>,
-    wake: Wakers,
-) where
-    S: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
-    PartialObjectMeta<S>:
-        Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + 'static,
-{
-    let mut events = watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .boxed();
-    while let Some(event) = events.next().await {
-        let (obj, deleted) = match event {
-            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => (o, false),
-            Ok(watcher::Event::Delete(o)) => (o, true),
-            Ok(_) => continue,
-            Err(e) => {
-                debug!(error = %e, "source watch error (retrying)");
-                continue;
-            }
-        };
-        let source = SourceKey {
-            kind,
-            namespace: obj.namespace().unwrap_or_default(),
-            name: obj.name_any(),
-        };
-        let watchers = lock(&ctx.index).watchers_of(&source);
-        if watchers.is_empty() {
-            continue;
-        }
-        {
-            let mut hashes = lock(&ctx.hashes);
-            let fresh = !deleted
-                && hashes.get(&source).map(|(rv, _)| Some(rv))
-                    == Some(obj.resource_version().as_ref());
-            if fresh {
-                continue; // our own earlier read: nothing new
-            }
-            hashes.remove(&source);
-        }
-        for w in watchers {
-            wake.wake(&w);
-        }
-    }
-}
-
-/// Senders that make the per-kind controllers reconcile a workload now.
-#[derive(Clone)]
-struct Wakers {
-    deployment: mpsc::UnboundedSender<ObjectRef<PartialObjectMeta<Deployment>>>,
-    statefulset: mpsc::UnboundedSender<ObjectRef<PartialObjectMeta<StatefulSet>>>,
-    daemonset: mpsc::UnboundedSender<ObjectRef<PartialObjectMeta<DaemonSet>>>,
-    pack: mpsc::UnboundedSender<ObjectRef<PartialObjectMeta<Pack>>>,
-}
-
-impl Wakers {
-    fn wake(&self, w: &WorkloadKey) {
-        let (ns, name) = (w.namespace.as_str(), w.name.as_str());
-        let _ = match w.kind {
-            WorkloadKind::Deployment => self
-                .deployment
-                .unbounded_send(ObjectRef::new(name).within(ns))
-                .is_ok(),
-            WorkloadKind::StatefulSet => self
-                .statefulset
-                .unbounded_send(ObjectRef::new(name).within(ns))
-                .is_ok(),
-            WorkloadKind::DaemonSet => self
-                .daemonset
-                .unbounded_send(ObjectRef::new(name).within(ns))
-                .is_ok(),
-            WorkloadKind::Pack => self
-                .pack
-                .unbounded_send(ObjectRef::new(name).within(ns))
-                .is_ok(),
-        };
-    }
-}
-
-/// How often a controller started without the Pack CRD looks for it again.
-const PACK_API_RECHECK: Duration = Duration::from_secs(60);
-
-/// Whether the API server serves Packs (`k8s.kubit.ir/v1alpha1`, resource `packs`). An error other
-/// than "not found" counts as served: the watch then retries as any watch does.
-async fn pack_api_served(client: &Client) -> bool {
-    let group_version = format!("{}/{}", common::crd::GROUP, common::crd::VERSION);
-    match client.list_api_group_resources(&group_version).await {
-        Ok(list) => list.resources.iter().any(|r| r.name == "packs"),
-        Err(kube::Error::Api(status)) if status.code == 404 => false,
-        Err(e) => {
-            warn!(error = %e, "cannot tell whether the Pack API is installed; watching Packs");
-            true
-        }
-    }
-}
-
-/// Runs the redeploy controller until `leading.stop` is cancelled.
-pub async fn run(
-    leading: Leading,
-    namespace: Option<String>,
-    settings: Settings,
-    metrics: RedeployMetrics,
-    reconciles: ReconcileMetrics,
-) {
-    let client = leading.client.clone();
-    let cc = kube::runtime::controller::Config::default().concurrency(settings.concurrency);
-    let deployments = workload_controller::<Deployment>(&client, &namespace, cc.clone());
-    let statefulsets = workload_controller::<StatefulSet>(&client, &namespace, cc.clone());
-    let daemonsets = workload_controller::<DaemonSet>(&client, &namespace, cc.clone());
-    // Packs are watched only where their CRD is installed (the chart can install this controller
-    // alone): a watch of a missing API would never sync, and the controller would never be ready.
-    let packs = if pack_api_served(&client).await {
-        Some(workload_controller::<Pack>(&client, &namespace, cc.clone()))
-    } else {
-        info!(
-            "the Pack API (packs.k8s.kubit.ir/v1alpha1) is not installed: Deployments, StatefulSets and \
-             DaemonSets are watched; Packs will be once the CRD appears (checked every {PACK_API_RECHECK:?})"
-        );
-        None
-    };
-    // Ready once every workload cache holds a complete listing.
-    let stores = (
-        deployments.store(),
-        statefulsets.store(),
-        daemonsets.store(),
-        packs.as_ref().map(Controller::store),
-    );
-    common::runtime::report_sync_when(
-        async move {
-            use common::runtime::store_synced;
-            store_synced(&stores.0).await
-                && store_synced(&stores.1).await
-                && store_synced(&stores.2).await
-                && match &stores.3 {
-                    Some(packs) => store_synced(packs).await,
-                    None => true,
-                }
-        },
-        leading.health.clone(),
-    );
-
-    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| "redeploy-controller".into());
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        limiter: RateLimiter::new(settings.rate, settings.burst),
-        settings,
-        index: Mutex::default(),
-        pending: Mutex::default(),
-        hashes: Mutex::default(),
-        reported_invalid: Mutex::default(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "redeploy-controller".into(),
-                instance: Some(identity),
-            },
-        ),
-        metrics,
-        reconciles,
-        deployments: deployments.store(),
-        statefulsets: statefulsets.store(),
-        daemonsets: daemonsets.store(),
-    });
-
-    let (dtx, drx) = mpsc::unbounded();
-    let (stx, srx) = mpsc::unbounded();
-    let (xtx, xrx) = mpsc::unbounded();
-    let (ptx, prx) = mpsc::unbounded();
-    let wakers = Wakers {
-        deployment: dtx,
-        statefulset: stx,
-        daemonset: xtx,
-        pack: ptx,
-    };
-    let sources = futures::future::join(
-        watch_sources(
-            scoped::<PartialObjectMeta<ConfigMap>>(&client, &namespace),
-            WatchKind::ConfigMap,
-            ctx.clone(),
-            wakers.clone(),
-        ),
-        watch_sources(
-            scoped::<PartialObjectMeta<Secret>>(&client, &namespace),
-            WatchKind::Secret,
-            ctx.clone(),
-            wakers,
-        ),
-    );
-
-    let stop = leading.stop.clone();
-    let drain =
-        |s: futures::stream::BoxStream<'static, ()>| s.for_each(|()| std::future::ready(()));
-    let controllers = futures::future::join4(
-        drain(
-            deployments
-                .reconcile_on(drx)
-                .graceful_shutdown_on(stop.clone().cancelled_owned())
-                .run(
-                    reconcile::<Deployment>,
-                    error_policy::<Deployment>,
-                    ctx.clone(),
-                )
-                .map(|_| ())
-                .boxed(),
-        ),
-        drain(
-            statefulsets
-                .reconcile_on(srx)
-                .graceful_shutdown_on(stop.clone().cancelled_owned())
-                .run(
-                    reconcile::<StatefulSet>,
-                    error_policy::<StatefulSet>,
-                    ctx.clone(),
-                )
-                .map(|_| ())
-                .boxed(),
-        ),
-        drain(
-            daemonsets
-                .reconcile_on(xrx)
-                .graceful_shutdown_on(stop.clone().cancelled_owned())
-                .run(
-                    reconcile::<DaemonSet>,
-                    error_policy::<DaemonSet>,
-                    ctx.clone(),
-                )
-                .map(|_| ())
-                .boxed(),
-        ),
-        {
-            let (client, stop, ctx) = (client.clone(), stop.clone(), ctx.clone());
-            async move {
-                let packs = match packs {
-                    Some(packs) => packs,
-                    None => loop {
-                        tokio::select! {
-                            () = tokio::time::sleep(PACK_API_RECHECK) => {}
-                            () = stop.cancelled() => return,
-                        }
-                        if pack_api_served(&client).await {
-                            info!("the Pack API is installed now: watching Packs");
-                            break workload_controller::<Pack>(&client, &namespace, cc);
-                        }
-                    },
-                };
-                packs
-                    .reconcile_on(prx)
-                    .graceful_shutdown_on(stop.cancelled_owned())
-                    .run(reconcile::<Pack>, error_policy::<Pack>, ctx)
-                    .for_each(|_| std::future::ready(()))
-                    .await;
-            }
-        },
-    );
-    tokio::select! {
-        _ = controllers => {}
-        _ = sources => {}
-        _ = stop.cancelled() => {}
-    }
-}

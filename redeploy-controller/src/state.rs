@@ -3,8 +3,12 @@
 //! level-triggered: a restart or a leader change re-reads it, so it neither misses a change made while
 //! it was down nor restarts twice.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
+use common::cli::parse_duration;
 use sha2::{Digest, Sha256};
 
 /// Annotation on the workload's metadata holding `{"configmap/name": "sha256:…", "secret/x": "absent"}`.
@@ -102,6 +106,59 @@ pub fn decide(recorded: Option<&Hashes>, current: &Hashes) -> Decision {
     }
 }
 
+/// What one reconcile does about a workload: the [`Decision`] with the change's delay applied.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Nothing changed and the record is up to date.
+    Nothing,
+    /// Record a baseline (first sight, or the watched set changed); no rollout.
+    Record,
+    /// Record the deletions of these watched objects; no rollout.
+    RecordDeleted(Vec<String>),
+    /// A change first seen at `since` is not due yet: look again in `remaining`.
+    Wait { since: Instant, remaining: Duration },
+    /// A change first seen at `since` is due: roll out (the rate limit permitting), naming `changed`.
+    Rollout {
+        since: Instant,
+        changed: Vec<String>,
+    },
+}
+
+/// Applies the delay to `decision`: a change first seen at `pending_since` (now when it was not pending)
+/// rolls out once `delay` has passed since then, so all changes within the delay make one rollout.
+pub fn plan(
+    decision: Decision,
+    pending_since: Option<Instant>,
+    delay: Duration,
+    now: Instant,
+) -> Plan {
+    match decision {
+        Decision::Nothing => Plan::Nothing,
+        Decision::Record => Plan::Record,
+        Decision::RecordDeleted(deleted) => Plan::RecordDeleted(deleted),
+        Decision::Rollout(changed) => {
+            let since = pending_since.unwrap_or(now);
+            let due = since + delay;
+            if now < due {
+                Plan::Wait {
+                    since,
+                    remaining: due - now,
+                }
+            } else {
+                Plan::Rollout { since, changed }
+            }
+        }
+    }
+}
+
+/// The workload's own delay ([`DELAY_ANNOTATION`]), else `default`; an unreadable value counts as none.
+pub fn delay(annotations: &BTreeMap<String, String>, default: Duration) -> Duration {
+    annotations
+        .get(DELAY_ANNOTATION)
+        .and_then(|d| parse_duration(d).ok())
+        .unwrap_or(default)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +237,87 @@ mod tests {
             Some(h(&[("configmap/a", "1")]))
         );
         assert_eq!(parse_recorded(Some("not json")), None);
+    }
+
+    #[test]
+    fn plans() {
+        let now = Instant::now();
+        let s = Duration::from_secs;
+        let rollout = || Decision::Rollout(vec!["configmap/a".into()]);
+        let cases: Vec<(&str, Decision, Option<Instant>, Duration, Plan)> = vec![
+            ("nothing", Decision::Nothing, None, s(5), Plan::Nothing),
+            (
+                "nothing, even with a stale pending change",
+                Decision::Nothing,
+                Some(now - s(9)),
+                s(5),
+                Plan::Nothing,
+            ),
+            ("baseline", Decision::Record, None, s(5), Plan::Record),
+            (
+                "deletions",
+                Decision::RecordDeleted(vec!["secret/b".into()]),
+                None,
+                s(5),
+                Plan::RecordDeleted(vec!["secret/b".into()]),
+            ),
+            (
+                "a new change waits the whole delay",
+                rollout(),
+                None,
+                s(5),
+                Plan::Wait {
+                    since: now,
+                    remaining: s(5),
+                },
+            ),
+            (
+                "a pending change waits the rest of it",
+                rollout(),
+                Some(now - s(2)),
+                s(5),
+                Plan::Wait {
+                    since: now - s(2),
+                    remaining: s(3),
+                },
+            ),
+            (
+                "a pending change is due once the delay has passed",
+                rollout(),
+                Some(now - s(5)),
+                s(5),
+                Plan::Rollout {
+                    since: now - s(5),
+                    changed: vec!["configmap/a".into()],
+                },
+            ),
+            (
+                "no delay rolls out at once",
+                rollout(),
+                None,
+                Duration::ZERO,
+                Plan::Rollout {
+                    since: now,
+                    changed: vec!["configmap/a".into()],
+                },
+            ),
+        ];
+        for (name, decision, pending, delay, expected) in cases {
+            assert_eq!(plan(decision, pending, delay, now), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn delays() {
+        let default = Duration::from_secs(5);
+        let with = |v: &str| BTreeMap::from([(DELAY_ANNOTATION.to_owned(), v.to_owned())]);
+        assert_eq!(delay(&BTreeMap::new(), default), default);
+        assert_eq!(delay(&with("30s"), default), Duration::from_secs(30));
+        assert_eq!(delay(&with("0s"), default), Duration::ZERO);
+        assert_eq!(
+            delay(&with("soon"), default),
+            default,
+            "unreadable: the default"
+        );
     }
 }

@@ -1,0 +1,376 @@
+//! What wakes a workload reconcile: the wiring of the redeploy-controller (the reconcile itself is in
+//! [`crate::reconcile`]).
+//!
+//! Workloads (Deployments, StatefulSets, DaemonSets, Packs) are watched as metadata only: the annotation
+//! is all that decides whether a workload is of interest. ConfigMaps and Secrets are watched as metadata
+//! only and never cached; an event on one that some workload watches (per [`crate::index`]) wakes those
+//! workloads through [`Wakers`], and they then read and hash just the objects they name.
+
+use std::{fmt::Debug, sync::Arc, time::Duration};
+
+use common::{
+    annotation::WatchKind, crd::Pack, events::Recorder, metrics::ReconcileMetrics,
+    runtime::Leading, sync::lock,
+};
+use futures::{StreamExt, channel::mpsc};
+use k8s_openapi::api::{
+    apps::v1::{DaemonSet, Deployment, StatefulSet},
+    core::v1::{ConfigMap, Secret},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    core::PartialObjectMeta,
+    runtime::{
+        Controller, WatchStreamExt,
+        events::Reporter,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use tracing::{debug, info, warn};
+
+use crate::{
+    index::{SourceKey, WorkloadKey, WorkloadKind},
+    metrics::RedeployMetrics,
+    reconcile::{Context, WorkloadStores, error_policy, reconcile},
+};
+
+/// Tunables (from flags).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Wait this long after the first change before rolling out; later changes within it are coalesced.
+    pub delay: Duration,
+    /// Global rollout rate limit, rollouts per second.
+    pub rate: f64,
+    /// Rollouts allowed at once before the rate applies.
+    pub burst: u32,
+    /// Reconciles at once, per workload kind.
+    pub concurrency: u16,
+}
+
+/// How often a controller started without the Pack CRD looks for it again.
+const PACK_API_RECHECK: Duration = Duration::from_secs(60);
+
+/// Runs the redeploy controller until `leading.stop` is cancelled.
+pub async fn run(
+    leading: Leading,
+    namespace: Option<String>,
+    settings: Settings,
+    metrics: RedeployMetrics,
+    reconciles: ReconcileMetrics,
+) {
+    let client = leading.client.clone();
+    let cc = kube::runtime::controller::Config::default().concurrency(settings.concurrency);
+    let deployments = workload_controller::<Deployment>(&client, &namespace, cc.clone());
+    let statefulsets = workload_controller::<StatefulSet>(&client, &namespace, cc.clone());
+    let daemonsets = workload_controller::<DaemonSet>(&client, &namespace, cc.clone());
+    // Packs are watched only where their CRD is installed (the chart can install this controller
+    // alone): a watch of a missing API would never sync, and the controller would never be ready.
+    let packs = if pack_api_served(&client).await {
+        Some(workload_controller::<Pack>(&client, &namespace, cc.clone()))
+    } else {
+        info!(
+            "the Pack API (packs.k8s.kubit.ir/v1alpha1) is not installed: Deployments, StatefulSets and \
+             DaemonSets are watched; Packs will be once the CRD appears (checked every {PACK_API_RECHECK:?})"
+        );
+        None
+    };
+    let stores = WorkloadStores {
+        deployments: deployments.store(),
+        statefulsets: statefulsets.store(),
+        daemonsets: daemonsets.store(),
+    };
+    report_ready_when_synced(
+        &leading,
+        stores.clone(),
+        packs.as_ref().map(Controller::store),
+    );
+
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        settings,
+        recorder(&client),
+        metrics,
+        reconciles,
+        stores,
+    ));
+
+    let (wakers, woken) = Wakers::new();
+    let sources = futures::future::join(
+        watch_sources(
+            scoped::<PartialObjectMeta<ConfigMap>>(&client, &namespace),
+            WatchKind::ConfigMap,
+            ctx.clone(),
+            wakers.clone(),
+        ),
+        watch_sources(
+            scoped::<PartialObjectMeta<Secret>>(&client, &namespace),
+            WatchKind::Secret,
+            ctx.clone(),
+            wakers,
+        ),
+    );
+
+    let stop = leading.stop.clone();
+    let controllers = futures::future::join4(
+        run_workload_controller(deployments, woken.deployment, &leading, ctx.clone()),
+        run_workload_controller(statefulsets, woken.statefulset, &leading, ctx.clone()),
+        run_workload_controller(daemonsets, woken.daemonset, &leading, ctx.clone()),
+        run_pack_controller(packs, woken.pack, &leading, namespace, cc, ctx),
+    );
+    tokio::select! {
+        _ = controllers => {}
+        _ = sources => {}
+        _ = stop.cancelled() => {}
+    }
+}
+
+/// Events are reported as this replica (the pod's name).
+fn recorder(client: &Client) -> Recorder {
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| "redeploy-controller".into());
+    Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "redeploy-controller".into(),
+            instance: Some(identity),
+        },
+    )
+}
+
+/// Ready once every workload cache holds a complete listing.
+fn report_ready_when_synced(
+    leading: &Leading,
+    stores: WorkloadStores,
+    packs: Option<Store<PartialObjectMeta<Pack>>>,
+) {
+    common::runtime::report_sync_when(
+        async move {
+            use common::runtime::store_synced;
+            store_synced(&stores.deployments).await
+                && store_synced(&stores.statefulsets).await
+                && store_synced(&stores.daemonsets).await
+                && match &packs {
+                    Some(packs) => store_synced(packs).await,
+                    None => true,
+                }
+        },
+        leading.health.clone(),
+    );
+}
+
+/// Runs one workload kind's controller, reconciling also each workload `woken` names, until stopped.
+async fn run_workload_controller<K>(
+    controller: Controller<PartialObjectMeta<K>>,
+    woken: mpsc::UnboundedReceiver<ObjectRef<PartialObjectMeta<K>>>,
+    leading: &Leading,
+    ctx: Arc<Context>,
+) where
+    K: crate::reconcile::Watcher<Scope = kube::core::NamespaceResourceScope>,
+{
+    controller
+        .reconcile_on(woken)
+        .graceful_shutdown_on(leading.stop.clone().cancelled_owned())
+        .run(reconcile::<K>, error_policy::<K>, ctx)
+        .for_each(|_| std::future::ready(()))
+        .await;
+}
+
+/// The Pack controller, once the Pack API is served: until then, looks for it every
+/// [`PACK_API_RECHECK`].
+async fn run_pack_controller(
+    packs: Option<Controller<PartialObjectMeta<Pack>>>,
+    woken: mpsc::UnboundedReceiver<ObjectRef<PartialObjectMeta<Pack>>>,
+    leading: &Leading,
+    namespace: Option<String>,
+    cc: kube::runtime::controller::Config,
+    ctx: Arc<Context>,
+) {
+    let (client, stop) = (&leading.client, &leading.stop);
+    let packs = match packs {
+        Some(packs) => packs,
+        None => loop {
+            tokio::select! {
+                () = tokio::time::sleep(PACK_API_RECHECK) => {}
+                () = stop.cancelled() => return,
+            }
+            if pack_api_served(client).await {
+                info!("the Pack API is installed now: watching Packs");
+                break workload_controller::<Pack>(client, &namespace, cc);
+            }
+        },
+    };
+    run_workload_controller(packs, woken, leading, ctx).await;
+}
+
+fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<DynamicType = ()>,
+    K: Resource<Scope = kube::core::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A controller over the metadata of one workload kind. What it caches is trimmed to what reconciles
+/// read: managedFields and kubectl's last-applied copy of the whole object are dropped before they
+/// reach the store (they are most of a workload's metadata).
+fn workload_controller<K>(
+    client: &Client,
+    namespace: &Option<String>,
+    config: kube::runtime::controller::Config,
+) -> Controller<PartialObjectMeta<K>>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = kube::runtime::reflector::store();
+    let stream = watcher(
+        scoped::<PartialObjectMeta<K>>(client, namespace),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(|obj: &mut PartialObjectMeta<K>| {
+        obj.metadata.managed_fields = None;
+        if let Some(a) = obj.metadata.annotations.as_mut() {
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+    })
+    .reflect(writer)
+    .applied_objects();
+    Controller::for_stream(stream, reader).with_config(config)
+}
+
+/// Watches ConfigMaps or Secrets (metadata only, nothing cached) and wakes the workloads that watch one
+/// when it changes, is created or is deleted.
+async fn watch_sources<S>(
+    api: Api<PartialObjectMeta<S>>,
+    kind: WatchKind,
+    ctx: Arc<Context>,
+    wake: Wakers,
+) where
+    S: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    PartialObjectMeta<S>:
+        Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + 'static,
+{
+    let mut events = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .boxed();
+    while let Some(event) = events.next().await {
+        let (obj, deleted) = match event {
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => (o, false),
+            Ok(watcher::Event::Delete(o)) => (o, true),
+            Ok(_) => continue,
+            Err(e) => {
+                debug!(error = %e, "source watch error (retrying)");
+                continue;
+            }
+        };
+        let source = SourceKey {
+            kind,
+            namespace: obj.namespace().unwrap_or_default(),
+            name: obj.name_any(),
+        };
+        let watchers = lock(&ctx.index).watchers_of(&source);
+        if watchers.is_empty() {
+            continue;
+        }
+        {
+            let mut hashes = lock(&ctx.hashes);
+            let fresh = !deleted
+                && hashes.get(&source).map(|(rv, _)| Some(rv))
+                    == Some(obj.resource_version().as_ref());
+            if fresh {
+                continue; // our own earlier read: nothing new
+            }
+            hashes.remove(&source);
+        }
+        for w in watchers {
+            wake.wake(&w);
+        }
+    }
+}
+
+/// Senders that make the per-kind controllers reconcile a workload now.
+#[derive(Clone)]
+struct Wakers {
+    deployment: mpsc::UnboundedSender<ObjectRef<PartialObjectMeta<Deployment>>>,
+    statefulset: mpsc::UnboundedSender<ObjectRef<PartialObjectMeta<StatefulSet>>>,
+    daemonset: mpsc::UnboundedSender<ObjectRef<PartialObjectMeta<DaemonSet>>>,
+    pack: mpsc::UnboundedSender<ObjectRef<PartialObjectMeta<Pack>>>,
+}
+
+/// The receiving ends of [`Wakers`], one per workload controller.
+struct Woken {
+    deployment: mpsc::UnboundedReceiver<ObjectRef<PartialObjectMeta<Deployment>>>,
+    statefulset: mpsc::UnboundedReceiver<ObjectRef<PartialObjectMeta<StatefulSet>>>,
+    daemonset: mpsc::UnboundedReceiver<ObjectRef<PartialObjectMeta<DaemonSet>>>,
+    pack: mpsc::UnboundedReceiver<ObjectRef<PartialObjectMeta<Pack>>>,
+}
+
+impl Wakers {
+    fn new() -> (Wakers, Woken) {
+        let (deployment, deployment_rx) = mpsc::unbounded();
+        let (statefulset, statefulset_rx) = mpsc::unbounded();
+        let (daemonset, daemonset_rx) = mpsc::unbounded();
+        let (pack, pack_rx) = mpsc::unbounded();
+        (
+            Wakers {
+                deployment,
+                statefulset,
+                daemonset,
+                pack,
+            },
+            Woken {
+                deployment: deployment_rx,
+                statefulset: statefulset_rx,
+                daemonset: daemonset_rx,
+                pack: pack_rx,
+            },
+        )
+    }
+
+    fn wake(&self, w: &WorkloadKey) {
+        let (ns, name) = (w.namespace.as_str(), w.name.as_str());
+        // A send fails only when that controller has ended (shutdown): nothing left to wake.
+        let _ = match w.kind {
+            WorkloadKind::Deployment => self
+                .deployment
+                .unbounded_send(ObjectRef::new(name).within(ns))
+                .is_ok(),
+            WorkloadKind::StatefulSet => self
+                .statefulset
+                .unbounded_send(ObjectRef::new(name).within(ns))
+                .is_ok(),
+            WorkloadKind::DaemonSet => self
+                .daemonset
+                .unbounded_send(ObjectRef::new(name).within(ns))
+                .is_ok(),
+            WorkloadKind::Pack => self
+                .pack
+                .unbounded_send(ObjectRef::new(name).within(ns))
+                .is_ok(),
+        };
+    }
+}
+
+/// Whether the API server serves Packs (`k8s.kubit.ir/v1alpha1`, resource `packs`). An error other
+/// than "not found" counts as served: the watch then retries as any watch does.
+async fn pack_api_served(client: &Client) -> bool {
+    let group_version = format!("{}/{}", common::crd::GROUP, common::crd::VERSION);
+    match client.list_api_group_resources(&group_version).await {
+        Ok(list) => list.resources.iter().any(|r| r.name == "packs"),
+        Err(kube::Error::Api(status)) if status.code == 404 => false,
+        Err(e) => {
+            warn!(error = %e, "cannot tell whether the Pack API is installed; watching Packs");
+            true
+        }
+    }
+}
