@@ -534,3 +534,303 @@ async fn deployment_paused(ctx: &Context, namespace: &str, name: &str) -> Result
     Ok(d.spec.and_then(|s| s.paused).unwrap_or(false))
 }
 
+/// The mocked-API tier: the exact requests one reconcile sends, answered as the API server would.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::testing::{ApiRequest, ApiServer};
+    use kube::{
+        core::PartialObjectMetaExt,
+        runtime::{events::Reporter, reflector, watcher},
+    };
+    use serde_json::Value;
+
+    const CONFIGMAP: &str = "/api/v1/namespaces/ns/configmaps/app";
+    const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/ns/deployments/web";
+    const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ns/events";
+
+    fn context(client: Client, stores: WorkloadStores) -> Arc<Context> {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let settings = Settings {
+            delay: Duration::ZERO,
+            rate: 2.0,
+            burst: 20,
+            concurrency: 1,
+        };
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "redeploy-controller".into(),
+                instance: None,
+            },
+        );
+        Arc::new(Context::new(
+            client,
+            settings,
+            recorder,
+            RedeployMetrics::register(&mut registry),
+            ReconcileMetrics::register(&mut registry, "redeploy"),
+            stores,
+        ))
+    }
+
+    fn empty_stores() -> WorkloadStores {
+        WorkloadStores {
+            deployments: reflector::store().0,
+            statefulsets: reflector::store().0,
+            daemonsets: reflector::store().0,
+        }
+    }
+
+    /// Metadata of a workload watching `configmap/app`, with `recorded` as its record (if any).
+    fn watching(name: &str, recorded: Option<&Hashes>) -> ObjectMeta {
+        let mut annotations =
+            BTreeMap::from([(WATCH_TO_REDEPLOY.to_owned(), "configmap/app".to_owned())]);
+        if let Some(recorded) = recorded {
+            annotations.insert(
+                HASHES_ANNOTATION.to_owned(),
+                serde_json::to_string(recorded).unwrap(),
+            );
+        }
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("ns".into()),
+            uid: Some(format!("{name}-uid")),
+            annotations: Some(annotations),
+            ..Default::default()
+        }
+    }
+
+    /// The record of `configmap/app` holding `hash`.
+    fn record_of(hash: &str) -> Hashes {
+        Hashes::from([("configmap/app".to_owned(), hash.to_owned())])
+    }
+
+    /// The hash of the ConfigMap [`answer_configmap`] serves.
+    fn new_hash() -> String {
+        content_hash([("key", b"new".as_slice())], [])
+    }
+
+    fn answer_configmap(request: ApiRequest) {
+        request.assert("GET", CONFIGMAP);
+        request.respond_json(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "app", "namespace": "ns", "resourceVersion": "7"},
+            "data": {"key": "new"},
+        }));
+    }
+
+    fn answer_deployment(request: ApiRequest, paused: bool) {
+        request.assert("GET", DEPLOYMENT);
+        request.respond_json(deployment_json(paused));
+    }
+
+    fn deployment_json(paused: bool) -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "ns"},
+            "spec": {"paused": paused, "selector": {}, "template": {}},
+        })
+    }
+
+    /// Asserts the request publishes an Event of `reason` with `note` on Deployment `web`, and accepts it.
+    fn answer_event(request: ApiRequest, reason: &str, note: &str) {
+        request.assert("POST", EVENTS);
+        assert_eq!(request.body["reason"], reason, "{}", request.body);
+        assert_eq!(request.body["note"], note, "{}", request.body);
+        assert_eq!(request.body["regarding"]["kind"], "Deployment");
+        assert_eq!(request.body["regarding"]["name"], "web");
+        request.echo();
+    }
+
+    fn redeploys(ctx: &Context, result: &str) -> u64 {
+        ctx.metrics
+            .redeploys
+            .get_or_create(&crate::metrics::KindResult {
+                kind: "Deployment".into(),
+                result: result.into(),
+            })
+            .get()
+    }
+
+    async fn reconcile_deployment(meta: ObjectMeta, ctx: &Arc<Context>) -> Action {
+        let obj = Arc::new(meta.into_response_partial::<Deployment>());
+        reconcile::<Deployment>(obj, ctx.clone()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_changed_configmap_of_a_paused_deployment_is_not_rolled_out_and_looked_at_again() {
+        let (client, mut server) = ApiServer::new();
+        let ctx = context(client, empty_stores());
+        let server = tokio::spawn(async move {
+            answer_configmap(server.next().await);
+            // Paused: no PATCH of the pod template, nor of the record.
+            answer_deployment(server.next().await, true);
+            answer_event(
+                server.next().await,
+                "RedeployPaused",
+                "configmap/app changed, but the Deployment is paused: it rolls out after `kubectl rollout resume`",
+            );
+            server
+        });
+        let meta = watching("web", Some(&record_of("sha256:old")));
+        let action = reconcile_deployment(meta, &ctx).await;
+        server.await.unwrap().done();
+        assert_eq!(action, Action::requeue(crate::outcome::PAUSED_RECHECK));
+        assert_eq!(redeploys(&ctx, "paused"), 1);
+        assert!(
+            lock(&ctx.pending).contains_key(&WorkloadKey {
+                kind: WorkloadKind::Deployment,
+                namespace: "ns".into(),
+                name: "web".into(),
+            }),
+            "the change stays pending until the Deployment is resumed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_changed_configmap_rolls_out_the_deployment_in_one_patch_with_the_record() {
+        let (client, mut server) = ApiServer::new();
+        let ctx = context(client, empty_stores());
+        let current = record_of(&new_hash());
+        let expected_patch = json!({
+            "metadata": {"annotations": {HASHES_ANNOTATION: serde_json::to_string(&current).unwrap()}},
+            "spec": {"template": {"metadata": {"annotations": {CONFIG_HASH_ANNOTATION: combined_hash(&current)}}}},
+        });
+        let server = tokio::spawn(async move {
+            answer_configmap(server.next().await);
+            answer_deployment(server.next().await, false);
+            let patch = server.next().await;
+            patch.assert("PATCH", DEPLOYMENT);
+            assert!(
+                patch.query.contains("fieldManager=redeploy-controller"),
+                "{}",
+                patch.query
+            );
+            assert_eq!(patch.body, expected_patch);
+            patch.respond_json(deployment_json(false));
+            answer_event(
+                server.next().await,
+                "Redeployed",
+                "configmap/app changed; rolled out",
+            );
+            server
+        });
+        let meta = watching("web", Some(&record_of("sha256:old")));
+        let action = reconcile_deployment(meta, &ctx).await;
+        server.await.unwrap().done();
+        assert_eq!(action, Action::await_change());
+        assert_eq!(redeploys(&ctx, "rolled"), 1);
+        assert!(lock(&ctx.pending).is_empty());
+    }
+
+    #[tokio::test]
+    async fn first_sight_records_a_baseline_and_nothing_more() {
+        let (client, mut server) = ApiServer::new();
+        let ctx = context(client, empty_stores());
+        let server = tokio::spawn(async move {
+            answer_configmap(server.next().await);
+            let patch = server.next().await;
+            patch.assert("PATCH", DEPLOYMENT);
+            assert_eq!(
+                patch.body,
+                json!({"metadata": {"annotations": {
+                    HASHES_ANNOTATION: serde_json::to_string(&record_of(&new_hash())).unwrap()
+                }}})
+            );
+            patch.respond_json(deployment_json(false));
+            server
+        });
+        let action = reconcile_deployment(watching("web", None), &ctx).await;
+        server.await.unwrap().done();
+        assert_eq!(action, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_configmap_read_once_is_then_hashed_from_the_cache() {
+        let (client, mut server) = ApiServer::new();
+        let ctx = context(client, empty_stores());
+        let server = tokio::spawn(async move {
+            answer_configmap(server.next().await);
+            server
+        });
+        let meta = watching("web", Some(&record_of(&new_hash())));
+        assert_eq!(
+            reconcile_deployment(meta.clone(), &ctx).await,
+            Action::await_change()
+        );
+        let server = server.await.unwrap();
+        // Same resourceVersion cached: no request at all.
+        assert_eq!(
+            reconcile_deployment(meta, &ctx).await,
+            Action::await_change()
+        );
+        server.done();
+    }
+
+    #[tokio::test]
+    async fn a_pack_rolls_out_the_workloads_of_its_release_then_records() {
+        let (client, mut server) = ApiServer::new();
+        let (deployments, mut writer) = reflector::store();
+        let helm = |name: &str, release: &str| ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("ns".into()),
+            annotations: Some(BTreeMap::from([
+                (HELM_RELEASE_NAME.to_owned(), release.to_owned()),
+                (HELM_RELEASE_NAMESPACE.to_owned(), "ns".to_owned()),
+            ])),
+            ..Default::default()
+        };
+        for meta in [helm("web", "app"), helm("other", "another-release")] {
+            writer.apply_watcher_event(&watcher::Event::Apply(
+                meta.into_response_partial::<Deployment>(),
+            ));
+        }
+        let stores = WorkloadStores {
+            deployments,
+            ..empty_stores()
+        };
+        let ctx = context(client, stores);
+        let current = record_of(&new_hash());
+        let pack_json = json!({
+            "apiVersion": "k8s.kubit.ir/v1alpha1", "kind": "Pack",
+            "metadata": {"name": "app", "namespace": "ns"},
+            "spec": {"chart": {"repository": {"kind": "ClusterPackRepository", "name": "repo"}, "name": "chart"}},
+        });
+        let server = tokio::spawn(async move {
+            answer_configmap(server.next().await);
+            answer_deployment(server.next().await, false);
+            let template = server.next().await;
+            template.assert("PATCH", DEPLOYMENT);
+            assert_eq!(
+                template.body,
+                json!({"spec": {"template": {"metadata": {"annotations": {
+                    PACK_CONFIG_HASH_ANNOTATION: combined_hash(&current)
+                }}}}})
+            );
+            template.respond_json(deployment_json(false));
+            let record = server.next().await;
+            record.assert(
+                "PATCH",
+                "/apis/k8s.kubit.ir/v1alpha1/namespaces/ns/packs/app",
+            );
+            assert_eq!(record.body, record_patch(&current));
+            record.respond_json(pack_json);
+            let event = server.next().await;
+            event.assert("POST", EVENTS);
+            assert_eq!(
+                event.body["note"],
+                "configmap/app changed; rolled out (1 workload(s): Deployment/web)"
+            );
+            assert_eq!(event.body["regarding"]["kind"], "Pack");
+            event.echo();
+            server
+        });
+        let obj = Arc::new(
+            watching("app", Some(&record_of("sha256:old"))).into_response_partial::<Pack>(),
+        );
+        let action = reconcile::<Pack>(obj, ctx).await.unwrap();
+        server.await.unwrap().done();
+        assert_eq!(action, Action::await_change());
+    }
+}
