@@ -403,6 +403,7 @@ mod tests {
         assert_ne!(data_hash("Opaque", &a), data_hash("Opaque", &b));
     }
 
+    /// One table of cases, one row each: long because the cases are many.
     #[test]
     fn decisions() {
         let want = desired(&source(), &key(), "app-a", "tls");

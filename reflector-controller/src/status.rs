@@ -166,6 +166,7 @@ mod tests {
         bool,
     );
 
+    /// One table of cases, one row each: long because the cases are many.
     #[test]
     fn table() {
         use TargetState::*;

@@ -250,6 +250,7 @@ mod tests {
         Vec<(&'a str, Placement)>,
     );
 
+    /// One table of cases, one row each: long because the cases are many.
     #[test]
     fn table() {
         use Placement::*;
