@@ -743,3 +743,6 @@ async fn report(
         publish(ctx, &reference, EventType::Warning, &reason, message).await;
     }
 }
+
+#[cfg(test)]
+mod tests;
