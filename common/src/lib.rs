@@ -5,6 +5,11 @@
 //! A controller binary's `main` parses its flags (with [`RuntimeArgs`] flattened in), builds a
 //! [`runtime::Runtime`], registers its own metrics, and hands its controller loop to
 //! [`runtime::Runtime::run`], which only runs it while this replica leads.
+//!
+//! Reconcile helpers every controller uses: [`finalizer`] (a finalizer whose cleanup may wait without an
+//! error), [`status::write`] (server-side apply of a status that changed), [`events`] (Events folded by
+//! their note), [`requeue::jitter`], [`sync::lock`], [`conditions`]. Feature `testing` adds [`testing`],
+//! the mocked API server of the controllers' reconcile-level unit tests.
 
 pub mod annotation;
 pub mod cli;

@@ -1,13 +1,19 @@
 //! pack-controller: installs, upgrades and uninstalls the Helm release of each `Pack`.
 //!
-//! Modules: `reconcile` (the Pack loop and its wiring: resolve, plan, run Helm, report), `plan` (pure:
-//! the release digest and what to do — nothing, install, upgrade, recover, wait), `status` (pure: how the
-//! Pack's status changes with each outcome), `helm` (the Helm CLI driver), `release` (Helm's release
-//! Secrets: latest revision, marking a stuck one failed), `chart` (chart archive download, digest check
-//! and disk cache), `repository` (the ClusterPackRepository loop that fetches indexes into the shared
-//! cache), `resolve` (a Pack's chart and constraint against a cached index, pure), `versions` (chart
-//! version constraints), `vars` (`{{ vars.NAME }}` substitution), `index` (fetching, parsing and the
-//! shared cache of each repository's `index.yaml`), `metrics` (Helm operations, Packs by state).
+//! Where things live (docs/architecture.md follows one Pack through them):
+//! - **Wiring** — `controller` (what wakes a Pack reconcile: the watches, the index-cache subscription,
+//!   the `Controller`, `Settings`, `run`); `repository` (the ClusterPackRepository loop that fetches
+//!   indexes into the shared cache).
+//! - **Decisions (pure)** — `resolve` (a Pack's chart and constraint against a cached index), `versions`
+//!   (chart version constraints), `vars` (`{{ vars.NAME }}` substitution), `plan` (the release digest,
+//!   what to do — nothing, install, upgrade, recover, wait — and the `Outcome` of doing it).
+//! - **Execution** — `reconcile` (one reconcile: resolve, decide, act, report; deletion), `execute`
+//!   (running a planned install/upgrade, rollback and stuck-release recovery into an `Outcome`), `helm`
+//!   (the Helm CLI driver), `release` (Helm's release Secrets), `chart` (chart archive download, digest
+//!   check and disk cache), `index` (index.yaml parsing, the HTTP fetcher, the shared cache, and the one
+//!   place a kind of chart source is chosen).
+//! - **Status and reporting** — `status` (pure: the Pack's status and Event for each outcome), `error`
+//!   (reconcile errors and what the owner is told of them), `metrics` (Helm operations, Packs by state).
 
 pub mod chart;
 pub mod controller;
