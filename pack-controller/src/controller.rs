@@ -25,7 +25,7 @@ use common::{
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api, ResourceExt,
+    Api, Client, ResourceExt,
     api::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt, controller,
@@ -148,21 +148,6 @@ pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
             return;
         }
     };
-    let packs: Api<Pack> = match settings.namespaces.as_slice() {
-        [ns] => Api::namespaced(client.clone(), ns),
-        _ => Api::all(client.clone()),
-    };
-    // Helm's release Secrets: one watch per namespace in scope (the RBAC of a namespace-scoped install
-    // allows no cluster-wide Secret list), or one for all.
-    let secrets: Vec<Api<PartialObjectMeta<Secret>>> = if settings.namespaces.is_empty() {
-        vec![Api::all(client.clone())]
-    } else {
-        settings
-            .namespaces
-            .iter()
-            .map(|ns| Api::namespaced(client.clone(), ns))
-            .collect()
-    };
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| "pack-controller".into());
     let recorder = Recorder::new(
         client.clone(),
@@ -172,71 +157,8 @@ pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
         },
     );
     let cache = IndexCache::new();
-
-    // The Pack cache holds what reconciles read, not managedFields or kubectl's last-applied copy of the
-    // whole Pack (values included): at 1,000 Packs they are most of the controller's memory.
-    let (reader, writer) = kube::runtime::reflector::store();
-    let pack_stream = watcher(packs, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(|pack: &mut Pack| {
-            pack.metadata.managed_fields = None;
-            if let Some(a) = pack.metadata.annotations.as_mut() {
-                a.remove("kubectl.kubernetes.io/last-applied-configuration");
-            }
-        })
-        .reflect(writer)
-        .applied_objects();
-    let controller = Controller::for_stream(pack_stream, reader)
-        .with_config(controller::Config::default().concurrency(settings.concurrency));
-    let store = controller.store();
-    common::runtime::report_sync_when_ready(store.clone(), leading.health.clone());
-    let mapper_store = store.clone();
-    // Helm's release Secrets, metadata only: a release changed outside (manual rollback, uninstall, a
-    // finished operation) wakes the Pack of the same name.
-    let releases = futures::stream::select_all(secrets.into_iter().map(|api| {
-        watcher(
-            api,
-            watcher::Config::default()
-                .labels(release::OWNER_SELECTOR)
-                .any_semantic(),
-        )
-        .default_backoff()
-        .touched_objects()
-        .boxed()
-    }));
-    let controller = controller
-        .watches_stream(
-            repository_changes(Api::<ClusterPackRepository>::all(client.clone())),
-            move |repo: ClusterPackRepository| packs_of(&mapper_store, &repo.name_any()),
-        )
-        .watches_stream(releases, |secret| {
-            let name = secret.labels().get("name")?.clone();
-            Some(ObjectRef::<Pack>::new(&name).within(&secret.namespace()?))
-        });
-    // This process's cache got another index of a repository: wake its Packs (a newer matching version
-    // upgrades them). Tied to the cache, not to the repository's status, which another process may have
-    // written first.
-    let index_store = store.clone();
-    let index_changes = futures::stream::unfold(cache.subscribe(), |mut rx| async move {
-        match rx.recv().await {
-            Ok(name) => Some((Some(name), rx)),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some((None, rx)),
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
-        }
-    })
-    .flat_map(move |name| {
-        let packs = match name {
-            Some(name) => packs_of(&index_store, &name),
-            // Missed some: every Pack.
-            None => index_store
-                .state()
-                .iter()
-                .map(|p| ObjectRef::from_obj(p.as_ref()))
-                .collect(),
-        };
-        futures::stream::iter(packs)
-    });
-    let controller = controller.reconcile_on(index_changes);
+    let controller = pack_controller(&client, &settings, &cache);
+    common::runtime::report_sync_when_ready(controller.store(), leading.health.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         cache: cache.clone(),
@@ -281,4 +203,97 @@ pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
     futures::future::join(packs, repositories).await;
     // Not leading any more: a standby exports no Pack counts.
     metrics.states.clear();
+}
+
+/// The Pack `Controller` and everything that wakes a Pack: its own watch, its repository's changes, its
+/// Helm release's Secrets, and this process's index cache.
+fn pack_controller(client: &Client, settings: &Settings, cache: &IndexCache) -> Controller<Pack> {
+    let packs: Api<Pack> = match settings.namespaces.as_slice() {
+        [ns] => Api::namespaced(client.clone(), ns),
+        _ => Api::all(client.clone()),
+    };
+    // The Pack cache holds what reconciles read, not managedFields or kubectl's last-applied copy of the
+    // whole Pack (values included): at 1,000 Packs they are most of the controller's memory.
+    let (reader, writer) = kube::runtime::reflector::store();
+    let pack_stream = watcher(packs, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|pack: &mut Pack| {
+            pack.metadata.managed_fields = None;
+            if let Some(a) = pack.metadata.annotations.as_mut() {
+                a.remove("kubectl.kubernetes.io/last-applied-configuration");
+            }
+        })
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(pack_stream, reader)
+        .with_config(controller::Config::default().concurrency(settings.concurrency));
+    let store = controller.store();
+    let mapper_store = store.clone();
+    controller
+        .watches_stream(
+            repository_changes(Api::<ClusterPackRepository>::all(client.clone())),
+            move |repo: ClusterPackRepository| packs_of(&mapper_store, &repo.name_any()),
+        )
+        .watches_stream(release_changes(client, &settings.namespaces), |secret| {
+            let name = secret.labels().get("name")?.clone();
+            Some(ObjectRef::<Pack>::new(&name).within(&secret.namespace()?))
+        })
+        .reconcile_on(index_changes(cache, store))
+}
+
+/// Helm's release Secrets, metadata only: a release changed outside (manual rollback, uninstall, a
+/// finished operation) wakes the Pack of the same name. One watch per namespace in scope (the RBAC of a
+/// namespace-scoped install allows no cluster-wide Secret list), or one for all.
+fn release_changes(
+    client: &Client,
+    namespaces: &[String],
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static
+{
+    let secrets: Vec<Api<PartialObjectMeta<Secret>>> = if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    };
+    futures::stream::select_all(secrets.into_iter().map(|api| {
+        watcher(
+            api,
+            watcher::Config::default()
+                .labels(release::OWNER_SELECTOR)
+                .any_semantic(),
+        )
+        .default_backoff()
+        .touched_objects()
+        .boxed()
+    }))
+}
+
+/// This process's cache got another index of a repository: its Packs (a newer matching version upgrades
+/// them). Tied to the cache, not to the repository's status, which another process may have written
+/// first.
+fn index_changes(
+    cache: &IndexCache,
+    store: Store<Pack>,
+) -> impl futures::Stream<Item = ObjectRef<Pack>> + Send + 'static {
+    futures::stream::unfold(cache.subscribe(), |mut rx| async move {
+        match rx.recv().await {
+            Ok(name) => Some((Some(name), rx)),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some((None, rx)),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+        }
+    })
+    .flat_map(move |name| {
+        let packs = match name {
+            Some(name) => packs_of(&store, &name),
+            // Missed some: every Pack.
+            None => store
+                .state()
+                .iter()
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect(),
+        };
+        futures::stream::iter(packs)
+    })
 }

@@ -215,8 +215,8 @@ async fn install_or_upgrade(
     );
     let record = release::read(&ctx.client, &namespace(pack), &pack.name_any()).await?;
     let (decision, next) = decide(pack, &resolution, &digest, record.as_ref());
-    let fresh;
-    let (pack, decision, mut next) = if plan::confirm_on_stored(&decision) {
+    let stored;
+    let (pack, decision, next) = if plan::confirm_on_stored(&decision) {
         // The cached Pack can lag behind this controller's own last status write (the release Secret's
         // event, or the event of the status written before Helm ran, may wake this reconcile first): a
         // decision to run Helm is taken again on the stored status, so a failure just recorded is not
@@ -226,30 +226,51 @@ async fn install_or_upgrade(
             "deciding again on the stored Pack before running Helm"
         );
         let api: Api<Pack> = Api::namespaced(ctx.client.clone(), &namespace(pack));
-        fresh = api.get(&pack.name_any()).await?;
-        if fresh.metadata.generation != pack.metadata.generation {
+        stored = api.get(&pack.name_any()).await?;
+        if stored.metadata.generation != pack.metadata.generation {
             // A newer spec: its own event follows.
             return Ok(Action::requeue(WARM_UP));
         }
-        let (decision, next) = decide(&fresh, &resolution, &digest, record.as_ref());
-        (&fresh, decision, next)
+        let (decision, next) = decide(&stored, &resolution, &digest, record.as_ref());
+        (&stored, decision, next)
     } else {
         (pack, decision, next)
     };
     debug!(?decision, "plan");
-    let Plan::Apply { install, recover } = decision else {
-        return hold(
-            ctx,
-            pack,
-            decision,
-            next,
-            &resolution,
-            &digest,
-            record.as_ref(),
-        )
-        .await;
+    let target = Target {
+        pack,
+        repo,
+        resolution: &resolution,
+        digest: &digest,
+        record: record.as_ref(),
     };
-    if recover && let Some(r) = &record {
+    match decision {
+        Plan::Apply { install, recover } => {
+            apply_release(ctx, &target, install, recover, next).await
+        }
+        decision => hold(ctx, &target, decision, next).await,
+    }
+}
+
+/// The Pack and release one install/upgrade decision is about.
+struct Target<'a> {
+    pack: &'a Pack,
+    repo: &'a ClusterPackRepository,
+    resolution: &'a Resolution,
+    digest: &'a ReleaseDigest,
+    record: Option<&'a ReleaseRecord>,
+}
+
+/// Executes [`Plan::Apply`] and reports its outcome.
+async fn apply_release(
+    ctx: &Context,
+    t: &Target<'_>,
+    install: bool,
+    recover: bool,
+    mut next: PackStatus,
+) -> Result<Action, Error> {
+    let pack = t.pack;
+    if recover && let Some(r) = t.record {
         execute::recover_stuck(ctx, pack, &mut next, r).await?;
     }
     let verb = if install {
@@ -259,31 +280,34 @@ async fn install_or_upgrade(
     };
     next = status::progressing(
         next,
-        format!("{verb} chart {} {}", resolution.chart, resolution.version),
+        format!(
+            "{verb} chart {} {}",
+            t.resolution.chart, t.resolution.version
+        ),
         pack.metadata.generation,
     );
     write_status(ctx, pack, &next).await?;
     let apply = execute::Apply {
         pack,
-        repository: repo,
-        resolution: &resolution,
-        digest: &digest,
-        record: record.as_ref(),
+        repository: t.repo,
+        resolution: t.resolution,
+        digest: t.digest,
+        record: t.record,
     };
     let outcome = execute::apply(ctx, &apply).await?;
     let name = pack.name_any();
     let attempted = status::Attempted {
         release: &name,
-        resolution: &resolution,
-        digest: &digest,
+        resolution: t.resolution,
+        digest: t.digest,
         install,
         requested_at: pack.annotations().get(REQUESTED_AT).map(String::as_str),
         changed_outside: plan::changed_outside(
-            &digest,
-            record.as_ref(),
+            t.digest,
+            t.record,
             pack.status.as_ref().and_then(|s| s.revision),
         )
-        .then(|| record.as_ref().map_or(0, |r| r.revision)),
+        .then(|| t.record.map_or(0, |r| r.revision)),
         generation: pack.metadata.generation,
     };
     report(ctx, pack, status::after_apply(next, &attempted, &outcome)).await
@@ -311,21 +335,18 @@ fn decide(
 /// Acts on a plan that runs no Helm: records what it found and when to look again.
 async fn hold(
     ctx: &Context,
-    pack: &Pack,
+    t: &Target<'_>,
     decision: Plan,
     mut next: PackStatus,
-    resolution: &Resolution,
-    digest: &ReleaseDigest,
-    record: Option<&ReleaseRecord>,
 ) -> Result<Action, Error> {
-    let generation = pack.metadata.generation;
+    let (pack, generation) = (t.pack, t.pack.metadata.generation);
     let requeue = match decision {
         Plan::UpToDate => {
-            let revision = record.map_or(0, |r| r.revision);
+            let revision = t.record.map_or(0, |r| r.revision);
             next = status::applied(
                 next,
-                resolution,
-                digest,
+                t.resolution,
+                t.digest,
                 revision,
                 &pack.name_any(),
                 generation,

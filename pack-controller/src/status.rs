@@ -374,54 +374,67 @@ pub fn after_apply(mut previous: PackStatus, a: &Attempted<'_>, outcome: &Outcom
             error,
             took,
             rollback,
-        } => {
-            let operation = if a.install { "install" } else { "upgrade" };
-            let mut message = format!(
-                "helm {operation} of chart {} {} failed: {error}",
-                r.chart, r.version
-            );
-            push_history(
-                &mut previous,
-                attempt(
-                    action,
-                    Some(&r.version),
-                    Some(digest),
-                    Err(error.clone()),
-                    *took,
-                ),
-            );
-            let stalled = match rollback {
-                Some(rollback) => record_rollback(&mut previous, rollback, &mut message),
-                None => false,
-            };
-            let retry = plan::backoff(failures_with(&previous, digest));
-            if !stalled {
-                message.push_str(&format!("; retrying in {}s", retry.as_secs()));
-            }
-            let status = apply_failed(
-                previous,
-                digest,
-                reason,
-                message.clone(),
-                stalled,
-                a.generation,
-            );
-            Report {
-                status,
-                event: Announcement {
-                    warning: true,
-                    reason,
-                    // Repeated failures of one spec fold into one Event series; another spec gets its own.
-                    action: format!("{action} {} {}", r.version, &digest.label()[..8]),
-                    note: message,
-                },
-                retry: if stalled {
-                    Retry::Resync
-                } else {
-                    Retry::After(retry)
-                },
-            }
-        }
+        } => after_failure(previous, a, reason, error, *took, rollback.as_ref()),
+    }
+}
+
+/// [`after_apply`] for a failed install/upgrade: `Ready=False` with Helm's error and what came of the
+/// rollback; retried after the backoff of the spec's consecutive failures, or held after a rollback.
+fn after_failure(
+    mut previous: PackStatus,
+    a: &Attempted<'_>,
+    reason: &'static str,
+    error: &str,
+    took: std::time::Duration,
+    rollback: Option<&RollbackOutcome>,
+) -> Report {
+    let (r, digest) = (a.resolution, a.digest);
+    let action = if a.install { "Install" } else { "Upgrade" };
+    let operation = if a.install { "install" } else { "upgrade" };
+    let mut message = format!(
+        "helm {operation} of chart {} {} failed: {error}",
+        r.chart, r.version
+    );
+    push_history(
+        &mut previous,
+        attempt(
+            action,
+            Some(&r.version),
+            Some(digest),
+            Err(error.to_owned()),
+            took,
+        ),
+    );
+    let stalled = match rollback {
+        Some(rollback) => record_rollback(&mut previous, rollback, &mut message),
+        None => false,
+    };
+    let retry = plan::backoff(failures_with(&previous, digest));
+    if !stalled {
+        message.push_str(&format!("; retrying in {}s", retry.as_secs()));
+    }
+    let status = apply_failed(
+        previous,
+        digest,
+        reason,
+        message.clone(),
+        stalled,
+        a.generation,
+    );
+    Report {
+        status,
+        event: Announcement {
+            warning: true,
+            reason,
+            // Repeated failures of one spec fold into one Event series; another spec gets its own.
+            action: format!("{action} {} {}", r.version, &digest.label()[..8]),
+            note: message,
+        },
+        retry: if stalled {
+            Retry::Resync
+        } else {
+            Retry::After(retry)
+        },
     }
 }
 
