@@ -7,7 +7,8 @@
 //!   they are compared with the desired copy to restore hand edits;
 //! - every Secret as metadata only and cached nowhere: an event on a source wakes its reflectors, an
 //!   event on a Secret of some reflector's target name wakes that reflector (a conflict may be gone);
-//! - Namespaces, metadata only: selectors, opt-out labels and Terminating are read from it.
+//! - Namespaces, metadata only: selectors, opt-out labels, the consent annotation and Terminating are
+//!   read from it (every other annotation is dropped from the cache).
 //!
 //! A relist of any of these watches (e.g. after the API server expired the watch with 410) wakes
 //! every reflector, since events may have been missed meanwhile.
@@ -46,7 +47,7 @@ use crate::{
     intent::{key_of, target_name},
     metrics::ReflectorMetrics,
     reconcile::{self, Context, FIELD_MANAGER, Wake, delete_copy, forget_gone},
-    targets::TargetPolicy,
+    targets::{REFLECT_FROM_ANNOTATION, TargetPolicy},
 };
 
 /// Tunables (from flags).
@@ -189,8 +190,9 @@ async fn watch_secrets(
     }
 }
 
-/// Namespaces, metadata only: a new, relabelled or deleted namespace wakes the reflectors that name
-/// it or select by label; a relist wakes every reflector.
+/// Namespaces, metadata only: a new, relabelled, re-annotated (consent) or deleted namespace wakes the
+/// reflectors that name it or select by label (every event does: nothing is compared); a relist wakes
+/// every reflector.
 async fn watch_namespaces(
     api: Api<PartialObjectMeta<Namespace>>,
     writer: reflector::store::Writer<PartialObjectMeta<Namespace>>,
@@ -201,7 +203,8 @@ async fn watch_namespaces(
         .default_backoff()
         .modify(|ns: &mut PartialObjectMeta<Namespace>| {
             ns.managed_fields_mut().clear();
-            ns.annotations_mut().clear();
+            ns.annotations_mut()
+                .retain(|k, _| k == REFLECT_FROM_ANNOTATION);
         })
         .reflect(writer)
         .boxed();

@@ -14,7 +14,10 @@ use kube::ResourceExt;
 use crate::{
     copy::{self, ReflectorKey},
     status::{Blocked, TargetOutcome, TargetState},
-    targets::{self, ACCEPT_LABEL, Claimant, NamespaceInfo, Placement, TargetPolicy},
+    targets::{
+        self, ACCEPT_LABEL, Claimant, NamespaceInfo, Placement, REFLECT_FROM_ANNOTATION,
+        TargetPolicy,
+    },
 };
 
 /// `<namespace>/<name>` of a SecretReflector.
@@ -50,7 +53,8 @@ pub enum Intent {
     /// An older SecretReflector claims the target too and holds it: not written here. A copy of ours
     /// already there stays until the winner takes it over, so the namespace never goes without one.
     Yield(ReflectorKey),
-    /// The placement refuses a copy: the namespace is missing, opted out, denied, or the source's.
+    /// The placement refuses a copy: the namespace is missing, opted out, denied, has not consented,
+    /// or the copy would be the source.
     Refuse(Placement),
 }
 
@@ -166,8 +170,13 @@ pub fn yielded(ns: &str, target_name: &str, winner: &ReflectorKey) -> TargetOutc
     }
 }
 
-/// The outcome of a target whose placement refuses a copy.
-pub fn refused(ns: &str, placement: &Placement, target_name: &str) -> TargetOutcome {
+/// The outcome of a target whose placement refuses a copy, for a source in `source_namespace`.
+pub fn refused(
+    ns: &str,
+    placement: &Placement,
+    target_name: &str,
+    source_namespace: &str,
+) -> TargetOutcome {
     let (state, message) = match placement {
         Placement::NamespaceNotFound => (
             TargetState::NamespaceNotFound,
@@ -180,6 +189,15 @@ pub fn refused(ns: &str, placement: &Placement, target_name: &str) -> TargetOutc
         Placement::Denied => (
             TargetState::Denied,
             "the controller's --allow/--deny-target-namespaces refuse this namespace".to_owned(),
+        ),
+        Placement::NotConsented => (
+            TargetState::NotConsented,
+            format!(
+                "namespace {ns} has not consented to copies from {source_namespace} (the controller \
+                 runs with --require-consent); its owner can consent with: kubectl annotate \
+                 namespace {ns} {REFLECT_FROM_ANNOTATION}={source_namespace} (if the annotation \
+                 exists, add {source_namespace} to its list with --overwrite)"
+            ),
         ),
         Placement::IsSource | Placement::Copy => (
             TargetState::Conflict,
@@ -239,6 +257,7 @@ mod tests {
                 let info = NamespaceInfo {
                     name: n.to_string(),
                     labels: BTreeMap::new(),
+                    reflect_from: None,
                     terminating: false,
                 };
                 (n.to_string(), info)
@@ -316,6 +335,40 @@ mod tests {
         assert_eq!(
             decided.keep(),
             Some(BTreeSet::from(["apps".to_owned(), "web".to_owned()]))
+        );
+    }
+
+    #[test]
+    fn a_namespace_without_consent_is_refused_its_copy_removed_and_the_fix_named() {
+        let r = reflector("a", 100, &["apps", "web"]);
+        let mut all = namespaces(&["certs", "apps", "web"]);
+        all.get_mut("web").unwrap().reflect_from = Some("certs".into());
+        let policy = TargetPolicy {
+            require_consent: true,
+            ..Default::default()
+        };
+        let source = secret(None);
+        let decided = decide(&r, Some(&source), &all, &policy, no_rivals);
+        let SyncPlan::Copy { targets, .. } = &decided else {
+            panic!("not blocked: {decided:?}");
+        };
+        assert_eq!(
+            targets,
+            &vec![
+                ("apps".to_owned(), Intent::Refuse(Placement::NotConsented)),
+                ("web".to_owned(), Intent::Write),
+            ]
+        );
+        // A copy made in `apps` before (e.g. before consent mode) goes.
+        assert_eq!(decided.keep(), Some(BTreeSet::from(["web".to_owned()])));
+        let outcome = refused("apps", &Placement::NotConsented, "src", "certs");
+        assert_eq!(outcome.state, TargetState::NotConsented);
+        let message = outcome.message.unwrap();
+        assert!(
+            message.contains(
+                "kubectl annotate namespace apps pack-operator.k8s.kubit.ir/reflect-from=certs"
+            ),
+            "{message}"
         );
     }
 

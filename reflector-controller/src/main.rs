@@ -25,6 +25,20 @@ struct Cli {
     #[arg(long, env = "DENY_TARGET_NAMESPACES", value_delimiter = ',')]
     deny_target_namespaces: Vec<String>,
 
+    /// Consent mode: a namespace receives copies only from the source namespaces it names in its
+    /// annotation `pack-operator.k8s.kubit.ir/reflect-from` (names or `prefix*`, comma- or
+    /// space-separated; `*` = from any namespace). The source's own namespace needs no consent.
+    #[arg(
+        long,
+        env = "REQUIRE_CONSENT",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    require_consent: bool,
+
     /// Every SecretReflector is reconciled again after about this long (jittered ±10 %), as a safety
     /// net should a watch event be missed.
     #[arg(long, env = "RESYNC_PERIOD", default_value = "5m", value_parser = parse_duration)]
@@ -48,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
         policy: TargetPolicy {
             allow: patterns(&cli.allow_target_namespaces),
             deny: patterns(&cli.deny_target_namespaces),
+            require_consent: cli.require_consent,
         },
         concurrency: cli.runtime.concurrency,
         resync: cli.resync,
@@ -72,4 +87,23 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn require_consent_is_off_by_default_and_takes_a_bare_flag_or_a_value() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied()))
+                .unwrap()
+                .require_consent
+        };
+        // (REQUIRE_CONSENT is not set in the test environment.)
+        assert!(!parse(&[]));
+        assert!(parse(&["--require-consent"]));
+        assert!(parse(&["--require-consent=true"]));
+        assert!(!parse(&["--require-consent=false"]));
+    }
 }

@@ -41,7 +41,7 @@ use crate::{
     intent::{self, Intent, SyncPlan, key_of, target_name},
     metrics::ReflectorMetrics,
     status::{self, Blocked, TargetOutcome, TargetState},
-    targets::{self, Claimant, NamespaceInfo, Placement},
+    targets::{self, Claimant, NamespaceInfo, Placement, REFLECT_FROM_ANNOTATION},
 };
 
 /// The field manager of copies, status and Events.
@@ -236,7 +236,7 @@ async fn execute(
                             }
                         }
                         Intent::Refuse(placement) => Applied {
-                            outcome: intent::refused(&ns, &placement, name),
+                            outcome: intent::refused(&ns, &placement, name, &key.namespace),
                             wrote: None,
                         },
                     }
@@ -336,6 +336,7 @@ fn namespaces(ctx: &Context) -> BTreeMap<String, NamespaceInfo> {
                 NamespaceInfo {
                     name,
                     labels: ns.labels().clone(),
+                    reflect_from: ns.annotations().get(REFLECT_FROM_ANNOTATION).cloned(),
                     terminating: ns.metadata.deletion_timestamp.is_some(),
                 },
             )

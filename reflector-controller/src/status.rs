@@ -15,6 +15,8 @@ pub enum TargetState {
     NamespaceNotFound,
     OptedOut,
     Denied,
+    /// Consent mode: the namespace does not name the source's namespace in its consent annotation.
+    NotConsented,
 }
 
 impl TargetState {
@@ -26,12 +28,16 @@ impl TargetState {
             TargetState::NamespaceNotFound => "NamespaceNotFound",
             TargetState::OptedOut => "OptedOut",
             TargetState::Denied => "Denied",
+            TargetState::NotConsented => "NotConsented",
         }
     }
 
     /// Whether the target counts in the `desired` of `synced/desired` (refused targets do not).
     pub fn desired(self) -> bool {
-        !matches!(self, TargetState::OptedOut | TargetState::Denied)
+        !matches!(
+            self,
+            TargetState::OptedOut | TargetState::Denied | TargetState::NotConsented
+        )
     }
 }
 
@@ -67,6 +73,12 @@ pub fn build(
     let conflicts = count(TargetState::Conflict);
     let errors = count(TargetState::Error);
     let missing = count(TargetState::NamespaceNotFound);
+    // Not desired, so they leave Ready alone; said in its message, since the reflector's author
+    // likely expects those copies and must ask the namespaces' owners.
+    let not_consented = match count(TargetState::NotConsented) {
+        0 => String::new(),
+        n => format!("; {n} namespace(s) have not consented to copies from this namespace"),
+    };
 
     let (ready, reason, message): (bool, &str, String) = match blocked {
         Some(Blocked::SourceNotFound(m)) => (false, "SourceNotFound", m.clone()),
@@ -91,6 +103,7 @@ pub fn build(
         ),
         None => (true, "Synced", format!("{synced}/{desired} targets synced")),
     };
+    let message = message + &not_consented;
     let mut conds: Vec<Condition> = old.conditions.clone();
     conditions::set(
         &mut conds,
@@ -179,6 +192,7 @@ mod tests {
                     outcome("a", Synced),
                     outcome("c", OptedOut),
                     outcome("d", Denied),
+                    outcome("e", NotConsented),
                 ],
                 "2/2",
                 "True",
@@ -253,6 +267,23 @@ mod tests {
             sorted.sort();
             assert_eq!(names, sorted, "{what}: targets sorted");
         }
+    }
+
+    #[test]
+    fn targets_without_consent_are_named_in_the_ready_message() {
+        let outcomes = vec![
+            outcome("a", TargetState::Synced),
+            outcome("b", TargetState::NotConsented),
+        ];
+        let s = build(&Default::default(), Some(1), None, &outcomes);
+        let ready = conditions::find(&s.conditions, conditions::READY).unwrap();
+        assert_eq!(
+            ready.message,
+            "1/1 targets synced; 1 namespace(s) have not consented to copies from this namespace"
+        );
+        let s = build(&Default::default(), Some(1), None, &outcomes[..1]);
+        let ready = conditions::find(&s.conditions, conditions::READY).unwrap();
+        assert_eq!(ready.message, "1/1 targets synced");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Which namespaces a SecretReflector copies into: its explicit names and selector, minus its own
-//! exclusions, the controller's allow/deny lists, and namespaces that opted out; and which of several
+//! exclusions, the controller's allow/deny lists, namespaces that opted out, and (in consent mode)
+//! namespaces that did not name the source's namespace in their consent annotation; and which of several
 //! SecretReflectors claiming one target holds it. Pure: takes the namespaces and reflectors as plain
 //! data, so it is tested without a cluster.
 
@@ -14,11 +15,18 @@ use crate::copy::ReflectorKey;
 /// A namespace carrying this label with value `"false"` refuses every reflection into it.
 pub const ACCEPT_LABEL: &str = "pack-operator.k8s.kubit.ir/accept-reflections";
 
+/// In consent mode (`--require-consent`), a namespace receives copies only from the source namespaces
+/// this annotation on it names: comma- or whitespace-separated names or `prefix*` patterns; `*` alone
+/// accepts every source namespace. An annotation, since a list of names does not fit a label value.
+pub const REFLECT_FROM_ANNOTATION: &str = "pack-operator.k8s.kubit.ir/reflect-from";
+
 /// What the controller knows of a namespace (from its metadata-only cache).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamespaceInfo {
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// Its [`REFLECT_FROM_ANNOTATION`], as written (None: absent).
+    pub reflect_from: Option<String>,
     /// Being deleted: never a target, and left alone (its Secrets go with it).
     pub terminating: bool,
 }
@@ -40,13 +48,27 @@ impl NamespacePattern {
     }
 }
 
-/// The controller-wide target policy (flags `--allow-target-namespaces`, `--deny-target-namespaces`).
+/// Whether a namespace whose [`REFLECT_FROM_ANNOTATION`] is `reflect_from` accepts copies from
+/// `source_namespace`. An absent or empty annotation accepts none.
+pub fn consents(reflect_from: Option<&str>, source_namespace: &str) -> bool {
+    reflect_from.is_some_and(|list| {
+        list.split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|entry| !entry.is_empty())
+            .any(|entry| NamespacePattern::new(entry).matches(source_namespace))
+    })
+}
+
+/// The controller-wide target policy (flags `--allow-target-namespaces`, `--deny-target-namespaces`,
+/// `--require-consent`).
 #[derive(Clone, Debug, Default)]
 pub struct TargetPolicy {
     /// When not empty, only namespaces matching one of these receive copies.
     pub allow: Vec<NamespacePattern>,
     /// Namespaces matching one of these never receive copies (wins over `allow`).
     pub deny: Vec<NamespacePattern>,
+    /// A namespace other than the source's receives copies only if its [`REFLECT_FROM_ANNOTATION`]
+    /// names the source's namespace.
+    pub require_consent: bool,
 }
 
 impl TargetPolicy {
@@ -67,6 +89,8 @@ pub enum Placement {
     OptedOut,
     /// The controller's allow/deny lists refuse it.
     Denied,
+    /// Consent mode: the namespace's [`REFLECT_FROM_ANNOTATION`] does not name the source's namespace.
+    NotConsented,
     /// The copy would be the source itself (same namespace and name), and the namespace is named
     /// explicitly. (Only selected, it is left out quietly.)
     IsSource,
@@ -80,6 +104,11 @@ pub struct InvalidSelector(String);
 /// Every namespace named or selected by `targets`, sorted by name, with its placement. Excluded and
 /// terminating namespaces are left out quietly, and so is the source's own namespace when it is only
 /// selected and the copy would be the source itself (e.g. `namespaceSelector: {}`).
+///
+/// Refusals in this order: the controller's lists (`Denied`, whatever the namespace says), the
+/// namespace's opt-out label (`OptedOut`, an explicit no), then the missing consent (`NotConsented`).
+/// The source's own namespace never needs consent: whoever may create a SecretReflector there may
+/// create that Secret there anyway.
 pub fn plan(
     targets: &Targets,
     source_namespace: &str,
@@ -122,6 +151,13 @@ pub fn plan(
             Some(_) if !policy.permits(name) => Placement::Denied,
             Some(ns) if ns.labels.get(ACCEPT_LABEL).map(String::as_str) == Some("false") => {
                 Placement::OptedOut
+            }
+            Some(ns)
+                if policy.require_consent
+                    && name != source_namespace
+                    && !consents(ns.reflect_from.as_deref(), source_namespace) =>
+            {
+                Placement::NotConsented
             }
             Some(_) if name == source_namespace && target_name == source_name => {
                 if !named.contains(name) {
@@ -189,6 +225,15 @@ mod tests {
     use super::*;
 
     fn ns(name: &str, labels: &[(&str, &str)], terminating: bool) -> (String, NamespaceInfo) {
+        consenting(name, labels, terminating, None)
+    }
+
+    fn consenting(
+        name: &str,
+        labels: &[(&str, &str)],
+        terminating: bool,
+        reflect_from: Option<&str>,
+    ) -> (String, NamespaceInfo) {
         (
             name.to_owned(),
             NamespaceInfo {
@@ -197,24 +242,33 @@ mod tests {
                     .iter()
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                     .collect(),
+                reflect_from: reflect_from.map(str::to_owned),
                 terminating,
             },
         )
     }
 
+    /// The source is `certs/tls`. Consent annotations matter only to a policy that requires consent.
     fn cluster() -> BTreeMap<String, NamespaceInfo> {
         BTreeMap::from([
             ns("certs", &[("tls", "wildcard")], false),
-            ns("app-a", &[("tls", "wildcard")], false),
+            consenting("app-a", &[("tls", "wildcard")], false, Some("certs")),
             ns("app-b", &[], false),
-            ns(
+            consenting(
                 "app-c",
                 &[("tls", "wildcard"), (ACCEPT_LABEL, "false")],
                 false,
+                Some("*"),
             ),
             ns("app-d", &[("tls", "wildcard")], true),
-            ns("kube-system", &[("tls", "wildcard")], false),
-            ns("app-e", &[("tls", "other"), (ACCEPT_LABEL, "true")], false),
+            consenting("kube-system", &[("tls", "wildcard")], false, Some("*")),
+            consenting(
+                "app-e",
+                &[("tls", "other"), (ACCEPT_LABEL, "true")],
+                false,
+                Some("other team-*"),
+            ),
+            consenting("app-f", &[], false, Some(" platform,\n certs-old , cert* ")),
         ])
     }
 
@@ -256,12 +310,19 @@ mod tests {
         use Placement::*;
         let open = TargetPolicy::default();
         let deny_kube = TargetPolicy {
-            allow: vec![],
             deny: vec![NamespacePattern::new("kube-*")],
+            ..Default::default()
         };
         let allow_apps = TargetPolicy {
             allow: vec![NamespacePattern::new("app-*")],
             deny: vec![NamespacePattern::new("app-b")],
+            ..Default::default()
+        };
+        // The chart's defaults.
+        let consent = TargetPolicy {
+            deny: vec![NamespacePattern::new("kube-*")],
+            require_consent: true,
+            ..Default::default()
         };
         let cases: Vec<Case> = vec![
             (
@@ -369,7 +430,43 @@ mod tests {
                     ("app-b", Copy),
                     ("app-c", OptedOut),
                     ("app-e", Copy),
+                    ("app-f", Copy),
                     ("kube-system", Copy),
+                ],
+            ),
+            (
+                "consent mode: only namespaces naming the source's; deny and opt-out win over consent; \
+                 the source's own namespace needs none",
+                Targets {
+                    namespaces: names(&["nope"]),
+                    namespace_selector: Some(LabelSelector::default()),
+                    ..Default::default()
+                },
+                "tls-copy",
+                &consent,
+                vec![
+                    ("app-a", Copy),
+                    ("app-b", NotConsented),
+                    ("app-c", OptedOut),
+                    ("app-e", NotConsented),
+                    ("app-f", Copy),
+                    ("certs", Copy),
+                    ("kube-system", Denied),
+                    ("nope", NamespaceNotFound),
+                ],
+            ),
+            (
+                "consent mode, named namespaces: a missing consent is reported, not skipped",
+                Targets {
+                    namespaces: names(&["app-a", "app-b", "certs"]),
+                    ..Default::default()
+                },
+                "tls",
+                &consent,
+                vec![
+                    ("app-a", Copy),
+                    ("app-b", NotConsented),
+                    ("certs", IsSource),
                 ],
             ),
         ];
@@ -531,6 +628,28 @@ mod tests {
             younger.get("b").map(ToString::to_string).as_deref(),
             Some("certs/me")
         );
+    }
+
+    #[test]
+    fn consent_annotation() {
+        let cases: &[(Option<&str>, bool, &str)] = &[
+            (None, false, "no annotation"),
+            (Some(""), false, "empty"),
+            (Some(" , "), false, "only separators"),
+            (Some("certs"), true, "the source's namespace"),
+            (Some("certs2"), false, "a longer name is another namespace"),
+            (Some("cert"), false, "a shorter one too"),
+            (Some("team-a,certs"), true, "comma-separated"),
+            (Some("team-a certs"), true, "space-separated"),
+            (Some(" team-a ,\n\tcerts "), true, "mixed, padded"),
+            (Some("*"), true, "anyone"),
+            (Some("cert*"), true, "a prefix"),
+            (Some("team-*"), false, "another prefix"),
+            (Some("CERTS"), false, "names are case-sensitive"),
+        ];
+        for (annotation, want, what) in cases {
+            assert_eq!(consents(*annotation, "certs"), *want, "{what}");
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@ use serde_json::json;
 const REFLECTOR_ANNOTATION: &str = "pack-operator.k8s.kubit.ir/reflector";
 const MANAGED_LABEL: &str = "pack-operator.k8s.kubit.ir/reflector-namespace";
 const ACCEPT_LABEL: &str = "pack-operator.k8s.kubit.ir/accept-reflections";
+const REFLECT_FROM: &str = "pack-operator.k8s.kubit.ir/reflect-from";
 const WAIT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
 
@@ -65,6 +66,18 @@ async fn label_namespace(client: &Client, ns: &str, labels: &[(&str, &str)]) {
             ns,
             &PatchParams::default(),
             &Patch::Merge(json!({ "metadata": { "labels": labels } })),
+        )
+        .await
+        .unwrap();
+}
+
+/// Sets (or, with None, removes) the consent annotation of namespace `ns`.
+async fn consent(client: &Client, ns: &str, reflect_from: Option<&str>) {
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "annotations": { REFLECT_FROM: reflect_from } } })),
         )
         .await
         .unwrap();
@@ -899,6 +912,118 @@ async fn refused_namespaces_get_no_copy() {
     // Opting out later removes the copy already made.
     label_namespace(&client, &accepting.name, &[(ACCEPT_LABEL, "false")]).await;
     wait_absent(&client, &accepting.name, "tls").await;
+}
+
+/// The chart's default flags: consent mode, `kube-*` denied.
+#[tokio::test]
+async fn under_the_charts_defaults_only_consenting_namespaces_get_copies() {
+    let env = test_env();
+    let client = env.client().await;
+    let src = env.namespace("refl-cons").await;
+    let group = src.name.as_str();
+    let selected = [("e2e-reflect", group)];
+    let silent = namespace(&env, "refl-cons-silent", &selected).await;
+    let other = namespace(&env, "refl-cons-other", &selected).await;
+    consent(&client, &other.name, Some("team-b, team-c")).await;
+    let yes = namespace(&env, "refl-cons-yes", &selected).await;
+    consent(&client, &yes.name, Some(&format!("team-b,{}", src.name))).await;
+    let anyone = namespace(&env, "refl-cons-any", &selected).await;
+    consent(&client, &anyone.name, Some("*")).await;
+    // Matches `kube-*`: denied even though it consents (the real kube-system is left alone).
+    let kube = namespace(&env, "kube-e2e", &selected).await;
+    consent(&client, &kube.name, Some(&src.name)).await;
+    let _controller = start_controller(
+        &env,
+        &src.name,
+        &[
+            "--require-consent".to_owned(),
+            "--deny-target-namespaces=kube-*".to_owned(),
+        ],
+    );
+    source(&client, &src.name, "tls", "v1").await;
+    // The attack of issue 13: a target name of the author's choice, in every namespace it can select.
+    reflector(
+        &client,
+        &src.name,
+        "plant",
+        json!({
+            "source": { "name": "tls" },
+            "targets": {
+                "namespaces": [silent.name, kube.name],
+                "namespaceSelector": { "matchLabels": { "e2e-reflect": group } }
+            },
+            "targetName": "db-credentials"
+        }),
+    )
+    .await;
+    wait_copy(&client, &yes.name, "db-credentials", "v1").await;
+    wait_copy(&client, &anyone.name, "db-credentials", "v1").await;
+    let r = wait_status(
+        &client,
+        &src.name,
+        "plant",
+        &[
+            state(&yes.name, "Synced"),
+            state(&anyone.name, "Synced"),
+            state(&silent.name, "NotConsented"),
+            state(&other.name, "NotConsented"),
+            state(&kube.name, "Denied"),
+        ],
+        "2/2",
+        "True/Synced",
+    )
+    .await;
+    for ns in [&silent.name, &other.name, &kube.name] {
+        assert!(
+            get_secret(&client, ns, "db-credentials").await.is_none(),
+            "no copy in {ns}"
+        );
+    }
+    // The message says how to consent.
+    let status = r.status.unwrap_or_default();
+    let message = status
+        .targets
+        .iter()
+        .find(|t| t.namespace == silent.name)
+        .and_then(|t| t.message.clone())
+        .unwrap_or_default();
+    let fix = format!(
+        "kubectl annotate namespace {} {REFLECT_FROM}={}",
+        silent.name, src.name
+    );
+    assert!(message.contains(&fix), "{message:?} lacks {fix:?}");
+
+    // Consent withdrawn: the copy made before goes.
+    consent(&client, &yes.name, None).await;
+    wait_absent(&client, &yes.name, "db-credentials").await;
+    // Consent given later: the copy comes, without a restart.
+    consent(&client, &silent.name, Some(&src.name)).await;
+    wait_copy(&client, &silent.name, "db-credentials", "v1").await;
+    wait_status(
+        &client,
+        &src.name,
+        "plant",
+        &[
+            state(&yes.name, "NotConsented"),
+            state(&anyone.name, "Synced"),
+            state(&silent.name, "Synced"),
+            state(&other.name, "NotConsented"),
+            state(&kube.name, "Denied"),
+        ],
+        "2/2",
+        "True/Synced",
+    )
+    .await;
+    assert!(
+        get_secret(&client, &yes.name, "db-credentials")
+            .await
+            .is_none()
+    );
+    assert!(
+        get_secret(&client, &kube.name, "db-credentials")
+            .await
+            .is_none()
+    );
 }
 
 #[tokio::test]
