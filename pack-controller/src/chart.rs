@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 use tracing::{debug, info};
 
 use crate::{
-    index::{FetchRequest, IndexError, IndexFetcher, redact_url_text},
+    index::{FetchRequest, HttpFetcher, IndexError, redact_url_text},
     plan::hex,
     resolve::Resolution,
 };
@@ -75,13 +75,13 @@ impl ChartError {
 /// The on-disk cache of chart archives.
 #[derive(Debug, Clone)]
 pub struct ChartCache {
-    fetcher: IndexFetcher,
+    fetcher: HttpFetcher,
     dir: PathBuf,
 }
 
 impl ChartCache {
     /// A cache in `dir` (created by [`crate::helm::Helm::new`]).
-    pub fn new(fetcher: IndexFetcher, dir: PathBuf) -> Self {
+    pub fn new(fetcher: HttpFetcher, dir: PathBuf) -> Self {
         ChartCache { fetcher, dir }
     }
 
@@ -241,7 +241,7 @@ mod tests {
         let hits = Arc::new(AtomicUsize::new(0));
         let url = serve(b"chart bytes", hits.clone()).await;
         let dir = temp_dir("ok");
-        let cache = ChartCache::new(IndexFetcher::new(), dir.clone());
+        let cache = ChartCache::new(HttpFetcher::new(), dir.clone());
         let repo = FetchRequest::new(url.clone());
         let r = resolution(&url, Some(sha256(b"chart bytes")));
         let path = cache.archive(&repo, &r).await.unwrap();
@@ -266,7 +266,7 @@ mod tests {
         let hits = Arc::new(AtomicUsize::new(0));
         let url = serve(b"popular chart", hits.clone()).await;
         let dir = temp_dir("lru");
-        let cache = ChartCache::new(IndexFetcher::new(), dir.clone());
+        let cache = ChartCache::new(HttpFetcher::new(), dir.clone());
         let repo = FetchRequest::new(url.clone());
         let r = resolution(&url, Some(sha256(b"popular chart")));
         let popular = cache.archive(&repo, &r).await.unwrap();
@@ -317,7 +317,7 @@ mod tests {
         let hits = Arc::new(AtomicUsize::new(0));
         let url = serve(b"unchecked chart", hits.clone()).await;
         let dir = temp_dir("nodigest");
-        let cache = ChartCache::new(IndexFetcher::new(), dir.clone());
+        let cache = ChartCache::new(HttpFetcher::new(), dir.clone());
         let repo = FetchRequest::new(url.clone());
         for digest in [None, Some(String::new()), Some("  ".into())] {
             let err = cache
@@ -342,7 +342,7 @@ mod tests {
     #[tokio::test]
     async fn unreachable_archive_names_the_url() {
         let dir = temp_dir("down");
-        let cache = ChartCache::new(IndexFetcher::new(), dir.clone());
+        let cache = ChartCache::new(HttpFetcher::new(), dir.clone());
         let r = resolution("http://127.0.0.1:9", Some("00".repeat(32)));
         let err = cache
             .archive(&FetchRequest::new("http://127.0.0.1:9"), &r)

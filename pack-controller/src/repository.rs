@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::index::{
-    CachedRepository, FetchOutcome, FetchRequest, IndexCache, IndexError, IndexFetcher,
+    CachedRepository, FetchOutcome, FetchRequest, HttpFetcher, IndexCache, IndexError,
     RedactedString,
 };
 
@@ -93,7 +93,7 @@ impl SetupError {
 /// State shared by every repository reconcile.
 pub struct Context {
     pub client: Client,
-    pub fetcher: IndexFetcher,
+    pub fetcher: HttpFetcher,
     /// Largest index accepted (`--max-index-size`).
     pub max_index_bytes: u64,
     pub cache: IndexCache,
@@ -144,7 +144,7 @@ async fn reconcile(repo: Arc<ClusterPackRepository>, ctx: Arc<Context>) -> Resul
         .as_deref()
         .and_then(|p| p.validators_for(&request.url));
     let now = Timestamp::now();
-    let status = match ctx.fetcher.fetch(&request, validators).await {
+    let status = match ctx.fetcher.fetch_index(&request, validators).await {
         Ok(FetchOutcome::Fetched { index, validators }) => {
             let changed = previous
                 .as_deref()
@@ -454,7 +454,7 @@ pub async fn run(
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
     let ctx = Arc::new(Context {
         client,
-        fetcher: IndexFetcher::new(),
+        fetcher: HttpFetcher::new(),
         max_index_bytes,
         cache,
         metrics,
