@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 use tracing::{debug, info};
 
 use crate::{
-    index::{FetchRequest, HttpFetcher, IndexError, redact_url_text},
+    index::{ChartSource, HttpFetcher, IndexError, redact_url_text},
     plan::hex,
     resolve::Resolution,
 };
@@ -85,10 +85,11 @@ impl ChartCache {
         ChartCache { fetcher, dir }
     }
 
-    /// The local archive of `resolution`, downloaded with `repository`'s credentials and CA if not cached.
+    /// The local archive of `resolution`, downloaded from `repository` (with its credentials and CA) if not
+    /// cached.
     pub async fn archive(
         &self,
-        repository: &FetchRequest,
+        repository: &ChartSource,
         resolution: &Resolution,
     ) -> Result<PathBuf, ChartError> {
         let expected = expected_digest(resolution)?;
@@ -108,11 +109,12 @@ impl ChartCache {
                 version: resolution.version.clone(),
             });
         }
-        let mut req = repository.clone();
-        req.max_bytes = MAX_CHART_BYTES;
         let mut last_error = None;
         for url in &resolution.urls {
-            let bytes = match self.fetcher.fetch_archive(&req, url).await {
+            let bytes = match repository
+                .fetch_archive(&self.fetcher, url, MAX_CHART_BYTES)
+                .await
+            {
                 Ok(b) => b,
                 Err(source) => {
                     last_error = Some(ChartError::Download {
@@ -199,6 +201,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::FetchRequest;
     use std::sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -242,7 +245,7 @@ mod tests {
         let url = serve(b"chart bytes", hits.clone()).await;
         let dir = temp_dir("ok");
         let cache = ChartCache::new(HttpFetcher::new(), dir.clone());
-        let repo = FetchRequest::new(url.clone());
+        let repo = ChartSource::new(FetchRequest::new(url.clone()));
         let r = resolution(&url, Some(sha256(b"chart bytes")));
         let path = cache.archive(&repo, &r).await.unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"chart bytes");
@@ -267,7 +270,7 @@ mod tests {
         let url = serve(b"popular chart", hits.clone()).await;
         let dir = temp_dir("lru");
         let cache = ChartCache::new(HttpFetcher::new(), dir.clone());
-        let repo = FetchRequest::new(url.clone());
+        let repo = ChartSource::new(FetchRequest::new(url.clone()));
         let r = resolution(&url, Some(sha256(b"popular chart")));
         let popular = cache.archive(&repo, &r).await.unwrap();
         let old = SystemTime::now() - Duration::from_secs(3600);
@@ -318,7 +321,7 @@ mod tests {
         let url = serve(b"unchecked chart", hits.clone()).await;
         let dir = temp_dir("nodigest");
         let cache = ChartCache::new(HttpFetcher::new(), dir.clone());
-        let repo = FetchRequest::new(url.clone());
+        let repo = ChartSource::new(FetchRequest::new(url.clone()));
         for digest in [None, Some(String::new()), Some("  ".into())] {
             let err = cache
                 .archive(&repo, &resolution(&url, digest))
@@ -345,7 +348,10 @@ mod tests {
         let cache = ChartCache::new(HttpFetcher::new(), dir.clone());
         let r = resolution("http://127.0.0.1:9", Some("00".repeat(32)));
         let err = cache
-            .archive(&FetchRequest::new("http://127.0.0.1:9"), &r)
+            .archive(
+                &ChartSource::new(FetchRequest::new("http://127.0.0.1:9")),
+                &r,
+            )
             .await
             .unwrap_err();
         assert_eq!(err.reason(), "ChartDownloadFailed");

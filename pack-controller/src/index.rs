@@ -4,6 +4,9 @@
 //!
 //! Where each concern lives:
 //!
+//! * `source` — the one place the kind of repository is decided: [`ChartSource`], through
+//!   which the repository reconcile fetches an index and [`crate::chart`] downloads an archive. OCI
+//!   registries plug in there beside the HTTP repository.
 //! * `parse` — pure: the bytes of an `index.yaml` (or its JSON form) → [`RepositoryIndex`] of
 //!   [`ChartVersionEntry`]s via [`parse_index`]; trimming to the kept fields, digest normalisation, and
 //!   resolution of chart URLs against the repository URL.
@@ -18,6 +21,7 @@ mod cache;
 mod error;
 mod http;
 mod parse;
+mod source;
 
 pub use cache::{CachedRepository, IndexCache};
 pub(crate) use error::redact_url_text;
@@ -27,6 +31,7 @@ pub use http::{
     HttpFetcher,
 };
 pub use parse::{ChartVersionEntry, RepositoryIndex, parse_index};
+pub use source::ChartSource;
 
 /// The former name of [`HttpFetcher`], kept until its last users switch over.
 pub type IndexFetcher = HttpFetcher;

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::index::{
-    CachedRepository, FetchOutcome, FetchRequest, HttpFetcher, IndexCache, IndexError,
+    CachedRepository, ChartSource, FetchOutcome, FetchRequest, HttpFetcher, IndexCache, IndexError,
     RedactedString,
 };
 
@@ -128,8 +128,8 @@ async fn reconcile(repo: Arc<ClusterPackRepository>, ctx: Arc<Context>) -> Resul
     if let Some(wait) = fetch_due_in(&ctx, &name, version, interval) {
         return Ok(Action::requeue(wait));
     }
-    let request = match fetch_request(&ctx.client, &repo, ctx.max_index_bytes).await {
-        Ok(r) => r,
+    let source = match fetch_request(&ctx.client, &repo, ctx.max_index_bytes).await {
+        Ok(s) => s,
         Err(e) => {
             let status = failed_status(&repo, &ctx.cache, &e.to_string(), e.reason(), false);
             write_status(&ctx, &repo, status)
@@ -142,9 +142,9 @@ async fn reconcile(repo: Arc<ClusterPackRepository>, ctx: Arc<Context>) -> Resul
     let previous = ctx.cache.get(&name);
     let validators = previous
         .as_deref()
-        .and_then(|p| p.validators_for(&request.url));
+        .and_then(|p| p.validators_for(source.url()));
     let now = Timestamp::now();
-    let status = match ctx.fetcher.fetch_index(&request, validators).await {
+    let status = match source.fetch_index(&ctx.fetcher, validators).await {
         Ok(FetchOutcome::Fetched { index, validators }) => {
             let changed = previous
                 .as_deref()
@@ -155,7 +155,7 @@ async fn reconcile(repo: Arc<ClusterPackRepository>, ctx: Arc<Context>) -> Resul
                 .insert(name.clone());
             ctx.cache.insert(
                 name.clone(),
-                CachedRepository::new(&request.url, index, validators),
+                CachedRepository::new(source.url(), index, validators),
             );
             let cached = ctx.cache.get(&name);
             if changed && let Some(c) = &cached {
@@ -243,11 +243,12 @@ fn parse_interval(interval: Option<&str>) -> Result<Duration, SetupError> {
     Ok(d)
 }
 
+/// Where `repo`'s index and charts come from: its URL, with the credentials and CA its Secrets give.
 pub(crate) async fn fetch_request(
     client: &Client,
     repo: &ClusterPackRepository,
     max_index_bytes: u64,
-) -> Result<FetchRequest, SetupError> {
+) -> Result<ChartSource, SetupError> {
     let mut req = FetchRequest::new(repo.spec.url.clone());
     req.max_bytes = max_index_bytes;
     if let Some(r) = &repo.spec.secret_ref {
@@ -263,7 +264,7 @@ pub(crate) async fn fetch_request(
         let secret = read_secret(client, r, "spec.caSecretRef").await?;
         req.ca_pem = Some(secret_key(&secret, r, "spec.caSecretRef", "ca.crt")?);
     }
-    Ok(req)
+    Ok(ChartSource::new(req))
 }
 
 async fn read_secret(
