@@ -53,6 +53,8 @@ pub struct Settings {
     pub namespaces: Vec<String>,
     /// Largest repository index accepted.
     pub max_index_bytes: u64,
+    /// Most bytes of JSON a Pack's values may expand to (`--max-values-size`).
+    pub max_values_bytes: usize,
     /// Pack reconciles at once (`--concurrency`).
     pub concurrency: u16,
     /// How often a Pack is looked at again when nothing it watches changed (`--resync-interval`, ±10 %).
@@ -168,6 +170,7 @@ pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
         helm,
         states: metrics.states.clone(),
         max_index_bytes: settings.max_index_bytes,
+        max_values_bytes: settings.max_values_bytes,
         resync: settings.resync,
         stop: leading.stop.clone(),
         errors: Mutex::default(),

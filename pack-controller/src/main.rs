@@ -20,6 +20,12 @@ struct Cli {
     #[arg(long, env = "MAX_INDEX_SIZE", default_value_t = pack_controller::index::DEFAULT_MAX_INDEX_BYTES)]
     max_index_size: u64,
 
+    /// Largest a Pack's values may get once its vars are applied, in bytes of JSON (default 1 MiB: Helm
+    /// stores values in a release Secret capped at 1 MiB; real charts' values are kilobytes). A larger
+    /// Pack is Ready=False (ValuesTooLarge) and no Helm runs for it.
+    #[arg(long, env = "MAX_VALUES_SIZE", default_value_t = pack_controller::resolve::DEFAULT_MAX_VALUES_BYTES)]
+    max_values_size: usize,
+
     /// The helm binary (Helm 3.13+ or 4).
     #[arg(long, env = "HELM_BINARY", default_value = "helm")]
     helm_binary: PathBuf,
@@ -68,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings {
         namespaces: cli.runtime.namespaces(),
         max_index_bytes: cli.max_index_size,
+        max_values_bytes: cli.max_values_size,
         concurrency: cli.runtime.concurrency,
         resync: cli.resync_interval,
         helm: HelmConfig {

@@ -61,6 +61,8 @@ pub struct Context {
     pub charts: ChartCache,
     pub states: PackStates,
     pub max_index_bytes: u64,
+    /// `--max-values-size`: the most bytes of JSON a Pack's values may expand to.
+    pub max_values_bytes: usize,
     /// The safety-net resync interval (`--resync-interval`).
     pub resync: Duration,
     /// Cancelled when this process stops leading: running Helm processes get SIGTERM.
@@ -184,7 +186,7 @@ async fn apply(pack: &Pack, ctx: &Context) -> Result<Action, Error> {
             }
         }
     };
-    let resolution = match resolve::resolve(&pack.spec, lookup) {
+    let resolution = match resolve::resolve(&pack.spec, lookup, ctx.max_values_bytes) {
         Ok(r) => r,
         Err(e) => {
             let next = status::resolve_failed(pack, &e);
@@ -476,7 +478,7 @@ async fn uninstall(ctx: &Context, pack: &Pack) -> Result<Option<Duration>, Error
     let started = Instant::now();
     let result = ctx
         .helm
-        .uninstall(&ns, &name, &pack_value_strings(pack), &ctx.stop)
+        .uninstall(&ns, &name, &pack_value_strings(pack, ctx.max_values_bytes), &ctx.stop)
         .await;
     match result {
         Ok(()) => {
@@ -528,11 +530,11 @@ async fn uninstall(ctx: &Context, pack: &Pack) -> Result<Option<Duration>, Error
 }
 
 /// The strings to blank out of Helm's errors for `pack`: those of its final values and, should its vars
-/// no longer apply, of its values and vars as written.
-fn pack_value_strings(pack: &Pack) -> Vec<String> {
+/// no longer apply (or expand beyond `max_values_bytes`), of its values and vars as written.
+fn pack_value_strings(pack: &Pack, max_values_bytes: usize) -> Vec<String> {
     let values = pack.spec.values.clone().unwrap_or(serde_json::Value::Null);
     let mut all = vec![values.clone(), serde_json::json!(pack.spec.vars)];
-    if let Ok(v) = crate::vars::substitute(&pack.spec.vars, &values) {
+    if let Ok(v) = crate::vars::substitute(&pack.spec.vars, &values, max_values_bytes) {
         all.push(v);
     }
     value_strings(&serde_json::Value::Array(all))

@@ -1,10 +1,10 @@
 //! Resolving a Pack: its chart + version constraint against the cached index of its repository, and its
 //! `vars` against its `values`. Pure: the reconcile looks the repository up and hands the result here.
 //!
-//! Checks that depend only on the Pack (constraint syntax, vars) come first, so a broken spec is reported
-//! as such whatever the repository's state.
+//! Checks that depend only on the Pack (constraint syntax, vars, the size of the values) come first, so a
+//! broken spec is reported as such whatever the repository's state, and before any Helm process starts.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{collections::BTreeMap, fmt::Write as _, io};
 
 use common::crd::PackSpec;
 use serde_json::Value;
@@ -17,6 +17,10 @@ use crate::{
 
 /// How many versions a message lists at most (the highest ones).
 pub const LISTED_VERSIONS: usize = 10;
+
+/// The default `--max-values-size`: 1 MiB of values as JSON. Helm keeps each revision's values in a
+/// release Secret, itself capped at 1 MiB (compressed), and real charts' values are kilobytes.
+pub const DEFAULT_MAX_VALUES_BYTES: usize = 1 << 20;
 
 /// What the reconcile knows about the repository a Pack references.
 #[derive(Debug, Clone, Copy)]
@@ -80,7 +84,37 @@ pub enum ResolveError {
         more: usize,
     },
     #[error("spec.vars cannot be applied to spec.values: {0}")]
-    InvalidVars(#[from] VarsError),
+    InvalidVars(VarsError),
+    /// The values, once vars are applied, are larger than `--max-values-size` (counted as compact JSON;
+    /// the expansion stops at the limit, see [`vars`]).
+    #[error(
+        "the Pack's values expand to more than {limit} bytes (at least {size_at_least} bytes of JSON after \
+         vars are applied, when reaching {path}; limit --max-values-size={limit}): reduce values or vars, or \
+         raise the controller's limit"
+    )]
+    ValuesTooLarge {
+        size_at_least: usize,
+        limit: usize,
+        /// Where the limit was crossed: `values…`, or `vars.NAME` when the vars alone expand beyond it.
+        path: String,
+    },
+}
+
+impl From<VarsError> for ResolveError {
+    fn from(e: VarsError) -> Self {
+        match e {
+            VarsError::TooLarge {
+                size_at_least,
+                limit,
+                path,
+            } => ResolveError::ValuesTooLarge {
+                size_at_least,
+                limit,
+                path,
+            },
+            other => ResolveError::InvalidVars(other),
+        }
+    }
 }
 
 impl ResolveError {
@@ -93,6 +127,7 @@ impl ResolveError {
             ResolveError::InvalidVersionConstraint(e) => e.reason(),
             ResolveError::NoMatchingVersion { .. } => "NoMatchingVersion",
             ResolveError::InvalidVars(e) => e.reason(),
+            ResolveError::ValuesTooLarge { .. } => "ValuesTooLarge",
         }
     }
 
@@ -101,7 +136,9 @@ impl ResolveError {
     pub fn is_invalid_spec(&self) -> bool {
         matches!(
             self,
-            ResolveError::InvalidVersionConstraint(_) | ResolveError::InvalidVars(_)
+            ResolveError::InvalidVersionConstraint(_)
+                | ResolveError::InvalidVars(_)
+                | ResolveError::ValuesTooLarge { .. }
         )
     }
 }
@@ -117,16 +154,29 @@ fn list(prefix: &str, items: &[String], more: &usize) -> String {
     s
 }
 
-/// Resolves `spec` against the repository named `repository` in the state `lookup`.
-pub fn resolve(spec: &PackSpec, lookup: RepositoryLookup<'_>) -> Result<Resolution, ResolveError> {
+/// Resolves `spec` against the repository named `repository` in the state `lookup`; its values, vars
+/// applied, may take at most `max_values_bytes` as JSON.
+pub fn resolve(
+    spec: &PackSpec,
+    lookup: RepositoryLookup<'_>,
+    max_values_bytes: usize,
+) -> Result<Resolution, ResolveError> {
     let repository = spec.chart.repository.name.clone();
     let chart = spec.chart.name.clone();
     let constraint = VersionConstraint::parse(spec.chart.version.as_deref().unwrap_or(""))?;
-    let values = spec
-        .values
-        .clone()
-        .unwrap_or_else(|| Value::Object(Default::default()));
-    let values = vars::substitute(&spec.vars, &values)?;
+    let empty = Value::Object(Default::default());
+    let values = spec.values.as_ref().unwrap_or(&empty);
+    let values = vars::substitute(&spec.vars, values, max_values_bytes)?;
+    // `substitute` counts exactly as it goes; this is the size as written, checked once more without
+    // building the bytes.
+    let size = serialized_len(&values);
+    if size > max_values_bytes {
+        return Err(ResolveError::ValuesTooLarge {
+            size_at_least: size,
+            limit: max_values_bytes,
+            path: "values".into(),
+        });
+    }
 
     let index = match lookup {
         RepositoryLookup::NotFound => return Err(ResolveError::RepositoryNotFound { repository }),
@@ -168,6 +218,24 @@ pub fn resolve(spec: &PackSpec, lookup: RepositoryLookup<'_>) -> Result<Resoluti
     })
 }
 
+/// The length of `value` as compact JSON (`serde_json::to_vec`), counted without allocating it.
+fn serialized_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serializing a `Value` into a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 fn truncate(mut items: Vec<String>) -> (Vec<String>, usize) {
     let more = items.len().saturating_sub(LISTED_VERSIONS);
     items.truncate(LISTED_VERSIONS);
@@ -193,8 +261,9 @@ fn highest_first(entries: &[ChartVersionEntry]) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::index::parse_index;
-    use common::crd::pack::{ChartReference, RepositoryKind, RepositoryReference};
     use serde_json::json;
+
+    const LIMIT: usize = DEFAULT_MAX_VALUES_BYTES;
 
     fn index() -> RepositoryIndex {
         let yaml = br#"
@@ -212,21 +281,17 @@ entries:
         parse_index(yaml, "http://127.0.0.1:1/repo").unwrap()
     }
 
+    /// A spec as a Pack author writes it; optional fields absent (deserialized, so that new optional
+    /// fields of the CRD need no change here).
     fn spec(chart: &str, version: &str) -> PackSpec {
-        PackSpec {
-            chart: ChartReference {
-                repository: RepositoryReference {
-                    kind: RepositoryKind::ClusterPackRepository,
-                    name: "packs".into(),
-                },
-                name: chart.into(),
-                version: Some(version.into()),
+        serde_json::from_value(json!({
+            "chart": {
+                "repository": {"kind": "ClusterPackRepository", "name": "packs"},
+                "name": chart,
+                "version": version,
             },
-            vars: BTreeMap::new(),
-            values: None,
-            rollback_on_failure: false,
-            suspend: false,
-        }
+        }))
+        .unwrap()
     }
 
     #[test]
@@ -240,11 +305,20 @@ entries:
             (">=1.1.0-0", "1.1.0-rc.1"),
         ];
         for (constraint, want) in cases {
-            let got = resolve(&spec("genpack", constraint), RepositoryLookup::Ready(&idx))
-                .unwrap_or_else(|e| panic!("{constraint}: {e}"));
+            let got = resolve(
+                &spec("genpack", constraint),
+                RepositoryLookup::Ready(&idx),
+                LIMIT,
+            )
+            .unwrap_or_else(|e| panic!("{constraint}: {e}"));
             assert_eq!(got.version, want, "{constraint}");
         }
-        let got = resolve(&spec("genpack", "0.1.3"), RepositoryLookup::Ready(&idx)).unwrap();
+        let got = resolve(
+            &spec("genpack", "0.1.3"),
+            RepositoryLookup::Ready(&idx),
+            LIMIT,
+        )
+        .unwrap();
         assert_eq!(got.digest.as_deref(), Some("bb"));
         assert_eq!(
             got.urls,
@@ -256,7 +330,7 @@ entries:
     fn reports_each_cause() {
         let idx = index();
         let ready = RepositoryLookup::Ready(&idx);
-        let err = resolve(&spec("genpack", ">=5"), ready).unwrap_err();
+        let err = resolve(&spec("genpack", ">=5"), ready, LIMIT).unwrap_err();
         assert_eq!(err.reason(), "NoMatchingVersion");
         let msg = err.to_string();
         assert!(msg.contains("`>=5`") && msg.contains("packs"), "{msg}");
@@ -265,21 +339,22 @@ entries:
             "{msg}"
         );
 
-        let err = resolve(&spec("nope", "1"), ready).unwrap_err();
+        let err = resolve(&spec("nope", "1"), ready, LIMIT).unwrap_err();
         assert_eq!(err.reason(), "ChartNotFound");
         assert!(err.to_string().contains("genpack, other"), "{err}");
 
-        let err = resolve(&spec("genpack", "~=1"), ready).unwrap_err();
+        let err = resolve(&spec("genpack", "~=1"), ready, LIMIT).unwrap_err();
         assert_eq!(err.reason(), "InvalidVersionConstraint");
         assert!(err.is_invalid_spec());
 
-        let err = resolve(&spec("genpack", "1"), RepositoryLookup::NotFound).unwrap_err();
+        let err = resolve(&spec("genpack", "1"), RepositoryLookup::NotFound, LIMIT).unwrap_err();
         assert_eq!(err.reason(), "RepositoryNotFound");
         assert!(!err.is_invalid_spec());
 
         let err = resolve(
             &spec("genpack", "1"),
             RepositoryLookup::NotReady { detail: "HTTP 404" },
+            LIMIT,
         )
         .unwrap_err();
         assert_eq!(err.reason(), "RepositoryNotReady");
@@ -290,7 +365,7 @@ entries:
     fn spec_errors_come_before_repository_errors() {
         let mut s = spec("genpack", "1");
         s.values = Some(json!({"tag": "{{ vars.MISSING }}"}));
-        let err = resolve(&s, RepositoryLookup::NotFound).unwrap_err();
+        let err = resolve(&s, RepositoryLookup::NotFound, LIMIT).unwrap_err();
         assert_eq!(err.reason(), "InvalidVars");
         assert!(err.is_invalid_spec());
         assert!(err.to_string().contains("MISSING"), "{err}");
@@ -302,8 +377,60 @@ entries:
         let mut s = spec("genpack", "0.1.0");
         s.vars.insert("TAG".into(), json!("1.4.2"));
         s.values = Some(json!({"image": {"tag": "{{ vars.TAG }}"}}));
-        let got = resolve(&s, RepositoryLookup::Ready(&idx)).unwrap();
+        let got = resolve(&s, RepositoryLookup::Ready(&idx), LIMIT).unwrap();
         assert_eq!(got.values, json!({"image": {"tag": "1.4.2"}}));
+    }
+
+    #[test]
+    fn oversized_values_are_a_spec_error_before_the_repository() {
+        let idx = index();
+        let mut s = spec("genpack", "0.1.0");
+        // 150 KB of Pack, 200 MB expanded.
+        s.vars.insert("BIG".into(), json!("x".repeat(100_000)));
+        s.values = Some(json!({"items": vec!["{{ vars.BIG }}"; 2000]}));
+        for lookup in [RepositoryLookup::Ready(&idx), RepositoryLookup::NotFound] {
+            let err = resolve(&s, lookup, LIMIT).unwrap_err();
+            assert_eq!(err.reason(), "ValuesTooLarge");
+            assert!(err.is_invalid_spec());
+            let ResolveError::ValuesTooLarge { size_at_least, .. } = err else {
+                panic!("{err:?}");
+            };
+            assert!(size_at_least <= LIMIT + 100_010, "{size_at_least}");
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with("the Pack's values expand to more than 1048576 bytes (at least ")
+                    && msg.contains("when reaching values.items[")
+                    && msg.ends_with(
+                        "limit --max-values-size=1048576): reduce values or vars, or raise the \
+                         controller's limit"
+                    ),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn values_without_vars_are_measured_too() {
+        let idx = index();
+        let mut s = spec("genpack", "0.1.0");
+        // `{"a":"` and `"}`: 8 bytes around the text.
+        s.values = Some(json!({"a": "x".repeat(92)}));
+        let got = resolve(&s, RepositoryLookup::Ready(&idx), 100).unwrap();
+        assert_eq!(serialized_len(&got.values), 100);
+        assert_eq!(serde_json::to_vec(&got.values).unwrap().len(), 100);
+        let err = resolve(&s, RepositoryLookup::Ready(&idx), 99).unwrap_err();
+        assert_eq!(
+            err,
+            ResolveError::ValuesTooLarge {
+                size_at_least: 100,
+                limit: 99,
+                path: "values.a".into()
+            }
+        );
+        // No values at all is `{}`.
+        s.values = None;
+        assert!(resolve(&s, RepositoryLookup::Ready(&idx), 2).is_ok());
+        assert!(resolve(&s, RepositoryLookup::Ready(&idx), 1).is_err());
     }
 
     #[test]
@@ -313,7 +440,7 @@ entries:
             let _ = writeln!(yaml, "    - {{version: 0.0.{i}, urls: [c.tgz]}}");
         }
         let idx = parse_index(yaml.as_bytes(), "http://h/").unwrap();
-        let err = resolve(&spec("c", ">=1"), RepositoryLookup::Ready(&idx)).unwrap_err();
+        let err = resolve(&spec("c", ">=1"), RepositoryLookup::Ready(&idx), LIMIT).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("0.0.14, 0.0.13"), "{msg}");
         assert!(msg.contains("and 5 more"), "{msg}");

@@ -26,9 +26,22 @@
 //! * An unknown var is an error naming the var and where it was used, as a path such as
 //!   `values.image.tag`, `values.containers[0].env`, `values["app.kubernetes.io/name"]` or `vars.A`.
 //!
+//! ## Size budget
+//!
+//! A small Pack can expand to a huge document (a 100 KB var referenced 2,000 times is 200 MB; vars that
+//! reference vars several times grow exponentially), so [`substitute`] takes a `limit` in bytes and stops
+//! *while* building the output, as soon as it exceeds the limit, with [`VarsError::TooLarge`]: memory
+//! stays around the limit however large the expansion would have been.
+//!
+//! The size counted is that of the output serialized as compact JSON (`serde_json::to_vec`, which is what
+//! the controller writes to the values file Helm reads), counted exactly and charged *before* the bytes
+//! are copied: `{}`/`[]`, commas, each key with its quotes and colon, each scalar as JSON writes it
+//! (strings with their quotes and escapes). Two budgets of `limit` bytes each: one for resolving all vars
+//! (their expanded values together, used or not), one for the values.
+//!
 //! Pure functions over `serde_json::Value`; nothing here panics.
 
-use std::collections::BTreeMap;
+use std::{cell::Cell, collections::BTreeMap, rc::Rc};
 
 use serde_json::{Map, Value};
 
@@ -78,17 +91,47 @@ pub enum VarsError {
          letters, digits or `_` and does not start with a digit"
     )]
     MalformedReference { reference: String, path: String },
+    /// The expansion exceeds the size limit (see the module documentation for how it is counted);
+    /// expansion stopped there.
+    #[error(
+        "the expansion exceeds {limit} bytes (at least {size_at_least} bytes of JSON when reaching {path})"
+    )]
+    TooLarge {
+        /// Bytes counted when the limit was crossed (more than `limit`; the full expansion is larger
+        /// still, and was never built).
+        size_at_least: usize,
+        limit: usize,
+        /// Where the limit was crossed: `values…` or `vars.NAME`.
+        path: String,
+    },
 }
 
 impl VarsError {
     /// The reason used in status conditions, Events and metric labels.
     pub fn reason(&self) -> &'static str {
-        "InvalidVars"
+        match self {
+            VarsError::TooLarge { .. } => "ValuesTooLarge",
+            _ => "InvalidVars",
+        }
     }
 }
 
-/// Returns `values` with every `{{ vars.NAME }}` replaced (see the module documentation for the rules).
-pub fn substitute(vars: &BTreeMap<String, Value>, values: &Value) -> Result<Value, VarsError> {
+/// Returns `values` with every `{{ vars.NAME }}` replaced (see the module documentation for the rules),
+/// or [`VarsError::TooLarge`] as soon as the vars or the values expand to more than `limit` bytes of JSON.
+pub fn substitute(
+    vars: &BTreeMap<String, Value>,
+    values: &Value,
+    limit: usize,
+) -> Result<Value, VarsError> {
+    substitute_counted(vars, values, limit).map(|(values, _)| values)
+}
+
+/// [`substitute`], also returning the output's size as compact JSON.
+fn substitute_counted(
+    vars: &BTreeMap<String, Value>,
+    values: &Value,
+    limit: usize,
+) -> Result<(Value, usize), VarsError> {
     for (name, value) in vars {
         if !is_valid_name(name) {
             return Err(VarsError::InvalidName { name: name.clone() });
@@ -104,35 +147,102 @@ pub fn substitute(vars: &BTreeMap<String, Value>, values: &Value) -> Result<Valu
         });
     }
 
+    let vars_budget = Budget::new(limit);
     let mut resolver = Resolver {
         vars,
         resolved: BTreeMap::new(),
         stack: Vec::new(),
+        budget: &vars_budget,
     };
     for name in vars.keys() {
         resolver.resolve(name)?;
     }
     let resolved = resolver.resolved;
 
+    let budget = Budget::new(limit);
     let mut path = Vec::new();
-    substitute_value(values, &mut path, &mut |name, path| {
+    let values = substitute_value(values, &mut path, &budget, &mut |name, path| {
         resolved
             .get(name)
             .cloned()
             .ok_or_else(|| unknown_var(name, path.render(), vars))
-    })
+    })?;
+    Ok((values, budget.used.get()))
+}
+
+/// Bytes of JSON output produced so far, against a limit. Charged before the bytes are copied.
+struct Budget {
+    used: Cell<usize>,
+    limit: usize,
+}
+
+impl Budget {
+    fn new(limit: usize) -> Self {
+        Budget {
+            used: Cell::new(0),
+            limit,
+        }
+    }
+
+    fn charge(&self, bytes: usize, path: &Path<'_, '_>) -> Result<(), VarsError> {
+        let used = self.used.get().saturating_add(bytes);
+        self.used.set(used);
+        if used > self.limit {
+            return Err(VarsError::TooLarge {
+                size_at_least: used,
+                limit: self.limit,
+                path: path.render(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A var's expanded value and its size as JSON; shared, so that a lookup copies nothing before the
+/// budget is charged.
+#[derive(Debug)]
+struct Resolved {
+    value: Value,
+    json_len: usize,
+}
+
+/// The size of a string's contents as JSON, without the quotes: what `serde_json` escapes takes two
+/// bytes (`\"`, `\\`, `\n`, …) or six (`\u0001`); everything else, UTF-8 included, is written as is.
+fn escaped_len(text: &str) -> usize {
+    text.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\x08' | b'\x0c' | b'\n' | b'\r' | b'\t' => 2,
+            0..0x20 => 6,
+            _ => 1,
+        })
+        .sum()
+}
+
+/// The size of a scalar as compact JSON (structures are counted by [`substitute_value`] as it walks them).
+fn scalar_json_len(value: &Value) -> usize {
+    match value {
+        Value::Null => 4,
+        Value::Bool(true) => 4,
+        Value::Bool(false) => 5,
+        Value::Number(n) => n.to_string().len(),
+        Value::String(s) => escaped_len(s) + 2,
+        // Vars are checked to be scalars; count a structure exactly all the same.
+        structured @ (Value::Array(_) | Value::Object(_)) => structured.to_string().len(),
+    }
 }
 
 /// Resolves vars that reference vars, depth first, remembering results.
 struct Resolver<'a> {
     vars: &'a BTreeMap<String, Value>,
-    resolved: BTreeMap<&'a str, Value>,
+    resolved: BTreeMap<&'a str, Rc<Resolved>>,
     /// The chain being resolved, for cycle detection and messages.
     stack: Vec<&'a str>,
+    /// All vars' expanded values together.
+    budget: &'a Budget,
 }
 
 impl<'a> Resolver<'a> {
-    fn resolve(&mut self, name: &'a str) -> Result<Value, VarsError> {
+    fn resolve(&mut self, name: &'a str) -> Result<Rc<Resolved>, VarsError> {
         if let Some(value) = self.resolved.get(name) {
             return Ok(value.clone());
         }
@@ -150,12 +260,12 @@ impl<'a> Resolver<'a> {
                 chain: chain.join(" -> "),
             });
         }
-        let vars = self.vars;
+        let (vars, budget) = (self.vars, self.budget);
+        let path = Path::Var(name);
         let value = match vars.get(name) {
             Some(Value::String(text)) => {
                 self.stack.push(name);
-                let path = Path::Var(name);
-                let result = substitute_str(text, &path, &mut |reference, path| match vars
+                let result = substitute_str(text, &path, budget, &mut |reference, path| match vars
                     .get_key_value(reference)
                 {
                     Some((key, _)) => self.resolve(key),
@@ -164,12 +274,19 @@ impl<'a> Resolver<'a> {
                 self.stack.pop();
                 result?
             }
-            Some(other) => other.clone(),
+            Some(other) => {
+                budget.charge(scalar_json_len(other), &path)?;
+                other.clone()
+            }
             // Callers only pass defined names; answer like any unknown reference all the same.
             None => return Err(unknown_var(name, format!("vars.{name}"), vars)),
         };
-        self.resolved.insert(name, value.clone());
-        Ok(value)
+        let resolved = Rc::new(Resolved {
+            json_len: scalar_json_len(&value),
+            value,
+        });
+        self.resolved.insert(name, resolved.clone());
+        Ok(resolved)
     }
 }
 
@@ -219,36 +336,50 @@ impl Path<'_, '_> {
 }
 
 /// Looks a var up by name; gets the path of the string that references it for error messages.
-type Lookup<'l> = dyn FnMut(&str, &Path<'_, '_>) -> Result<Value, VarsError> + 'l;
+type Lookup<'l> = dyn FnMut(&str, &Path<'_, '_>) -> Result<Rc<Resolved>, VarsError> + 'l;
 
 fn substitute_value<'v>(
     value: &'v Value,
     path: &mut Vec<Segment<'v>>,
+    budget: &Budget,
     lookup: &mut Lookup<'_>,
 ) -> Result<Value, VarsError> {
     Ok(match value {
-        Value::String(text) => substitute_str(text, &Path::Values(path.as_slice()), lookup)?,
+        Value::String(text) => {
+            substitute_str(text, &Path::Values(path.as_slice()), budget, lookup)?
+        }
         Value::Array(items) => {
+            // `[`, `]` and the commas between items.
+            let structure = 2 + items.len().saturating_sub(1);
+            budget.charge(structure, &Path::Values(path.as_slice()))?;
             let mut out = Vec::with_capacity(items.len());
             for (index, item) in items.iter().enumerate() {
                 path.push(Segment::Index(index));
-                let result = substitute_value(item, path, lookup);
+                let result = substitute_value(item, path, budget, lookup);
                 path.pop();
                 out.push(result?);
             }
             Value::Array(out)
         }
         Value::Object(object) => {
+            // `{`, `}` and the commas between entries; each entry's key, quoted, and its colon.
+            let structure = 2 + object.len().saturating_sub(1);
+            budget.charge(structure, &Path::Values(path.as_slice()))?;
             let mut out = Map::new();
             for (key, item) in object {
                 path.push(Segment::Key(key));
-                let result = substitute_value(item, path, lookup);
+                let result = budget
+                    .charge(escaped_len(key) + 3, &Path::Values(path.as_slice()))
+                    .and_then(|()| substitute_value(item, path, budget, lookup));
                 path.pop();
                 out.insert(key.clone(), result?);
             }
             Value::Object(out)
         }
-        Value::Null | Value::Bool(_) | Value::Number(_) => value.clone(),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {
+            budget.charge(scalar_json_len(value), &Path::Values(path.as_slice()))?;
+            value.clone()
+        }
     })
 }
 
@@ -262,6 +393,7 @@ enum Piece<'s> {
 fn substitute_str(
     text: &str,
     path: &Path<'_, '_>,
+    budget: &Budget,
     lookup: &mut Lookup<'_>,
 ) -> Result<Value, VarsError> {
     let pieces = scan(text).map_err(|reference| VarsError::MalformedReference {
@@ -269,31 +401,48 @@ fn substitute_str(
         path: path.render(),
     })?;
     match pieces.as_slice() {
-        [Piece::Var(name)] => return lookup(name, path),
+        [Piece::Var(name)] => {
+            let resolved = lookup(name, path)?;
+            budget.charge(resolved.json_len, path)?;
+            return Ok(resolved.value.clone());
+        }
         pieces if !pieces.iter().any(|p| matches!(p, Piece::Var(_))) => {
+            budget.charge(escaped_len(text) + 2, path)?;
             return Ok(Value::String(text.to_string()));
         }
         _ => {}
     }
+    // The quotes; then each piece as it is appended.
+    budget.charge(2, path)?;
     let mut out = String::with_capacity(text.len());
     for piece in pieces {
         match piece {
-            Piece::Text(literal) => out.push_str(literal),
-            Piece::Var(name) => match lookup(name, path)? {
-                Value::String(s) => out.push_str(&s),
-                Value::Number(n) => out.push_str(&n.to_string()),
-                Value::Bool(b) => out.push_str(if b { "true" } else { "false" }),
-                Value::Null => {
-                    return Err(VarsError::NullInText {
-                        name: name.to_string(),
-                        path: path.render(),
-                    });
+            Piece::Text(literal) => {
+                budget.charge(escaped_len(literal), path)?;
+                out.push_str(literal);
+            }
+            Piece::Var(name) => {
+                let resolved = lookup(name, path)?;
+                match &resolved.value {
+                    Value::Null => {
+                        return Err(VarsError::NullInText {
+                            name: name.to_string(),
+                            path: path.render(),
+                        });
+                    }
+                    Value::String(s) => {
+                        budget.charge(resolved.json_len - 2, path)?;
+                        out.push_str(s);
+                    }
+                    // Numbers and bools as JSON writes them. Vars are checked to be scalars before any
+                    // lookup; a structure would be written as JSON too.
+                    other => {
+                        let text = other.to_string();
+                        budget.charge(escaped_len(&text), path)?;
+                        out.push_str(&text);
+                    }
                 }
-                // Vars are checked to be scalars before any lookup.
-                structured @ (Value::Array(_) | Value::Object(_)) => {
-                    out.push_str(&structured.to_string())
-                }
-            },
+            }
         }
     }
     Ok(Value::String(out))
@@ -376,6 +525,18 @@ mod tests {
 
     fn vars(value: Value) -> BTreeMap<String, Value> {
         serde_json::from_value(value).unwrap()
+    }
+
+    /// [`substitute`] without a size limit, checking on the way that the size counted is exactly that
+    /// of the output serialized.
+    fn substitute_unlimited(
+        vars: &BTreeMap<String, Value>,
+        values: &Value,
+    ) -> Result<Value, VarsError> {
+        let (values, counted) = substitute_counted(vars, values, usize::MAX)?;
+        let serialized = serde_json::to_vec(&values).unwrap().len();
+        assert_eq!(counted, serialized, "size counted for {values}");
+        Ok(values)
     }
 
     /// (case, vars, values, expected values).
@@ -618,7 +779,7 @@ mod tests {
     #[test]
     fn substitutes() {
         for (case, vars_json, values, expected) in ok_table() {
-            let got = substitute(&vars(vars_json), &values);
+            let got = substitute_unlimited(&vars(vars_json), &values);
             assert_eq!(got, Ok(expected), "{case}");
         }
     }
@@ -634,7 +795,7 @@ mod tests {
 
     #[test]
     fn reference_chains_up_to_the_limit_resolve() {
-        let got = substitute(
+        let got = substitute_unlimited(
             &vars(chain(MAX_REFERENCE_DEPTH)),
             &json!({"a": "{{ vars.V0 }}"}),
         );
@@ -817,7 +978,7 @@ mod tests {
             ),
         ];
         for (case, vars_json, values, expected) in table {
-            let err = substitute(&vars(vars_json), &values).expect_err(case);
+            let err = substitute_unlimited(&vars(vars_json), &values).expect_err(case);
             assert_eq!(err, expected, "{case}");
             assert_eq!(err.reason(), "InvalidVars", "{case}");
         }
@@ -825,7 +986,8 @@ mod tests {
 
     #[test]
     fn too_deep() {
-        let err = substitute(&vars(chain(MAX_REFERENCE_DEPTH + 1)), &json!({})).unwrap_err();
+        let err =
+            substitute_unlimited(&vars(chain(MAX_REFERENCE_DEPTH + 1)), &json!({})).unwrap_err();
         assert!(matches!(err, VarsError::TooDeep { .. }), "{err:?}");
         let message = err.to_string();
         assert!(message.contains("V0 -> V1 -> V2"), "{message}");
@@ -889,13 +1051,150 @@ mod tests {
         for i in 0..12 {
             object.insert(format!("V{i:02}"), json!(i));
         }
-        let err = substitute(&vars(Value::Object(object)), &json!("{{ vars.X }}")).unwrap_err();
+        let err =
+            substitute_unlimited(&vars(Value::Object(object)), &json!("{{ vars.X }}")).unwrap_err();
         let VarsError::UnknownVar { defined, .. } = err else {
             panic!("unexpected {err:?}");
         };
         assert_eq!(
             defined,
             "defined vars: V00, V01, V02, V03, V04, V05, V06, V07, V08, V09 and 2 more"
+        );
+    }
+
+    const MIB: usize = 1 << 20;
+
+    fn too_large(result: Result<Value, VarsError>) -> (usize, usize, String) {
+        match result {
+            Err(VarsError::TooLarge {
+                size_at_least,
+                limit,
+                path,
+            }) => (size_at_least, limit, path),
+            other => panic!(
+                "expected TooLarge, got {:?}",
+                other.map(|v| v.to_string().len())
+            ),
+        }
+    }
+
+    #[test]
+    fn a_var_referenced_thousands_of_times_is_refused_early() {
+        // The reported attack: a 100 KB var referenced 2,000 times is 200 MB expanded.
+        let big = "x".repeat(100_000);
+        let defined = BTreeMap::from([("BIG".to_string(), json!(big))]);
+        let whole = json!({"items": vec!["{{ vars.BIG }}"; 2000]});
+        let embedded = json!({"text": "-{{ vars.BIG }}".repeat(2000)});
+        for (case, values) in [("whole values", whole), ("embedded in text", embedded)] {
+            let (size, limit, path) = too_large(substitute(&defined, &values, MIB));
+            assert_eq!(limit, MIB, "{case}");
+            // Stopped at the first var that crossed the limit: the work done, and the memory held, is
+            // the limit plus at most one var.
+            assert!(size > MIB && size <= MIB + 100_010, "{case}: {size}");
+            assert!(path.starts_with("values."), "{case}: {path}");
+        }
+    }
+
+    #[test]
+    fn vars_that_multiply_each_other_are_refused_while_resolving() {
+        // Each level repeats the previous one 100 times: V3 would be 100 GB. Refused even unused.
+        let mut defined = BTreeMap::from([("V0".to_string(), json!("x".repeat(1000)))]);
+        for level in 1..=3 {
+            let text = format!("{{{{ vars.V{} }}}}", level - 1).repeat(100);
+            defined.insert(format!("V{level}"), json!(text));
+        }
+        let (size, limit, path) = too_large(substitute(&defined, &json!({}), MIB));
+        assert_eq!((limit, path.as_str()), (MIB, "vars.V2"));
+        assert!(size > MIB && size <= MIB + 100_010, "{size}");
+    }
+
+    #[test]
+    fn nested_vars_count_their_expanded_size() {
+        // B is 300 KB; A twice that; the values use A twice: 1.2 MB, though the Pack holds 300 KB.
+        let defined = BTreeMap::from([
+            ("A".to_string(), json!("{{ vars.B }}{{ vars.B }}")),
+            ("B".to_string(), json!("y".repeat(300_000))),
+        ]);
+        let values = json!({"a": "{{ vars.A }}", "b": "{{ vars.A }}"});
+        let (size, _, path) = too_large(substitute(&defined, &values, MIB));
+        assert_eq!(path, "values.b");
+        assert!(size >= 1_200_000, "{size}");
+        // Once only, it fits.
+        let once = json!({"a": "{{ vars.A }}"});
+        assert!(substitute(&defined, &once, MIB).is_ok());
+    }
+
+    #[test]
+    fn the_limit_is_the_serialized_size() {
+        // `{"a":"` and `"}` around the text: 8 bytes.
+        let limit = 1000;
+        // (case, vars, values, the size counted when refused; None: accepted at exactly the limit)
+        type Case = (&'static str, BTreeMap<String, Value>, Value, Option<usize>);
+        let cases: Vec<Case> = vec![
+            (
+                "literal at the limit",
+                BTreeMap::new(),
+                json!({"a": "x".repeat(992)}),
+                None,
+            ),
+            (
+                "literal one over",
+                BTreeMap::new(),
+                json!({"a": "x".repeat(993)}),
+                Some(1001),
+            ),
+            (
+                "var at the limit",
+                BTreeMap::from([("V".into(), json!("x".repeat(992)))]),
+                json!({"a": "{{ vars.V }}"}),
+                None,
+            ),
+            (
+                "var one over",
+                BTreeMap::from([("V".into(), json!("x".repeat(993)))]),
+                json!({"a": "{{ vars.V }}"}),
+                Some(1001),
+            ),
+            (
+                // Each `"` is written `\"`: 496 of them are 992 bytes.
+                "escapes count",
+                BTreeMap::from([("V".into(), json!("\"".repeat(496)))]),
+                json!({"a": "{{ vars.V }}"}),
+                None,
+            ),
+            (
+                "escapes one over",
+                BTreeMap::from([("V".into(), json!("\"".repeat(496)))]),
+                json!({"a": "x{{ vars.V }}"}),
+                Some(1001),
+            ),
+        ];
+        for (case, defined, values, refused_at) in cases {
+            let result = substitute(&defined, &values, limit);
+            match refused_at {
+                None => {
+                    let got = result.unwrap_or_else(|e| panic!("{case}: {e}"));
+                    assert_eq!(serde_json::to_vec(&got).unwrap().len(), limit, "{case}");
+                }
+                Some(size) => {
+                    let (got, _, path) = too_large(result);
+                    assert_eq!((got, path.as_str()), (size, "values.a"), "{case}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn too_large_reason_and_message() {
+        let err = VarsError::TooLarge {
+            size_at_least: 1_100_000,
+            limit: MIB,
+            path: "values.items[10]".into(),
+        };
+        assert_eq!(err.reason(), "ValuesTooLarge");
+        assert_eq!(
+            err.to_string(),
+            "the expansion exceeds 1048576 bytes (at least 1100000 bytes of JSON when reaching values.items[10])"
         );
     }
 
@@ -938,7 +1237,7 @@ mod tests {
         ) {
             let defined: BTreeMap<String, Value> =
                 defined.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
-            prop_assert_eq!(substitute(&defined, &values), Ok(values));
+            prop_assert_eq!(substitute_unlimited(&defined, &values), Ok(values));
         }
 
         #[test]
@@ -947,7 +1246,22 @@ mod tests {
             prop_assume!(!value.as_str().is_some_and(|s| s.contains("{{")));
             let defined = BTreeMap::from([(name.clone(), value.clone())]);
             let reference = format!("{{{{{spaces}vars.{name}{spaces}}}}}");
-            prop_assert_eq!(substitute(&defined, &json!({"a": [reference]})), Ok(json!({"a": [value]})));
+            prop_assert_eq!(substitute_unlimited(&defined, &json!({"a": [reference]})), Ok(json!({"a": [value]})));
+        }
+
+        #[test]
+        fn refused_exactly_when_the_serialized_values_exceed_the_limit(
+            values in values_without_refs(),
+            limit in 0usize..400,
+        ) {
+            let size = serde_json::to_vec(&values).unwrap().len();
+            match substitute(&BTreeMap::new(), &values, limit) {
+                Ok(got) => prop_assert!(size <= limit && got == values),
+                Err(VarsError::TooLarge { size_at_least, .. }) => {
+                    prop_assert!(size > limit && size_at_least > limit && size_at_least <= size);
+                }
+                Err(e) => prop_assert!(false, "unexpected {e}"),
+            }
         }
 
         #[test]
@@ -961,7 +1275,7 @@ mod tests {
                 ("B".to_string(), Value::String(var_text)),
                 ("C".to_string(), Value::Null),
             ]);
-            let _ = substitute(&defined, &json!({"t": text, "u": [templated]}));
+            let _ = substitute_unlimited(&defined, &json!({"t": text, "u": [templated]}));
         }
     }
 }

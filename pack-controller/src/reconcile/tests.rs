@@ -80,6 +80,7 @@ fn context(client: Client) -> (Arc<Context>, PathBuf) {
         charts: ChartCache::new(IndexFetcher::new(), work_dir.join("charts")),
         states: PackStates::register(&mut registry),
         max_index_bytes: 1 << 20,
+        max_values_bytes: crate::resolve::DEFAULT_MAX_VALUES_BYTES,
         resync: Duration::from_secs(600),
         stop: CancellationToken::new(),
         errors: Mutex::default(),
