@@ -32,6 +32,8 @@ echo "serving genpack 0.1.0, 0.1.3, 0.2.0, 1.0.0 at http://127.0.0.1:8879/ (the 
 
 # pack-controller runs the pinned helm (flag --helm-binary / env HELM_BINARY) in its work dir.
 export HELM_BINARY="$tools/helm" PACK_WORK_DIR="$root/.cluster/pack-work"
+# reflector-controller with the chart's defaults: targets must consent, kube-* never receive copies.
+export REQUIRE_CONSENT=true DENY_TARGET_NAMESPACES='kube-*'
 port=18080
 for c in pack-controller reflector-controller redeploy-controller; do
   target/debug/$c --metrics-address "127.0.0.1:$port" --leader-elect=true >".cluster/$c.log" 2>&1 &

@@ -157,11 +157,11 @@ mod tests {
                 name: Some("cm".into()),
                 namespace: Some("ns".into()),
                 finalizers: Some(finalizers.iter().map(|f| f.to_string()).collect()),
-                deletion_timestamp: deleting.then(|| {
+                deletion_timestamp: deleting.then_some(
                     k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                         k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-                    )
-                }),
+                    ),
+                ),
                 ..Default::default()
             },
             ..Default::default()

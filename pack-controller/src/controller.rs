@@ -23,7 +23,7 @@ use common::{
     sync::lock,
 };
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::{
     Api, Client, ResourceExt,
     api::PartialObjectMeta,
@@ -39,7 +39,8 @@ use tracing::{Instrument, debug, info_span};
 use crate::{
     chart::ChartCache,
     helm::{Helm, HelmConfig},
-    index::{IndexCache, IndexFetcher},
+    identity::Identity,
+    index::{HttpFetcher, IndexCache},
     metrics::{HelmMetrics, PackStates},
     reconcile::{Context, error_policy, reconcile},
     release, repository,
@@ -60,6 +61,9 @@ pub struct Settings {
     /// How often a Pack is looked at again when nothing it watches changed (`--resync-interval`, ±10 %).
     pub resync: Duration,
     pub helm: HelmConfig,
+    /// `--default-service-account`: the ServiceAccount of its own namespace that a Pack without
+    /// `spec.serviceAccountName` runs as (lock-down mode of a multi-tenant cluster).
+    pub default_service_account: Option<String>,
 }
 
 /// The Packs of `store` that reference repository `name`.
@@ -158,6 +162,14 @@ pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
             instance: Some(identity),
         },
     );
+    let config = match kube::Config::infer().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the client configuration (for impersonating ServiceAccounts)");
+            leading.stop.cancelled().await;
+            return;
+        }
+    };
     let cache = IndexCache::new();
     let controller = pack_controller(&client, &settings, &cache);
     common::runtime::report_sync_when_ready(controller.store(), leading.health.clone());
@@ -166,7 +178,7 @@ pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
         cache: cache.clone(),
         recorder: recorder.clone(),
         metrics: metrics.packs,
-        charts: ChartCache::new(IndexFetcher::new(), settings.helm.work_dir.join("charts")),
+        charts: ChartCache::new(HttpFetcher::new(), settings.helm.work_dir.join("charts")),
         helm,
         states: metrics.states.clone(),
         max_index_bytes: settings.max_index_bytes,
@@ -175,6 +187,8 @@ pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
         stop: leading.stop.clone(),
         errors: Mutex::default(),
         namespaces: settings.namespaces.clone(),
+        default_service_account: settings.default_service_account.clone(),
+        config,
     });
     let packs = controller
         .graceful_shutdown_on(leading.stop.clone().cancelled_owned())
@@ -232,27 +246,72 @@ fn pack_controller(client: &Client, settings: &Settings, cache: &IndexCache) -> 
         .with_config(controller::Config::default().concurrency(settings.concurrency));
     let store = controller.store();
     let mapper_store = store.clone();
+    let account_store = store.clone();
+    let default_account = settings.default_service_account.clone();
     controller
         .watches_stream(
             repository_changes(Api::<ClusterPackRepository>::all(client.clone())),
             move |repo: ClusterPackRepository| packs_of(&mapper_store, &repo.name_any()),
         )
-        .watches_stream(release_changes(client, &settings.namespaces), |secret| {
-            let name = secret.labels().get("name")?.clone();
-            Some(ObjectRef::<Pack>::new(&name).within(&secret.namespace()?))
-        })
+        // Helm's release Secrets: a release changed outside (manual rollback, uninstall, a finished
+        // operation) wakes the Pack of the same name.
+        .watches_stream(
+            metadata_changes::<Secret>(client, &settings.namespaces, Some(release::OWNER_SELECTOR)),
+            |secret| {
+                let name = secret.labels().get("name")?.clone();
+                Some(ObjectRef::<Pack>::new(&name).within(&secret.namespace()?))
+            },
+        )
+        .watches_stream(
+            metadata_changes::<ServiceAccount>(client, &settings.namespaces, None),
+            move |account| {
+                let name = account.name_any();
+                account
+                    .namespace()
+                    .map(|ns| {
+                        packs_running_as(&account_store, &ns, &name, default_account.as_deref())
+                    })
+                    .unwrap_or_default()
+            },
+        )
         .reconcile_on(index_changes(cache, store))
 }
 
-/// Helm's release Secrets, metadata only: a release changed outside (manual rollback, uninstall, a
-/// finished operation) wakes the Pack of the same name. One watch per namespace in scope (the RBAC of a
-/// namespace-scoped install allows no cluster-wide Secret list), or one for all.
-fn release_changes(
+/// The Packs of `store` in namespace `ns` whose Helm operations run as ServiceAccount `name`.
+fn packs_running_as(
+    store: &Store<Pack>,
+    ns: &str,
+    name: &str,
+    default_account: Option<&str>,
+) -> Vec<ObjectRef<Pack>> {
+    store
+        .state()
+        .iter()
+        .filter(|p| {
+            Identity::of(p, default_account).is_some_and(|i| i.namespace == ns && i.name == name)
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// Objects of kind `K` in the namespaces in scope, metadata only (selected by `labels`), as they change.
+/// One watch per namespace in scope (the RBAC of a namespace-scoped install allows no cluster-wide list),
+/// or one for all. Nothing is cached: only the names map to Packs.
+fn metadata_changes<K>(
     client: &Client,
     namespaces: &[String],
-) -> impl futures::Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static
+    labels: Option<&str>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
-    let secrets: Vec<Api<PartialObjectMeta<Secret>>> = if namespaces.is_empty() {
+    let apis: Vec<Api<PartialObjectMeta<K>>> = if namespaces.is_empty() {
         vec![Api::all(client.clone())]
     } else {
         namespaces
@@ -260,16 +319,16 @@ fn release_changes(
             .map(|ns| Api::namespaced(client.clone(), ns))
             .collect()
     };
-    futures::stream::select_all(secrets.into_iter().map(|api| {
-        watcher(
-            api,
-            watcher::Config::default()
-                .labels(release::OWNER_SELECTOR)
-                .any_semantic(),
-        )
-        .default_backoff()
-        .touched_objects()
-        .boxed()
+    let config = match labels {
+        Some(l) => watcher::Config::default().labels(l),
+        None => watcher::Config::default(),
+    }
+    .any_semantic();
+    futures::stream::select_all(apis.into_iter().map(move |api| {
+        watcher(api, config.clone())
+            .default_backoff()
+            .touched_objects()
+            .boxed()
     }))
 }
 

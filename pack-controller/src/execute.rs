@@ -13,6 +13,7 @@ use crate::{
     chart::ChartError,
     error::Error,
     helm::{HelmError, Upgrade, value_strings},
+    identity::Identity,
     plan::{Outcome, ReleaseDigest, RollbackOutcome},
     reconcile::{Context, publish},
     release::{self, DIGEST_LABEL, PACK_LABEL, ReleaseRecord},
@@ -29,6 +30,8 @@ pub struct Apply<'a> {
     pub digest: &'a ReleaseDigest,
     /// The release as it was before (None: installing).
     pub record: Option<&'a ReleaseRecord>,
+    /// The ServiceAccount every operation runs as (None: the controller).
+    pub identity: Option<&'a Identity>,
 }
 
 impl Apply<'_> {
@@ -72,9 +75,13 @@ pub async fn apply(ctx: &Context, a: &Apply<'_>) -> Result<Outcome, Error> {
         Some(to) => Some(rollback(ctx, a, &ns, &name, to).await?),
         None => None,
     };
+    let mut error = e.to_string();
+    if let Some(fix) = a.identity.and_then(|i| i.explain_refusal(&error)) {
+        error = format!("{error}; {fix}");
+    }
     Ok(Outcome::Failed {
         reason,
-        error: e.to_string(),
+        error,
         took,
         rollback,
     })
@@ -89,7 +96,12 @@ async fn rollback(
 ) -> Result<RollbackOutcome, Error> {
     let started = Instant::now();
     let redact = value_strings(&a.resolution.values);
-    match ctx.helm.rollback(ns, name, to, &redact, &ctx.stop).await {
+    let as_user = a.identity.map(Identity::username);
+    match ctx
+        .helm
+        .rollback(ns, name, to, as_user.as_deref(), &redact, &ctx.stop)
+        .await
+    {
         Ok(()) => {
             let revision = release::read(&ctx.client, ns, name)
                 .await?
@@ -142,12 +154,14 @@ async fn run_helm(
         .map_err(|e| ApplyError::Repository(e.to_string(), e.reason()))?;
     let chart = ctx.charts.archive(&request, a.resolution).await?;
     let labels = [(PACK_LABEL, name), (DIGEST_LABEL, a.digest.label())];
+    let as_user = a.identity.map(Identity::username);
     let upgrade = Upgrade {
         namespace: ns,
         release: name,
         chart: &chart,
         values: &a.resolution.values,
         labels: &labels,
+        as_user: as_user.as_deref(),
     };
     ctx.helm
         .upgrade_install(operation, &upgrade, &ctx.stop)
@@ -161,6 +175,7 @@ async fn run_helm(
 pub async fn recover_stuck(
     ctx: &Context,
     pack: &Pack,
+    identity: Option<&Identity>,
     next: &mut PackStatus,
     record: &ReleaseRecord,
 ) -> Result<(), Error> {
@@ -170,7 +185,12 @@ pub async fn recover_stuck(
         "Release marked failed by pack-controller: it was left {} by an interrupted Helm process",
         record.status
     );
-    let result = release::mark_failed(&ctx.client, &ns, record, &description).await;
+    // The release's record is written with the rights Helm would have: the Pack's ServiceAccount's.
+    let client = match identity {
+        Some(i) => i.client(&ctx.config)?,
+        None => ctx.client.clone(),
+    };
+    let result = release::mark_failed(&client, &ns, record, &description).await;
     let took = started.elapsed();
     ctx.helm.record(
         "recover",

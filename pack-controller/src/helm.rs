@@ -117,6 +117,17 @@ pub struct Upgrade<'a> {
     pub values: &'a Value,
     /// `helm upgrade --labels` (stored on Helm's release Secret).
     pub labels: &'a [(&'a str, &'a str)],
+    /// The user Helm impersonates (`--kube-as-user`; see [`crate::identity`]); None: the controller.
+    pub as_user: Option<&'a str>,
+}
+
+/// `--kube-as-user` for an operation run as `as_user`. No groups: for a ServiceAccount user name the API
+/// server adds its groups itself.
+fn impersonation(as_user: Option<&str>) -> Vec<OsString> {
+    match as_user {
+        Some(user) => vec!["--kube-as-user".into(), user.into()],
+        None => vec![],
+    }
 }
 
 /// Runs Helm. Cheap to clone.
@@ -189,7 +200,7 @@ impl Helm {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(",");
-        let args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = vec![
             "upgrade".into(),
             req.release.into(),
             req.chart.into(),
@@ -208,6 +219,7 @@ impl Helm {
             "--output".into(),
             "json".into(),
         ];
+        args.extend(impersonation(req.as_user));
         let redact = value_strings(req.values);
         let stdout = self.run(operation, args, &redact, stop).await?;
         drop(values);
@@ -221,10 +233,11 @@ impl Helm {
         namespace: &str,
         release: &str,
         revision: i64,
+        as_user: Option<&str>,
         redact: &[String],
         stop: &CancellationToken,
     ) -> Result<(), HelmError> {
-        let args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = vec![
             "rollback".into(),
             release.into(),
             revision.to_string().into(),
@@ -235,6 +248,7 @@ impl Helm {
             "--timeout".into(),
             format!("{}s", self.config.timeout.as_secs()).into(),
         ];
+        args.extend(impersonation(as_user));
         self.run("rollback", args, redact, stop).await.map(drop)
     }
 
@@ -244,10 +258,11 @@ impl Helm {
         &self,
         namespace: &str,
         release: &str,
+        as_user: Option<&str>,
         redact: &[String],
         stop: &CancellationToken,
     ) -> Result<(), HelmError> {
-        let args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = vec![
             "uninstall".into(),
             release.into(),
             "--namespace".into(),
@@ -256,6 +271,7 @@ impl Helm {
             "--timeout".into(),
             format!("{}s", self.config.timeout.as_secs()).into(),
         ];
+        args.extend(impersonation(as_user));
         self.run("uninstall", args, redact, stop).await.map(drop)
     }
 

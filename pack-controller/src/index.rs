@@ -32,6 +32,3 @@ pub use http::{
 };
 pub use parse::{ChartVersionEntry, RepositoryIndex, parse_index};
 pub use source::ChartSource;
-
-/// The former name of [`HttpFetcher`], kept until its last users switch over.
-pub type IndexFetcher = HttpFetcher;

@@ -9,7 +9,7 @@
 //!   what to do — nothing, install, upgrade, recover, wait — and the `Outcome` of doing it).
 //! - **Execution** — `reconcile` (one reconcile: resolve, decide, act, report; deletion), `execute`
 //!   (running a planned install/upgrade, rollback and stuck-release recovery into an `Outcome`), `helm`
-//!   (the Helm CLI driver), `release` (Helm's release Secrets), `chart` (chart archive download, digest
+//!   (the Helm CLI driver), `identity` (the ServiceAccount a Pack's Helm operations run as), `release` (Helm's release Secrets), `chart` (chart archive download, digest
 //!   check and disk cache), `index` (index.yaml parsing, the HTTP fetcher, the shared cache, and the one
 //!   place a kind of chart source is chosen).
 //! - **Status and reporting** — `status` (pure: the Pack's status and Event for each outcome), `error`
@@ -20,6 +20,7 @@ pub mod controller;
 pub mod error;
 pub mod execute;
 pub mod helm;
+pub mod identity;
 pub mod index;
 pub mod metrics;
 pub mod plan;

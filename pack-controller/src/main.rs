@@ -3,9 +3,9 @@ use std::{path::PathBuf, time::Duration};
 use clap::Parser;
 use common::{RuntimeArgs, cli::parse_duration, metrics::ReconcileMetrics, runtime::Runtime};
 use pack_controller::{
+    controller::{Metrics, Settings},
     helm::HelmConfig,
     metrics::{HelmMetrics, PackStates},
-    controller::{Metrics, Settings},
 };
 
 /// pack-controller: installs, upgrades and uninstalls the Helm release of each Pack.
@@ -50,6 +50,12 @@ struct Cli {
     /// an up-to-date Pack costs two API reads and no Helm process). At least 1s.
     #[arg(long, env = "RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     resync_interval: Duration,
+
+    /// The ServiceAccount of its own namespace that a Pack without spec.serviceAccountName runs as: every
+    /// Helm operation of its release is impersonated as it (lock-down mode of a multi-tenant cluster).
+    /// Empty: such Packs run with the controller's own rights.
+    #[arg(long, env = "DEFAULT_SERVICE_ACCOUNT", default_value = "")]
+    default_service_account: String,
 }
 
 #[tokio::main]
@@ -77,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
         max_values_bytes: cli.max_values_size,
         concurrency: cli.runtime.concurrency,
         resync: cli.resync_interval,
+        default_service_account: Some(cli.default_service_account).filter(|s| !s.is_empty()),
         helm: HelmConfig {
             binary: cli.helm_binary,
             work_dir: cli.work_dir,

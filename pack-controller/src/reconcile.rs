@@ -36,6 +36,7 @@ use crate::{
     error::Error,
     execute,
     helm::{Helm, HelmError, value_strings},
+    identity::Identity,
     index::IndexCache,
     metrics::PackStates,
     plan::{self, Facts, Plan, REQUESTED_AT, ReleaseDigest},
@@ -71,6 +72,12 @@ pub struct Context {
     pub errors: Mutex<HashMap<ObjectRef<Pack>, u32>>,
     /// The namespaces in scope (empty: all).
     pub namespaces: Vec<String>,
+    /// `--default-service-account`: the ServiceAccount of its namespace a Pack without
+    /// `spec.serviceAccountName` runs as (None: the controller's own rights).
+    pub default_service_account: Option<String>,
+    /// The controller's client configuration, from which clients impersonating a Pack's ServiceAccount
+    /// are made.
+    pub config: kube::Config,
 }
 
 pub(crate) async fn reconcile(pack: Arc<Pack>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -272,8 +279,12 @@ async fn apply_release(
     mut next: PackStatus,
 ) -> Result<Action, Error> {
     let pack = t.pack;
+    let identity = Identity::of(pack, ctx.default_service_account.as_deref());
+    if let Some(missing) = missing_service_account(ctx, pack, identity.as_ref()).await? {
+        return Ok(missing);
+    }
     if recover && let Some(r) = t.record {
-        execute::recover_stuck(ctx, pack, &mut next, r).await?;
+        execute::recover_stuck(ctx, pack, identity.as_ref(), &mut next, r).await?;
     }
     let verb = if install {
         "Installing"
@@ -295,6 +306,7 @@ async fn apply_release(
         resolution: t.resolution,
         digest: t.digest,
         record: t.record,
+        identity: identity.as_ref(),
     };
     let outcome = execute::apply(ctx, &apply).await?;
     let name = pack.name_any();
@@ -313,6 +325,47 @@ async fn apply_release(
         generation: pack.metadata.generation,
     };
     report(ctx, pack, status::after_apply(next, &attempted, &outcome)).await
+}
+
+/// When the ServiceAccount `pack` runs as does not exist: reports it (`Ready=False`
+/// `ServiceAccountNotFound`, a Warning Event when new) and says to wait (the ServiceAccount watch wakes the
+/// Pack when it is created). None: go ahead.
+async fn missing_service_account(
+    ctx: &Context,
+    pack: &Pack,
+    identity: Option<&Identity>,
+) -> Result<Option<Action>, Error> {
+    let Some(identity) = identity else {
+        return Ok(None);
+    };
+    if identity.exists(&ctx.client).await? {
+        return Ok(None);
+    }
+    let message = identity.not_found_message(pack.spec.service_account_name.is_some());
+    let was = pack
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+        .map(|c| c.reason.clone());
+    let next = status::service_account_missing(
+        status::base(pack),
+        message.clone(),
+        pack.metadata.generation,
+    );
+    write_status(ctx, pack, &next).await?;
+    if was.as_deref() != Some(status::SERVICE_ACCOUNT_NOT_FOUND) {
+        warn!("{message}");
+        publish(
+            ctx,
+            pack,
+            EventType::Warning,
+            status::SERVICE_ACCOUNT_NOT_FOUND,
+            "Reconcile",
+            &message,
+        )
+        .await;
+    }
+    Ok(Some(Action::requeue(jitter(ctx.resync))))
 }
 
 /// The plan for `pack` (cached or stored), and the status it starts from.
@@ -468,6 +521,14 @@ async fn uninstall(ctx: &Context, pack: &Pack) -> Result<Option<Duration>, Error
     if let Some(wait) = plan::uninstall_wait(&current, status::since_last_attempt(&current)) {
         return Ok(Some(wait));
     }
+    let identity = Identity::of(&stored, ctx.default_service_account.as_deref());
+    if missing_service_account(ctx, &stored, identity.as_ref())
+        .await?
+        .is_some()
+    {
+        // Never uninstall with more rights than the Pack had: wait for its ServiceAccount.
+        return Ok(Some(ctx.resync));
+    }
     let mut next = current;
     if next.state != Some(PackState::RemoveFailed) {
         next = status::removing(next, generation);
@@ -478,7 +539,13 @@ async fn uninstall(ctx: &Context, pack: &Pack) -> Result<Option<Duration>, Error
     let started = Instant::now();
     let result = ctx
         .helm
-        .uninstall(&ns, &name, &pack_value_strings(pack, ctx.max_values_bytes), &ctx.stop)
+        .uninstall(
+            &ns,
+            &name,
+            identity.as_ref().map(Identity::username).as_deref(),
+            &pack_value_strings(pack, ctx.max_values_bytes),
+            &ctx.stop,
+        )
         .await;
     match result {
         Ok(()) => {

@@ -30,6 +30,7 @@ pub const UNINSTALLING: &str = "Uninstalling";
 pub const UNINSTALL_FAILED: &str = "UninstallFailed";
 pub const SUSPENDED: &str = "Suspended";
 pub const API_REQUEST_FAILED: &str = "KubernetesAPIError";
+pub const SERVICE_ACCOUNT_NOT_FOUND: &str = "ServiceAccountNotFound";
 
 /// The status to start from: the current one with `observedGeneration` of this spec.
 pub fn base(pack: &Pack) -> PackStatus {
@@ -164,6 +165,27 @@ pub fn api_request_failed(
             conditions::READY,
             false,
             API_REQUEST_FAILED,
+            message,
+            generation,
+        ),
+    );
+    conditions::remove(&mut status.conditions, conditions::RECONCILING);
+    status
+}
+
+/// The ServiceAccount the Pack's Helm operations run as does not exist: nothing runs. The state (STATUS
+/// column) and the release are left as they are.
+pub fn service_account_missing(
+    mut status: PackStatus,
+    message: String,
+    generation: Option<i64>,
+) -> PackStatus {
+    conditions::set(
+        &mut status.conditions,
+        conditions::new(
+            conditions::READY,
+            false,
+            SERVICE_ACCOUNT_NOT_FOUND,
             message,
             generation,
         ),

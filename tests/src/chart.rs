@@ -202,3 +202,28 @@ pub fn assert_forbidden<T: std::fmt::Debug>(what: &str, result: Result<T, kube::
         other => panic!("{what}: expected 403 Forbidden, got {other:?}"),
     }
 }
+
+/// Renders the chart for one controller as release `release` in `namespace` (unique names, so its
+/// ClusterRoles cannot collide with another test's), applies its ServiceAccount and RBAC to the shared
+/// test cluster, and returns a kubeconfig holding that ServiceAccount's token.
+pub async fn chart_service_account(
+    release: &str,
+    namespace: &str,
+    controller: &str,
+    extra: &[&str],
+) -> (PathBuf, ReleaseRbacGuard) {
+    let env = crate::test_env();
+    let mut sets = enable_only(&[controller]);
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    let docs = template(release, namespace, &sets).unwrap();
+    let rbac = rbac_documents(&docs);
+    let guard = ReleaseRbacGuard {
+        kubeconfig: env.kubeconfig.clone(),
+        release: release.to_owned(),
+    };
+    apply(&env.kubeconfig, &rbac).unwrap();
+    let sa = of_kind(&rbac, "ServiceAccount");
+    assert_eq!(sa.len(), 1, "one ServiceAccount for {controller}");
+    let kubeconfig = env.service_account_kubeconfig(namespace, name(sa[0])).await;
+    (kubeconfig, guard)
+}

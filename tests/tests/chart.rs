@@ -9,8 +9,8 @@ use std::{collections::BTreeSet, path::Path, time::Duration};
 use common::crd::{ClusterPackRepository, Pack};
 use e2e::{
     chart::{
-        CONTROLLERS, ReleaseRbacGuard, apply, assert_forbidden, chart_dir, component, enable_only,
-        helm, kind, name, of_kind, parse_documents, rbac_documents, template,
+        CONTROLLERS, assert_forbidden, chart_dir, chart_service_account, component, enable_only,
+        helm, kind, name, of_kind, parse_documents, template,
     },
     cluster::{ControlPlane, client_from},
     controller::ControllerProcess,
@@ -863,31 +863,6 @@ async fn installing_only_the_redeploy_controller_creates_nothing_of_the_others()
     assert_eq!(policy(&crd), None, "helm upgrade updated the CRD");
     drop(plane);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Renders the chart for one controller as release `release` in `namespace` (unique names, so its
-/// ClusterRoles cannot collide with another test's), applies its ServiceAccount and RBAC to the shared
-/// test cluster, and returns a kubeconfig holding that ServiceAccount's token.
-async fn chart_service_account(
-    release: &str,
-    namespace: &str,
-    controller: &str,
-    extra: &[&str],
-) -> (std::path::PathBuf, ReleaseRbacGuard) {
-    let env = test_env();
-    let mut sets = enable_only(&[controller]);
-    sets.extend(extra.iter().map(|s| s.to_string()));
-    let docs = template(release, namespace, &sets).unwrap();
-    let rbac = rbac_documents(&docs);
-    let guard = ReleaseRbacGuard {
-        kubeconfig: env.kubeconfig.clone(),
-        release: release.to_owned(),
-    };
-    apply(&env.kubeconfig, &rbac).unwrap();
-    let sa = of_kind(&rbac, "ServiceAccount");
-    assert_eq!(sa.len(), 1, "one ServiceAccount for {controller}");
-    let kubeconfig = env.service_account_kubeconfig(namespace, name(sa[0])).await;
-    (kubeconfig, guard)
 }
 
 /// Controller flags for a test: scoped to `namespace` (parallel tests share the cluster), the Lease in

@@ -53,6 +53,17 @@ pub struct PackSpec {
     /// suspended Pack still uninstalls its release.
     #[serde(default, skip_serializing_if = "is_false")]
     pub suspend: bool,
+
+    /// The ServiceAccount of the Pack's namespace that every Helm operation of the release runs as
+    /// (impersonated): what it may not do, the Pack cannot do. Empty: the controller's
+    /// `--default-service-account` of this namespace, or, when the controller has none, the controller's
+    /// own rights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub service_account_name: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {

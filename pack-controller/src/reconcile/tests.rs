@@ -26,7 +26,7 @@ use crate::{
     chart::ChartCache,
     error::Error,
     helm::{Helm, HelmConfig},
-    index::{CacheValidators, CachedRepository, IndexCache, IndexFetcher, parse_index},
+    index::{CacheValidators, CachedRepository, HttpFetcher, IndexCache, parse_index},
     metrics::{HelmMetrics, PackStates},
 };
 
@@ -77,7 +77,7 @@ fn context(client: Client) -> (Arc<Context>, PathBuf) {
         ),
         metrics: ReconcileMetrics::register(&mut registry, "pack"),
         helm,
-        charts: ChartCache::new(IndexFetcher::new(), work_dir.join("charts")),
+        charts: ChartCache::new(HttpFetcher::new(), work_dir.join("charts")),
         states: PackStates::register(&mut registry),
         max_index_bytes: 1 << 20,
         max_values_bytes: crate::resolve::DEFAULT_MAX_VALUES_BYTES,
@@ -85,6 +85,8 @@ fn context(client: Client) -> (Arc<Context>, PathBuf) {
         stop: CancellationToken::new(),
         errors: Mutex::default(),
         namespaces: vec![],
+        default_service_account: None,
+        config: kube::Config::new("http://127.0.0.1:1".parse().unwrap()),
     };
     (Arc::new(ctx), work_dir)
 }
