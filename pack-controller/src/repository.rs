@@ -385,13 +385,12 @@ async fn write_status(
     status: ClusterPackRepositoryStatus,
 ) -> Result<(), Error> {
     let old = repo.status.clone().unwrap_or_default();
-    if old == status {
+    let api: Api<ClusterPackRepository> = Api::all(ctx.client.clone());
+    if !common::status::write(&api, &repo.name_any(), FIELD_MANAGER, Some(&old), &status).await? {
         return Ok(());
     }
-    let old_ready = conditions::find(&old.conditions, conditions::READY).cloned();
-    let new_ready = conditions::find(&status.conditions, conditions::READY).cloned();
-    let api: Api<ClusterPackRepository> = Api::all(ctx.client.clone());
-    common::status::apply(&api, &repo.name_any(), FIELD_MANAGER, &status).await?;
+    let old_ready = conditions::find(&old.conditions, conditions::READY);
+    let new_ready = conditions::find(&status.conditions, conditions::READY);
     if let Some(new) = new_ready
         && old_ready.as_ref().map(|c| (&c.reason, &c.status)) != Some((&new.reason, &new.status))
     {
