@@ -327,6 +327,8 @@ fn tokenize(group: &str) -> Vec<Token<'_>> {
     tokens
 }
 
+/// One `||` alternative: its tokens into comparisons. Long because it is one state machine over the token
+/// stream (operator, version, hyphen range, wildcard); split up it would read worse.
 fn parse_alternative(constraint: &str, group: &str) -> Result<Alternative, VersionError> {
     let syntax = |detail: String| VersionError::InvalidSyntax {
         constraint: constraint.to_string(),
