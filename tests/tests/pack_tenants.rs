@@ -11,7 +11,7 @@ use e2e::{
     cluster::client_from,
     controller::ControllerProcess,
     events::wait_event,
-    packs::{pack_work_dir, served_repository, start_pack_controller},
+    packs::{pack_work_dir, served_repository},
     test_env, tools, wait,
 };
 use k8s_openapi::api::{
@@ -27,6 +27,23 @@ use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 const EVERY: Duration = Duration::from_millis(250);
+
+/// pack-controller flags for a test in namespace `ns`: its Packs only, the Lease there under the name the
+/// chart's Role allows, short leader-election timings, the pinned helm, a work directory of its own.
+fn controller_args(ns: &str, work: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        format!("--namespace={ns}"),
+        format!("--lease-namespace={ns}"),
+        "--lease-name=pack-controller".to_owned(),
+        "--lease-duration=3s".to_owned(),
+        "--renew-deadline=2s".to_owned(),
+        "--retry-period=500ms".to_owned(),
+        format!("--helm-binary={}", tools::tool("helm").unwrap().display()),
+        format!("--work-dir={}", work.display()),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    args
+}
 
 /// Pack `name` of genpack from `repo`, run as `account` (None: no spec.serviceAccountName), with `values`.
 fn pack(name: &str, repo: &str, account: Option<&str>, values: Value) -> Pack {
@@ -134,8 +151,17 @@ async fn a_pack_runs_as_its_service_account_and_cannot_do_more_than_it_may() {
     let admin = env.client().await;
     let served =
         served_repository(&admin, &ns.name, &format!("{}-packs", ns.name), &["0.1.0"]).await;
-    // The controller itself may do anything (admin): only the ServiceAccount limits the Packs.
-    let controller = start_pack_controller(&env, &ns.name, "tenant-0", &[]);
+    // The controller runs with the chart's default RBAC (scope cluster, helmRules `*` on `*`): it may do
+    // anything, so only the ServiceAccount limits the Packs.
+    let release = format!("tn-{}", &ns.name[ns.name.len() - 6..]);
+    let (kubeconfig, _guard) =
+        chart_service_account(&release, &ns.name, "pack-controller", &[]).await;
+    let work = pack_work_dir(&ns.name, "tenant-0");
+    let args = controller_args(&ns.name, &work, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let controller =
+        ControllerProcess::start_with_kubeconfig(&kubeconfig, "pack-controller", "tenant-0", &args)
+            .unwrap();
     let logs = || controller.logs();
     let packs: Api<Pack> = Api::namespaced(admin.clone(), &ns.name);
 
@@ -233,12 +259,11 @@ async fn a_pack_runs_as_its_service_account_and_cannot_do_more_than_it_may() {
             .unwrap()
             .is_none()
     );
-    let _ = std::fs::remove_dir_all(pack_work_dir(&ns.name, "tenant-0"));
+    let _ = std::fs::remove_dir_all(work);
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn lock_down_mode_runs_every_pack_as_its_namespace_default_account_with_minimal_controller_rbac()
- {
+async fn lock_down_mode_runs_packs_as_the_default_account_with_minimal_controller_rbac() {
     let env = test_env();
     let ns = env.namespace("lockdown").await;
     let admin = env.client().await;
@@ -258,17 +283,7 @@ async fn lock_down_mode_runs_every_pack_as_its_namespace_default_account_with_mi
     let served =
         served_repository(&admin, &ns.name, &format!("{}-packs", ns.name), &["0.1.0"]).await;
     let work = pack_work_dir(&ns.name, "lockdown-0");
-    let args = [
-        format!("--namespace={}", ns.name),
-        format!("--lease-namespace={}", ns.name),
-        "--lease-name=pack-controller".to_owned(),
-        "--lease-duration=3s".to_owned(),
-        "--renew-deadline=2s".to_owned(),
-        "--retry-period=500ms".to_owned(),
-        "--default-service-account=deployer".to_owned(),
-        format!("--helm-binary={}", tools::tool("helm").unwrap().display()),
-        format!("--work-dir={}", work.display()),
-    ];
+    let args = controller_args(&ns.name, &work, &["--default-service-account=deployer"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let controller = ControllerProcess::start_with_kubeconfig(
         &kubeconfig,
