@@ -8,7 +8,8 @@
 //!
 //! Reconcile helpers every controller uses: [`finalizer`] (a finalizer whose cleanup may wait without an
 //! error), [`status::write`] (server-side apply of a status that changed), [`events`] (Events folded by
-//! their note), [`requeue::jitter`], [`sync::lock`], [`conditions`]. Feature `testing` adds [`testing`],
+//! their note), [`requeue::jitter`], [`sync::lock`], [`conditions`], [`watch_index`] (waking the referrers of a ConfigMap or
+//! Secret without caching them). Feature `testing` adds [`testing`],
 //! the mocked API server of the controllers' reconcile-level unit tests.
 
 pub mod annotation;
@@ -30,6 +31,7 @@ pub mod sync;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod watch_index;
 
 pub use cli::RuntimeArgs;
 

@@ -9,8 +9,13 @@
 use std::{fmt::Debug, sync::Arc, time::Duration};
 
 use common::{
-    annotation::WatchKind, crd::Pack, events::Recorder, metrics::ReconcileMetrics,
-    runtime::Leading, sync::lock,
+    annotation::WatchKind,
+    crd::Pack,
+    events::Recorder,
+    metrics::ReconcileMetrics,
+    runtime::Leading,
+    sync::lock,
+    watch_index::{SourceEvent, source_changes},
 };
 use futures::{StreamExt, channel::mpsc};
 use k8s_openapi::api::{
@@ -18,7 +23,7 @@ use k8s_openapi::api::{
     core::v1::{ConfigMap, Secret},
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Client, Resource,
     core::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt,
@@ -28,10 +33,10 @@ use kube::{
     },
 };
 use serde::de::DeserializeOwned;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::{
-    index::{SourceKey, WorkloadKey, WorkloadKind},
+    index::{WorkloadKey, WorkloadKind},
     metrics::RedeployMetrics,
     reconcile::{Context, WorkloadStores, error_policy, reconcile},
 };
@@ -248,8 +253,8 @@ where
     Controller::for_stream(stream, reader).with_config(config)
 }
 
-/// Watches ConfigMaps or Secrets (metadata only, nothing cached) and wakes the workloads that watch one
-/// when it changes, is created or is deleted.
+/// Watches ConfigMaps or Secrets (metadata only, nothing cached: [`source_changes`]) and wakes the
+/// workloads that watch one when it changes, is created or is deleted.
 async fn watch_sources<S>(
     api: Api<PartialObjectMeta<S>>,
     kind: WatchKind,
@@ -260,24 +265,13 @@ async fn watch_sources<S>(
     PartialObjectMeta<S>:
         Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + 'static,
 {
-    let mut events = watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .boxed();
-    while let Some(event) = events.next().await {
-        let (obj, deleted) = match event {
-            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => (o, false),
-            Ok(watcher::Event::Delete(o)) => (o, true),
-            Ok(_) => continue,
-            Err(e) => {
-                debug!(error = %e, "source watch error (retrying)");
-                continue;
-            }
-        };
-        let source = SourceKey {
-            kind,
-            namespace: obj.namespace().unwrap_or_default(),
-            name: obj.name_any(),
-        };
+    let mut events = source_changes(api, kind).boxed();
+    while let Some(SourceEvent {
+        source,
+        resource_version,
+        deleted,
+    }) = events.next().await
+    {
         let watchers = lock(&ctx.index).watchers_of(&source);
         if watchers.is_empty() {
             continue;
@@ -285,8 +279,7 @@ async fn watch_sources<S>(
         {
             let mut hashes = lock(&ctx.hashes);
             let fresh = !deleted
-                && hashes.get(&source).map(|(rv, _)| Some(rv))
-                    == Some(obj.resource_version().as_ref());
+                && hashes.get(&source).map(|(rv, _)| Some(rv)) == Some(resource_version.as_ref());
             if fresh {
                 continue; // our own earlier read: nothing new
             }

@@ -1,10 +1,7 @@
 //! Which workloads watch which ConfigMaps and Secrets: a reverse index from a watched object to the
 //! workloads whose annotation names it, so a change of one object wakes exactly its watchers.
-//! Memory is O(annotated workloads), independent of how many ConfigMaps and Secrets exist.
-
-use std::collections::{BTreeSet, HashMap};
-
-use common::annotation::{WatchKind, WatchTarget};
+//! Memory is O(annotated workloads), independent of how many ConfigMaps and Secrets exist. The index
+//! itself is [`common::watch_index`]; this module names what it maps to.
 
 /// Kind of an annotated object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,78 +37,17 @@ impl std::fmt::Display for WorkloadKey {
     }
 }
 
-/// A watched ConfigMap or Secret.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SourceKey {
-    pub kind: WatchKind,
-    pub namespace: String,
-    pub name: String,
-}
+/// A watched ConfigMap or Secret (the key of the shared reverse index).
+pub use common::watch_index::SourceKey;
 
-impl SourceKey {
-    pub fn of(namespace: &str, target: &WatchTarget) -> Self {
-        SourceKey {
-            kind: target.kind,
-            namespace: namespace.to_owned(),
-            name: target.name.clone(),
-        }
-    }
-}
-
-/// The reverse index.
-#[derive(Debug, Default)]
-pub struct WatchIndex {
-    watchers: HashMap<SourceKey, BTreeSet<WorkloadKey>>,
-    watched: HashMap<WorkloadKey, Vec<SourceKey>>,
-}
-
-impl WatchIndex {
-    /// Records that `workload` watches exactly `sources` (replacing what it watched before).
-    pub fn set(&mut self, workload: &WorkloadKey, sources: Vec<SourceKey>) {
-        self.remove(workload);
-        if sources.is_empty() {
-            return;
-        }
-        for source in &sources {
-            self.watchers
-                .entry(source.clone())
-                .or_default()
-                .insert(workload.clone());
-        }
-        self.watched.insert(workload.clone(), sources);
-    }
-
-    /// Forgets `workload` (deleted, or its annotation removed or invalid).
-    pub fn remove(&mut self, workload: &WorkloadKey) {
-        if let Some(old) = self.watched.remove(workload) {
-            for source in old {
-                if let Some(set) = self.watchers.get_mut(&source) {
-                    set.remove(workload);
-                    if set.is_empty() {
-                        self.watchers.remove(&source);
-                    }
-                }
-            }
-        }
-    }
-
-    /// The workloads watching `source`.
-    pub fn watchers_of(&self, source: &SourceKey) -> Vec<WorkloadKey> {
-        self.watchers
-            .get(source)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// Number of distinct watched objects (for the `watched_objects` metric).
-    pub fn watched_objects(&self) -> usize {
-        self.watchers.len()
-    }
-}
+/// The reverse index from a watched object to the workloads that watch it (shared with the
+/// pack-controller's `valuesFrom`: [`common::watch_index`]).
+pub type WatchIndex = common::watch_index::WatchIndex<WorkloadKey>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::annotation::WatchKind;
 
     fn w(name: &str) -> WorkloadKey {
         WorkloadKey {
