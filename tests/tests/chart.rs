@@ -1945,3 +1945,201 @@ fn the_dashboard_and_alerts_query_metrics_the_controllers_register() {
         );
     }
 }
+
+/// What `helm lint --strict` and `helm template` say when both refuse the chart with `sets` (`--set`, or
+/// `--set-json` after `json:`); panics if either accepts it.
+fn refusal(sets: &[&str]) -> String {
+    let chart = chart_dir();
+    let mut lint = vec!["lint", chart.to_str().unwrap(), "--strict"];
+    for s in sets {
+        match s.strip_prefix("json:") {
+            Some(json) => lint.extend(["--set-json", json]),
+            None => lint.extend(["--set", s]),
+        }
+    }
+    let linted = helm(&lint).expect_err(&format!("helm lint accepted {sets:?}"));
+    let owned: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    let rendered = template("po", "pack-operator", &owned)
+        .expect_err(&format!("helm template accepted {sets:?}"));
+    format!("{linted:#}\n{rendered:#}")
+}
+
+#[test]
+fn values_schema_refuses_unknown_keys_and_wrong_types() {
+    // A typo is refused, naming the key, instead of silently installing everything.
+    for (set, key) in [
+        ("redeployController.enable=false", "enable"),
+        ("crd.keep=false", "crd"),
+        ("packController.helm.timout=1m", "timout"),
+        ("reflectorController.leaderElection.enable=false", "enable"),
+        ("metrics.serviceMonitor.enable=true", "enable"),
+        (
+            "metrics.prometheusRule.jobs.pack-controler=scrape",
+            "pack-controler",
+        ),
+        ("packController.rbac.scopes=cluster", "scopes"),
+    ] {
+        let err = refusal(&[set]);
+        assert!(err.contains(&format!("'{key}'")), "{set}: {err}");
+        assert!(err.contains("not allowed"), "{set}: {err}");
+    }
+    // A wrong type is refused, naming where.
+    for (set, path) in [
+        ("packController.replicas=two", "/packController/replicas"),
+        ("crds.keep=yes", "/crds/keep"),
+        (
+            "reflectorController.requireConsent=maybe",
+            "/reflectorController/requireConsent",
+        ),
+        (
+            "packController.maxValuesSize=1MiB",
+            "/packController/maxValuesSize",
+        ),
+        (
+            "packController.defaultServiceAccount=true",
+            "/packController/defaultServiceAccount",
+        ),
+        (
+            "json:packController.extraArgs=\"--namespace=a\"",
+            "/packController/extraArgs",
+        ),
+        (
+            "json:redeployController.podAnnotations={\"a\":1}",
+            "/redeployController/podAnnotations/a",
+        ),
+        ("logFormat=yaml", "/logFormat"),
+        ("redeployController.rate=fast", "/redeployController/rate"),
+        (
+            "packController.image.pullPolicy=Sometimes",
+            "/packController/image/pullPolicy",
+        ),
+        // Durations the binaries parse follow their grammar (and that of the CRDs).
+        (
+            "redeployController.delay=5 minutes",
+            "/redeployController/delay",
+        ),
+        (
+            "packController.helm.timeout=300",
+            "/packController/helm/timeout",
+        ),
+        (
+            "reflectorController.resync=5min",
+            "/reflectorController/resync",
+        ),
+    ] {
+        let err = refusal(&[set]);
+        assert!(err.contains(path), "{set}: {err}");
+    }
+    // Free-form Kubernetes objects stay free-form, and every typed value takes its kind of value.
+    let docs = template(
+        "po",
+        "pack-operator",
+        &[
+            "json:packController.resources={\"limits\":{\"cpu\":\"2\",\"memory\":\"1Gi\"}}".into(),
+            "json:packController.extraEnv=[{\"name\":\"A\",\"valueFrom\":{\"fieldRef\":{\"fieldPath\":\"spec.nodeName\"}}}]".into(),
+            "json:redeployController.affinity={\"nodeAffinity\":{}}".into(),
+            "json:reflectorController.tolerations=[{\"operator\":\"Exists\"}]".into(),
+            "redeployController.podAnnotations.example\\.com/team=platform".into(),
+            "redeployController.podDisruptionBudget.maxUnavailable=50%".into(),
+            "redeployController.rate=0.5".into(),
+            "metrics.prometheusRule.reconcileErrorRate=0.05".into(),
+            "redeployController.delay=1m30s".into(),
+            "packController.helm.timeout=1.5h".into(),
+            "packController.defaultServiceAccount=deployer".into(),
+            "packController.maxValuesSize=2097152".into(),
+            "reflectorController.requireConsent=false".into(),
+            "json:imagePullSecrets=[{\"name\":\"regcred\"}]".into(),
+            "commonLabels.team=platform".into(),
+        ],
+    )
+    .unwrap();
+    assert!(!of_kind(&docs, "Deployment").is_empty());
+}
+
+/// The keys of the objects the schema closes (`additionalProperties: false`), as dotted paths.
+fn closed_schema_keys(schema: &Value, defs: &Value, path: &str, out: &mut BTreeSet<String>) {
+    let schema = match schema["$ref"].as_str() {
+        Some(r) => &defs[r.trim_start_matches("#/$defs/")],
+        None => schema,
+    };
+    if schema["additionalProperties"] != json!(false) {
+        return;
+    }
+    for (key, sub) in schema["properties"].as_object().unwrap() {
+        let p = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        out.insert(p.clone());
+        closed_schema_keys(sub, defs, &p, out);
+    }
+}
+
+#[test]
+fn values_schema_names_exactly_the_keys_of_values_yaml() {
+    // Rendering the defaults proves the schema allows every key of values.yaml; this proves it invents
+    // none, so a key renamed in values.yaml cannot linger in the schema.
+    let chart = chart_dir();
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(chart.join("values.schema.json")).unwrap())
+            .unwrap();
+    let values: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart.join("values.yaml")).unwrap()).unwrap();
+    let mut keys = BTreeSet::new();
+    closed_schema_keys(&schema, &schema["$defs"], "", &mut keys);
+    // Optional by design: one scrape job per controller, none by default.
+    let optional = |k: &str| k.starts_with("metrics.prometheusRule.jobs.");
+    for key in keys.iter().filter(|k| !optional(k)) {
+        let found = key.split('.').try_fold(&values, |v, part| v.get(part));
+        assert!(
+            found.is_some(),
+            "the schema allows {key}, which values.yaml lacks"
+        );
+    }
+    assert!(keys.contains("redeployController.enabled"), "{keys:?}");
+}
+
+/// The NOTES `helm install` prints for the chart with `sets`.
+fn notes(sets: &[String]) -> String {
+    let chart = chart_dir();
+    let mut args = vec![
+        "install",
+        "po",
+        chart.to_str().unwrap(),
+        "--namespace=ops",
+        "--dry-run=client",
+        "-o",
+        "json",
+    ];
+    for s in sets {
+        args.extend(["--set", s.as_str()]);
+    }
+    let release: Value = serde_json::from_str(&helm(&args).unwrap()).unwrap();
+    release["info"]["notes"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn notes_say_crds_are_kept_only_when_the_release_installs_and_keeps_some() {
+    for mask in 0..8u8 {
+        let enabled = combination(mask);
+        let has_crds = enabled.iter().any(|c| !crds_of(c).is_empty());
+        for (install, keep) in [(true, true), (true, false), (false, true), (false, false)] {
+            let mut sets = enable_only(&enabled);
+            sets.push(format!("crds.install={install}"));
+            sets.push(format!("crds.keep={keep}"));
+            let text = notes(&sets);
+            let what = format!("{enabled:?} install={install} keep={keep}:\n{text}");
+            assert_eq!(
+                text.contains("CRDs are kept on uninstall"),
+                has_crds && install && keep,
+                "{what}"
+            );
+            assert_eq!(
+                text.contains("helm uninstall deletes the CRDs"),
+                has_crds && install && !keep,
+                "{what}"
+            );
+        }
+    }
+}
