@@ -133,49 +133,97 @@ impl RuntimeArgs {
     }
 }
 
-/// Parses durations such as `500ms`, `15s`, `5m`, `1h`, `1h30m` or a bare number of seconds.
+/// The grammar of every duration Pack Operator reads, in the CRDs' schemas (as Flux's) and in the flags
+/// and annotations [`parse_duration`] parses: one or more decimal numbers, each with a unit `ms`, `s`, `m`
+/// or `h`, e.g. `500ms`, `15s`, `1.5h`, `1h30m`. No sign, no spaces, no bare number.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+
+/// Inputs of the duration grammar with what they mean (`None`: refused). The unit test of
+/// [`parse_duration`] and the e2e test of the CRDs' [`DURATION_PATTERN`] on the API server both run it,
+/// so the parser and the schema cannot drift apart.
+pub const DURATION_EXAMPLES: &[(&str, Option<Duration>)] = &[
+    ("15s", Some(Duration::from_secs(15))),
+    ("500ms", Some(Duration::from_millis(500))),
+    ("5m", Some(Duration::from_secs(300))),
+    ("1h", Some(Duration::from_secs(3600))),
+    ("1h30m", Some(Duration::from_secs(5400))),
+    ("1m30s500ms", Some(Duration::from_millis(90_500))),
+    ("1.5s", Some(Duration::from_millis(1500))),
+    ("0.5ms", Some(Duration::from_micros(500))),
+    ("1.25h", Some(Duration::from_secs(4500))),
+    ("0s", Some(Duration::ZERO)),
+    ("10s10s", Some(Duration::from_secs(20))),
+    ("007s", Some(Duration::from_secs(7))),
+    ("", None),
+    ("7", None),
+    ("s", None),
+    ("10x", None),
+    ("5 minutes", None),
+    ("5min", None),
+    ("-3s", None),
+    ("+3s", None),
+    (" 5m", None),
+    ("5m ", None),
+    ("1.s", None),
+    (".5s", None),
+    ("1,5s", None),
+    ("1d", None),
+    ("1us", None),
+    ("5M", None),
+];
+
+/// Parses a duration of the [`DURATION_PATTERN`] grammar, e.g. `500ms`, `15s`, `5m`, `1.5h` or `1h30m`
+/// (exactly what the CRDs' schemas admit). Too large a value saturates.
 pub fn parse_duration(input: &str) -> Result<Duration, String> {
-    let s = input.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
+    if input.is_empty() {
+        return Err("empty duration: give a number with a unit, e.g. 15s or 5m".into());
     }
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
+    let bad = |why: &str| format!("invalid duration {input:?}: {why}, e.g. 15s, 5m or 1h30m");
+    let mut total: u128 = 0;
+    let mut rest = input;
     while !rest.is_empty() {
-        let digits = rest
+        let whole_len = rest
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!(
-                "invalid duration {input:?}: expected a number, e.g. 15s or 5m"
-            ));
+        if whole_len == 0 {
+            return Err(bad("expected a number"));
         }
-        let value: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("invalid duration {input:?}: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let part = match unit {
-            "ms" => Duration::from_millis(value),
-            "s" => Duration::from_secs(value),
-            "m" => Duration::from_secs(value.saturating_mul(60)),
-            "h" => Duration::from_secs(value.saturating_mul(3600)),
-            _ => {
-                return Err(format!(
-                    "invalid duration {input:?}: unit must be ms, s, m or h"
-                ));
+        let (whole, after) = rest.split_at(whole_len);
+        let (fraction, after) = match after.strip_prefix('.') {
+            Some(f) => {
+                let len = f.find(|c: char| !c.is_ascii_digit()).unwrap_or(f.len());
+                if len == 0 {
+                    return Err(bad("expected digits after the decimal point"));
+                }
+                f.split_at(len)
             }
+            None => ("", after),
         };
+        let (nanos_per_unit, after): (u128, &str) = if let Some(a) = after.strip_prefix("ms") {
+            (1_000_000, a)
+        } else if let Some(a) = after.strip_prefix('s') {
+            (1_000_000_000, a)
+        } else if let Some(a) = after.strip_prefix('m') {
+            (60_000_000_000, a)
+        } else if let Some(a) = after.strip_prefix('h') {
+            (3_600_000_000_000, a)
+        } else {
+            return Err(bad("each number needs a unit: ms, s, m or h"));
+        };
+        // Digits beyond a unit's nanoseconds cannot change the result: 19 leading ones are plenty.
+        let whole: u128 = whole.parse().unwrap_or(u128::MAX);
+        let mut part = whole.saturating_mul(nanos_per_unit);
+        let digits = &fraction[..fraction.len().min(19)];
+        if !digits.is_empty() {
+            let numerator: u128 = digits.parse().expect("ASCII digits");
+            part =
+                part.saturating_add(numerator * nanos_per_unit / 10u128.pow(digits.len() as u32));
+        }
         total = total.saturating_add(part);
+        rest = after;
     }
-    Ok(total)
+    let secs = u64::try_from(total / 1_000_000_000).unwrap_or(u64::MAX);
+    Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
 }
 
 #[cfg(test)]
@@ -190,19 +238,25 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        for (input, want) in [
-            ("15s", Duration::from_secs(15)),
-            ("500ms", Duration::from_millis(500)),
-            ("5m", Duration::from_secs(300)),
-            ("1h30m", Duration::from_secs(5400)),
-            ("7", Duration::from_secs(7)),
-        ] {
-            assert_eq!(parse_duration(input), Ok(want), "{input}");
+    fn durations_follow_the_crd_grammar() {
+        for (input, want) in DURATION_EXAMPLES {
+            match want {
+                Some(d) => assert_eq!(parse_duration(input), Ok(*d), "{input:?}"),
+                None => assert!(
+                    parse_duration(input).is_err(),
+                    "{input:?} should be refused"
+                ),
+            }
         }
-        for bad in ["", "s", "10x", "1.5s", "-3s"] {
-            assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
-        }
+        // Saturates rather than overflows.
+        assert!(
+            parse_duration(&format!("{}h", "9".repeat(40))).unwrap() > Duration::from_secs(1 << 60)
+        );
+        let err = parse_duration("5 minutes").unwrap_err();
+        assert!(
+            err.contains("\"5 minutes\"") && err.contains("ms, s, m or h"),
+            "{err}"
+        );
     }
 
     #[test]

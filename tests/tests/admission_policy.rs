@@ -294,3 +294,40 @@ async fn pack_names_helm_cannot_use_are_rejected_by_the_crd() {
         "{msg}"
     );
 }
+
+#[tokio::test]
+async fn repository_intervals_the_parser_refuses_are_refused_by_the_crd() {
+    // The CRD's pattern and common::cli::parse_duration agree on the same table, on the real API server:
+    // `interval: 5 minutes` is refused at creation instead of only being reported in status.
+    let client = test_env().client().await;
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "k8s.kubit.ir",
+        "v1alpha1",
+        "ClusterPackRepository",
+    ));
+    let repos = Api::<DynamicObject>::all_with(client, &ar);
+    let repo = |interval: &str| {
+        json!({
+            "apiVersion": "k8s.kubit.ir/v1alpha1",
+            "kind": "ClusterPackRepository",
+            "metadata": { "name": "e2e-interval-grammar" },
+            "spec": { "url": "https://charts.example.com", "interval": interval },
+        })
+    };
+    for (input, want) in common::cli::DURATION_EXAMPLES {
+        let admitted = admit(&repos, repo(input)).await;
+        assert_eq!(
+            admitted.is_ok(),
+            want.is_some(),
+            "interval {input:?}: parser says {want:?}, API server {admitted:?}"
+        );
+    }
+    let msg = admit(&repos, repo("5 minutes")).await.unwrap_err();
+    assert!(
+        msg.starts_with("422")
+            && msg.contains("spec.interval")
+            && msg.contains("5 minutes")
+            && msg.contains(common::cli::DURATION_PATTERN),
+        "{msg}"
+    );
+}

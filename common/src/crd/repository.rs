@@ -25,8 +25,9 @@ pub struct ClusterPackRepositorySpec {
     /// Base URL of the repository: `<url>/index.yaml` is its index.
     #[schemars(regex(pattern = r"^https?://"))]
     pub url: String,
-    /// How often the index is refreshed, e.g. `5m`.
+    /// How often the index is refreshed, e.g. `5m` or `1h30m` (numbers with units `ms`, `s`, `m`, `h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::cli::DURATION_PATTERN))]
     pub interval: Option<String>,
     /// Secret with `username` and `password` keys for basic auth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
