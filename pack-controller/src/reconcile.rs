@@ -588,7 +588,8 @@ async fn uninstall(ctx: &Context, pack: &Pack) -> Result<Option<Duration>, Error
                 EventType::Warning,
                 status::UNINSTALL_FAILED,
                 "Uninstall",
-                &message,
+                // Without the retry time the message has: one error, one Event series.
+                &status::remove_failed_note(&e.to_string()),
             )
             .await;
             Err(Error::Uninstall { source: e, retry })

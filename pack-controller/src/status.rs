@@ -299,7 +299,8 @@ pub fn remove_failed(mut status: PackStatus, error: &str, generation: Option<i64
     status.failures = Some(failures);
     status.state = Some(PackState::RemoveFailed);
     let message = format!(
-        "helm uninstall failed: {error}; retrying in {}s",
+        "{}; retrying in {}s",
+        remove_failed_note(error),
         crate::plan::backoff(failures).as_secs()
     );
     conditions::set(
@@ -313,6 +314,12 @@ pub fn remove_failed(mut status: PackStatus, error: &str, generation: Option<i64
         ),
     );
     status
+}
+
+/// The Event note of a failed uninstall: the error, not when the next try is (the condition says that),
+/// so that the retries of one error are one Event series with a growing count.
+pub fn remove_failed_note(error: &str) -> String {
+    format!("helm uninstall failed: {error}")
 }
 
 /// An install or upgrade that was run: what [`after_apply`] reports on besides its [`Outcome`].
@@ -432,17 +439,13 @@ fn after_failure(
         None => false,
     };
     let retry = plan::backoff(failures_with(&previous, digest));
+    // The condition says when the next try is; the Event note does not, so that the retries of one error
+    // are one Event series with a growing count (common::events), not an Event per retry.
+    let note = message.clone();
     if !stalled {
         message.push_str(&format!("; retrying in {}s", retry.as_secs()));
     }
-    let status = apply_failed(
-        previous,
-        digest,
-        reason,
-        message.clone(),
-        stalled,
-        a.generation,
-    );
+    let status = apply_failed(previous, digest, reason, message, stalled, a.generation);
     Report {
         status,
         event: Announcement {
@@ -450,7 +453,7 @@ fn after_failure(
             reason,
             // Repeated failures of one spec fold into one Event series; another spec gets its own.
             action: format!("{action} {} {}", r.version, &digest.label()[..8]),
-            note: message,
+            note,
         },
         retry: if stalled {
             Retry::Resync
@@ -691,6 +694,44 @@ mod tests {
             ready.message,
             "helm uninstall failed: hook failed; retrying in 20s"
         );
+        assert_eq!(
+            remove_failed_note("hook failed"),
+            "helm uninstall failed: hook failed",
+            "the Event note has no retry time: one error is one series"
+        );
+    }
+
+    #[test]
+    fn retries_of_one_error_are_one_event_series_while_the_backoff_grows() {
+        let p = pack();
+        let r = resolution("0.1.5");
+        let d = ReleaseDigest::of("genpack", "0.1.5", None, &json!({}));
+        let a = Attempted {
+            release: "p",
+            resolution: &r,
+            digest: &d,
+            install: true,
+            requested_at: None,
+            changed_outside: None,
+            generation: Some(3),
+        };
+        let outcome = Outcome::Failed {
+            reason: INSTALL_FAILED,
+            error: "boom".into(),
+            took: std::time::Duration::from_secs(1),
+            rollback: None,
+        };
+        let (mut status, mut events) = (base(&p), vec![]);
+        let mut messages = std::collections::BTreeSet::new();
+        for _ in 0..7 {
+            let report = after_apply(status, &a, &outcome);
+            status = report.status;
+            events.push(report.event);
+            let ready = conditions::find(&status.conditions, conditions::READY).unwrap();
+            messages.insert(ready.message.clone());
+        }
+        assert!(events.iter().all(|e| *e == events[0]), "{events:#?}");
+        assert_eq!(messages.len(), 7, "the condition says when: {messages:?}");
     }
 
     #[test]
@@ -943,7 +984,7 @@ mod tests {
                 event: (
                     true,
                     UPGRADE_FAILED,
-                    "helm upgrade of chart genpack 0.1.5 failed: UPGRADE FAILED: boom; retrying in 20s",
+                    "helm upgrade of chart genpack 0.1.5 failed: UPGRADE FAILED: boom",
                 ),
                 stalled: false,
                 revision: Some(2),
@@ -999,7 +1040,7 @@ mod tests {
                 event: (
                     true,
                     UPGRADE_FAILED,
-                    "helm upgrade of chart genpack 0.1.5 failed: UPGRADE FAILED: boom; rollback to revision 2 failed too: no; retrying in 10s",
+                    "helm upgrade of chart genpack 0.1.5 failed: UPGRADE FAILED: boom; rollback to revision 2 failed too: no",
                 ),
                 stalled: false,
                 revision: Some(2),
@@ -1020,7 +1061,7 @@ mod tests {
                 event: (
                     true,
                     "ChartDigestMismatch",
-                    "helm install of chart genpack 0.1.5 failed: UPGRADE FAILED: boom; retrying in 10s",
+                    "helm install of chart genpack 0.1.5 failed: UPGRADE FAILED: boom",
                 ),
                 stalled: false,
                 revision: None,
@@ -1106,11 +1147,13 @@ mod tests {
                     "{}",
                     c.name
                 );
-                assert!(
-                    !ready.message.is_empty() && e.note == ready.message,
-                    "{}",
-                    c.name
-                );
+                // The condition says when the next try is; the note does not, so that the retries of one
+                // error are one Event series with a growing count.
+                let want = match c.retry {
+                    Retry::After(d) => format!("{}; retrying in {}s", e.note, d.as_secs()),
+                    Retry::Resync => e.note.clone(),
+                };
+                assert_eq!(ready.message, want, "{}", c.name);
             } else {
                 assert_eq!(
                     e.action,

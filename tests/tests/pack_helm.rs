@@ -588,6 +588,36 @@ async fn helm_failures_are_reported_retried_with_backoff_and_recover() {
     // No hot loop, and no second run right after the failure (the decision to run Helm is confirmed on
     // the stored status, which records the failure): the next try waits 10 s.
     helm_runs_at_most(&controller, 0.0, Duration::from_secs(8)).await;
+    // The retry fails the same way: one error is one Event whose series count grows, not an Event per
+    // retry (the note carries no "retrying in 10s/20s", which only the condition says).
+    let events =
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(f.client.clone(), &f.ns.name);
+    wait::until(
+        "one UpgradeFailed Event about test, its series count at 2 or more",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            let seen: Vec<(Option<String>, Option<i32>)> = events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|e| {
+                    e.reason.as_deref() == Some("UpgradeFailed")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("test")
+                })
+                .map(|e| (e.note, e.series.map(|s| s.count)))
+                .collect();
+            match seen.as_slice() {
+                [(Some(note), Some(count))] if *count >= 2 && !note.contains("retrying") => {
+                    Ok(Some(()))
+                }
+                _ => Err(seen),
+            }
+        },
+    )
+    .await;
 
     // Fixed: applied again, the failure counter reset.
     f.patch_spec("test", json!({"values": sample_values()}))
