@@ -228,6 +228,8 @@ mod tests {
             digest,
             urls: vec![format!("{url}/charts/genpack-0.1.0.tgz")],
             values: serde_json::json!({}),
+            secret_strings: vec![],
+            sources: vec![],
         }
     }
 

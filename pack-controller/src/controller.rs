@@ -5,25 +5,32 @@
 //! changes its index, readiness or spec (see [`RepositoryFingerprint`]: not on every fetch); when this
 //! process's index cache gets another index of that repository (a newly published matching version
 //! upgrades it); when its Helm release's Secrets change (a manual `helm rollback` or `helm uninstall` is
-//! corrected); and on a periodic resync. The ClusterPackRepository loop runs beside it
+//! corrected); when a Secret or ConfigMap its `spec.valuesFrom` names is created, changed or deleted
+//! (watched as metadata only through [`common::watch_index`], never cached: the reconcile reads just the
+//! ones it names); and on a periodic resync. The ClusterPackRepository loop runs beside it
 //! ([`crate::repository::run`]).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use common::{
+    annotation::WatchKind,
     conditions,
-    crd::{ClusterPackRepository, Pack, pack::RepositoryKind},
+    crd::{
+        ClusterPackRepository, Pack,
+        pack::{RepositoryKind, ValuesSourceKind},
+    },
     events::Recorder,
     metrics::ReconcileMetrics,
     runtime::Leading,
     sync::lock,
+    watch_index::{SourceKey, WatchIndex, source_changes},
 };
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::{
     Api, Client, ResourceExt,
     api::PartialObjectMeta,
@@ -232,6 +239,8 @@ fn pack_controller(client: &Client, settings: &Settings, cache: &IndexCache) -> 
     // The Pack cache holds what reconciles read, not managedFields or kubectl's last-applied copy of the
     // whole Pack (values included): at 1,000 Packs they are most of the controller's memory.
     let (reader, writer) = kube::runtime::reflector::store();
+    let sources = ValuesSources::default();
+    let indexing = sources.clone();
     let pack_stream = watcher(packs, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(|pack: &mut Pack| {
@@ -239,6 +248,12 @@ fn pack_controller(client: &Client, settings: &Settings, cache: &IndexCache) -> 
             if let Some(a) = pack.metadata.annotations.as_mut() {
                 a.remove("kubectl.kubernetes.io/last-applied-configuration");
             }
+        })
+        .map(move |event| {
+            if let Ok(event) = &event {
+                indexing.follow(event);
+            }
+            event
         })
         .reflect(writer)
         .applied_objects();
@@ -275,6 +290,111 @@ fn pack_controller(client: &Client, settings: &Settings, cache: &IndexCache) -> 
             },
         )
         .reconcile_on(index_changes(cache, store))
+        .reconcile_on(sources.wakeups(client, &settings.namespaces))
+}
+
+/// Which Packs' `spec.valuesFrom` name which Secret or ConfigMap ([`WatchIndex`], kept up to date from
+/// the Pack watch), and the wake-ups a change of one of them makes.
+#[derive(Clone, Default)]
+struct ValuesSources {
+    index: Arc<Mutex<WatchIndex<PackKey>>>,
+    /// The Packs seen during a relist, to forget those that went away meanwhile.
+    relisted: Arc<Mutex<Option<HashSet<PackKey>>>>,
+}
+
+/// A Pack's namespace and name.
+type PackKey = (String, String);
+
+impl ValuesSources {
+    fn key(pack: &Pack) -> PackKey {
+        (pack.namespace().unwrap_or_default(), pack.name_any())
+    }
+
+    /// The sources `pack` names (in its own namespace only).
+    fn of(pack: &Pack) -> Vec<SourceKey> {
+        let ns = pack.namespace().unwrap_or_default();
+        let mut sources: Vec<SourceKey> = pack
+            .spec
+            .values_from
+            .iter()
+            .map(|r| SourceKey {
+                kind: match r.kind {
+                    ValuesSourceKind::Secret => WatchKind::Secret,
+                    ValuesSourceKind::ConfigMap => WatchKind::ConfigMap,
+                },
+                namespace: ns.clone(),
+                name: r.name.clone(),
+            })
+            .collect();
+        sources.sort();
+        sources.dedup();
+        sources
+    }
+
+    /// Follows one event of the Pack watch.
+    fn follow(&self, event: &watcher::Event<Pack>) {
+        let mut index = lock(&self.index);
+        match event {
+            watcher::Event::Init => *lock(&self.relisted) = Some(Default::default()),
+            watcher::Event::InitApply(p) => {
+                if let Some(seen) = lock(&self.relisted).as_mut() {
+                    seen.insert(Self::key(p));
+                }
+                index.set(&Self::key(p), Self::of(p));
+            }
+            watcher::Event::InitDone => {
+                if let Some(seen) = lock(&self.relisted).take() {
+                    index.retain(|k| seen.contains(k));
+                }
+            }
+            watcher::Event::Apply(p) => index.set(&Self::key(p), Self::of(p)),
+            watcher::Event::Delete(p) => index.remove(&Self::key(p)),
+        }
+    }
+
+    /// The Packs to reconcile because a Secret or ConfigMap they name changed. One metadata watch per
+    /// kind and namespace in scope (or one for all), nothing cached.
+    fn wakeups(
+        &self,
+        client: &Client,
+        namespaces: &[String],
+    ) -> impl futures::Stream<Item = ObjectRef<Pack>> + Send + 'static {
+        let apis = |ns: Option<&String>| -> (
+            Api<PartialObjectMeta<Secret>>,
+            Api<PartialObjectMeta<ConfigMap>>,
+        ) {
+            match ns {
+                Some(ns) => (
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                ),
+                None => (Api::all(client.clone()), Api::all(client.clone())),
+            }
+        };
+        let scopes: Vec<Option<&String>> = if namespaces.is_empty() {
+            vec![None]
+        } else {
+            namespaces.iter().map(Some).collect()
+        };
+        let mut streams = Vec::new();
+        for ns in scopes {
+            let (secrets, config_maps) = apis(ns);
+            streams.push(source_changes(secrets, WatchKind::Secret).boxed());
+            streams.push(source_changes(config_maps, WatchKind::ConfigMap).boxed());
+        }
+        let index = self.index.clone();
+        futures::stream::select_all(streams).flat_map(move |event| {
+            let packs: Vec<ObjectRef<Pack>> = lock(&index)
+                .watchers_of(&event.source)
+                .into_iter()
+                .map(|(ns, name)| ObjectRef::new(&name).within(&ns))
+                .collect();
+            if !packs.is_empty() {
+                debug!(kind = ?event.source.kind, name = %event.source.name, "a valuesFrom source changed");
+            }
+            futures::stream::iter(packs)
+        })
+    }
 }
 
 /// The Packs of `store` in namespace `ns` whose Helm operations run as ServiceAccount `name`.

@@ -12,7 +12,7 @@ use tracing::warn;
 use crate::{
     chart::ChartError,
     error::Error,
-    helm::{HelmError, Upgrade, value_strings},
+    helm::{HelmError, Upgrade},
     identity::Identity,
     plan::{Outcome, ReleaseDigest, RollbackOutcome},
     reconcile::{Context, publish},
@@ -95,11 +95,12 @@ async fn rollback(
     to: i64,
 ) -> Result<RollbackOutcome, Error> {
     let started = Instant::now();
-    let redact = value_strings(&a.resolution.values);
+    // Only what came from Secrets is secret (the older values restored are unknown here; see docs/pack.md).
+    let redact = &a.resolution.secret_strings;
     let as_user = a.identity.map(Identity::username);
     match ctx
         .helm
-        .rollback(ns, name, to, as_user.as_deref(), &redact, &ctx.stop)
+        .rollback(ns, name, to, as_user.as_deref(), redact, &ctx.stop)
         .await
     {
         Ok(()) => {
@@ -160,6 +161,7 @@ async fn run_helm(
         release: name,
         chart: &chart,
         values: &a.resolution.values,
+        redact: &a.resolution.secret_strings,
         labels: &labels,
         as_user: as_user.as_deref(),
     };

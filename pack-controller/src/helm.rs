@@ -115,6 +115,8 @@ pub struct Upgrade<'a> {
     pub chart: &'a Path,
     /// Final values (after vars).
     pub values: &'a Value,
+    /// The strings to blank out of Helm's messages: those that came from Secrets.
+    pub redact: &'a [String],
     /// `helm upgrade --labels` (stored on Helm's release Secret).
     pub labels: &'a [(&'a str, &'a str)],
     /// The user Helm impersonates (`--kube-as-user`; see [`crate::identity`]); None: the controller.
@@ -220,8 +222,7 @@ impl Helm {
             "json".into(),
         ];
         args.extend(impersonation(req.as_user));
-        let redact = value_strings(req.values);
-        let stdout = self.run(operation, args, &redact, stop).await?;
+        let stdout = self.run(operation, args, req.redact, stop).await?;
         drop(values);
         parse_release(&stdout)
     }
@@ -509,6 +510,19 @@ fn blank(text: &str, needle: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// `text` with every form (see [`forms`]) of the `redact` strings blanked as `<value>` (for messages
+/// that are not Helm's).
+pub fn redact(text: &str, redact: &[String]) -> String {
+    let mut needles: Vec<String> = redact.iter().flat_map(|s| forms(s)).collect();
+    needles.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    needles.dedup();
+    let mut text = text.replace(BLANK, "");
+    for needle in &needles {
+        text = blank(&text, needle);
+    }
+    text.replace(BLANK, "<value>")
 }
 
 /// Helm's error from its stderr: the text after the last `Error: ` (or all of it), on one line, with

@@ -5,7 +5,7 @@
 //!   the `Controller`, `Settings`, `run`); `repository` (the ClusterPackRepository loop that fetches
 //!   indexes into the shared cache).
 //! - **Decisions (pure)** — `resolve` (a Pack's chart and constraint against a cached index), `versions`
-//!   (chart version constraints), `vars` (`{{ vars.NAME }}` substitution), `plan` (the release digest,
+//!   (chart version constraints), `values_from` (merging `spec.valuesFrom`), `vars` (`{{ vars.NAME }}` substitution), `plan` (the release digest,
 //!   what to do — nothing, install, upgrade, recover, wait — and the `Outcome` of doing it).
 //! - **Execution** — `reconcile` (one reconcile: resolve, decide, act, report; deletion), `execute`
 //!   (running a planned install/upgrade, rollback and stuck-release recovery into an `Outcome`), `helm`
@@ -29,6 +29,7 @@ pub mod release;
 pub mod repository;
 pub mod resolve;
 pub mod status;
+pub mod values_from;
 pub mod vars;
 pub mod versions;
 

@@ -16,7 +16,7 @@ use common::{
     conditions,
     crd::{
         ClusterPackRepository, Pack, PackStatus,
-        pack::{PackState, RepositoryKind},
+        pack::{PackState, RepositoryKind, ValuesSourceKind},
     },
     events::Recorder,
     finalizer::{self, Cleanup},
@@ -35,7 +35,7 @@ use crate::{
     chart::ChartCache,
     error::Error,
     execute,
-    helm::{Helm, HelmError, value_strings},
+    helm::{Helm, HelmError},
     identity::Identity,
     index::IndexCache,
     metrics::PackStates,
@@ -44,6 +44,7 @@ use crate::{
     repository::FIELD_MANAGER,
     resolve::{self, RepositoryLookup, Resolution, ResolveError},
     status::{self, Retry},
+    values_from::{self, Merge, ValuesFrom, ValuesFromError},
 };
 
 /// Finalizer that keeps a Pack until its Helm release is uninstalled.
@@ -193,7 +194,11 @@ async fn apply(pack: &Pack, ctx: &Context) -> Result<Action, Error> {
             }
         }
     };
-    let resolution = match resolve::resolve(&pack.spec, lookup, ctx.max_values_bytes) {
+    let resolution = match read_values_from(ctx, pack, false)
+        .await?
+        .map_err(ResolveError::from)
+        .and_then(|from| resolve::resolve_from(&pack.spec, from, lookup, ctx.max_values_bytes))
+    {
         Ok(r) => r,
         Err(e) => {
             let next = status::resolve_failed(pack, &e);
@@ -543,7 +548,7 @@ async fn uninstall(ctx: &Context, pack: &Pack) -> Result<Option<Duration>, Error
             &ns,
             &name,
             identity.as_ref().map(Identity::username).as_deref(),
-            &pack_value_strings(pack, ctx.max_values_bytes),
+            &uninstall_redact(ctx, &stored).await,
             &ctx.stop,
         )
         .await;
@@ -597,15 +602,58 @@ async fn uninstall(ctx: &Context, pack: &Pack) -> Result<Option<Duration>, Error
     }
 }
 
-/// The strings to blank out of Helm's errors for `pack`: those of its final values and, should its vars
-/// no longer apply (or expand beyond `max_values_bytes`), of its values and vars as written.
-fn pack_value_strings(pack: &Pack, max_values_bytes: usize) -> Vec<String> {
-    let values = pack.spec.values.clone().unwrap_or(serde_json::Value::Null);
-    let mut all = vec![values.clone(), serde_json::json!(pack.spec.vars)];
-    if let Ok(v) = crate::vars::substitute(&pack.spec.vars, &values, max_values_bytes) {
-        all.push(v);
+/// Reads the objects `spec.valuesFrom` names (one GET each, in list order; nothing is cached, and each
+/// object is dropped once its key is merged) and merges them ([`values_from`]). The inner error is the
+/// Pack's (a missing object, content that is not values, too large); the outer one the API's. `lenient`:
+/// every entry counts as optional and a bad one is skipped (for blanking only).
+async fn read_values_from(
+    ctx: &Context,
+    pack: &Pack,
+    lenient: bool,
+) -> Result<Result<ValuesFrom, ValuesFromError>, Error> {
+    let ns = namespace(pack);
+    let mut merge = Merge::new(&ns, ctx.max_values_bytes);
+    for (index, entry) in pack.spec.values_from.iter().enumerate() {
+        let key = entry.key();
+        let fetched = match entry.kind {
+            ValuesSourceKind::Secret => values_from::secret_key(
+                Api::namespaced(ctx.client.clone(), &ns)
+                    .get_opt(&entry.name)
+                    .await?,
+                key,
+            ),
+            ValuesSourceKind::ConfigMap => values_from::config_map_key(
+                Api::namespaced(ctx.client.clone(), &ns)
+                    .get_opt(&entry.name)
+                    .await?,
+                key,
+            ),
+        };
+        let result = if lenient {
+            let mut entry = entry.clone();
+            entry.optional = true;
+            merge.add(index, &entry, fetched)
+        } else {
+            merge.add(index, entry, fetched)
+        };
+        if let Err(e) = result
+            && !lenient
+        {
+            return Ok(Err(e));
+        }
     }
-    value_strings(&serde_json::Value::Array(all))
+    Ok(Ok(merge.finish()))
+}
+
+/// The strings to blank out of Helm's messages at uninstall: those of the Pack's Secrets as they are now
+/// (as written and with vars applied). Best effort: what cannot be read is not blanked.
+async fn uninstall_redact(ctx: &Context, pack: &Pack) -> Vec<String> {
+    match read_values_from(ctx, pack, true).await {
+        Ok(Ok(from)) => {
+            resolve::secret_forms(&pack.spec.vars, from.secret_strings, ctx.max_values_bytes)
+        }
+        _ => vec![],
+    }
 }
 
 fn repository_reports_ready(repo: &ClusterPackRepository) -> bool {
@@ -635,9 +683,12 @@ async fn announce_resolve_failure(ctx: &Context, pack: &Pack, e: &ResolveError) 
     let old = pack
         .status
         .as_ref()
-        .and_then(|s| conditions::find(&s.conditions, conditions::READY))
-        .map(|c| c.reason.as_str());
-    if old != Some(e.reason()) {
+        .and_then(|s| conditions::find(&s.conditions, conditions::READY));
+    let new_reason = old.map(|c| c.reason.as_str()) != Some(e.reason());
+    // A valuesFrom entry names its object: another missing object is news too.
+    let new_source = matches!(e, ResolveError::ValuesFrom(_))
+        && old.map(|c| c.message.as_str()) != Some(e.to_string().as_str());
+    if new_reason || new_source {
         info!(reason = e.reason(), "{e}");
         publish(
             ctx,

@@ -6,11 +6,12 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, io};
 
-use common::crd::PackSpec;
+use common::crd::{PackSpec, pack::ValuesSourceVersion};
 use serde_json::Value;
 
 use crate::{
     index::{ChartVersionEntry, RepositoryIndex},
+    values_from::{ValuesFrom, ValuesFromError, merge_maps},
     vars::{self, VarsError},
     versions::{self, VersionConstraint, VersionError},
 };
@@ -44,8 +45,12 @@ pub struct Resolution {
     pub digest: Option<String>,
     /// Where the archive can be downloaded.
     pub urls: Vec<String>,
-    /// `values` with vars substituted.
+    /// `valuesFrom`, then `values`, merged, with vars substituted.
     pub values: Value,
+    /// The strings of `values` that came from Secrets: blanked out of Helm's messages.
+    pub secret_strings: Vec<String>,
+    /// The `valuesFrom` objects merged in.
+    pub sources: Vec<ValuesSourceVersion>,
 }
 
 /// Why a Pack could not be resolved. [`ResolveError::reason`] feeds the `Ready` condition and Events.
@@ -83,6 +88,10 @@ pub enum ResolveError {
         available: Vec<String>,
         more: usize,
     },
+    /// A `valuesFrom` object or key is missing (heals when it appears), its content is not values, or a
+    /// `targetPath` does not parse.
+    #[error("{0}")]
+    ValuesFrom(ValuesFromError),
     #[error("spec.vars cannot be applied to spec.values: {0}")]
     InvalidVars(VarsError),
     /// The values, once vars are applied, are larger than `--max-values-size` (counted as compact JSON;
@@ -128,6 +137,7 @@ impl ResolveError {
             ResolveError::NoMatchingVersion { .. } => "NoMatchingVersion",
             ResolveError::InvalidVars(e) => e.reason(),
             ResolveError::ValuesTooLarge { .. } => "ValuesTooLarge",
+            ResolveError::ValuesFrom(e) => e.reason(),
         }
     }
 
@@ -139,6 +149,7 @@ impl ResolveError {
             ResolveError::InvalidVersionConstraint(_)
                 | ResolveError::InvalidVars(_)
                 | ResolveError::ValuesTooLarge { .. }
+                | ResolveError::ValuesFrom(ValuesFromError::InvalidTargetPath { .. })
         )
     }
 }
@@ -154,19 +165,67 @@ fn list(prefix: &str, items: &[String], more: &usize) -> String {
     s
 }
 
-/// Resolves `spec` against the repository named `repository` in the state `lookup`; its values, vars
-/// applied, may take at most `max_values_bytes` as JSON.
+impl From<ValuesFromError> for ResolveError {
+    fn from(e: ValuesFromError) -> Self {
+        match e {
+            ValuesFromError::TooLarge {
+                size_at_least,
+                limit,
+                path,
+            } => ResolveError::ValuesTooLarge {
+                size_at_least,
+                limit,
+                path,
+            },
+            other => ResolveError::ValuesFrom(other),
+        }
+    }
+}
+
+/// Resolves `spec` (without `valuesFrom`) against the repository named `repository` in the state
+/// `lookup`; its values, vars applied, may take at most `max_values_bytes` as JSON.
 pub fn resolve(
     spec: &PackSpec,
+    lookup: RepositoryLookup<'_>,
+    max_values_bytes: usize,
+) -> Result<Resolution, ResolveError> {
+    resolve_from(spec, ValuesFrom::default(), lookup, max_values_bytes)
+}
+
+/// [`resolve`], with `from` (the merged `valuesFrom` entries) under `spec.values`: `values` is merged on
+/// top, then vars are applied to the result (so values from a Secret may use `{{ vars.X }}`).
+pub fn resolve_from(
+    spec: &PackSpec,
+    from: ValuesFrom,
     lookup: RepositoryLookup<'_>,
     max_values_bytes: usize,
 ) -> Result<Resolution, ResolveError> {
     let repository = spec.chart.repository.name.clone();
     let chart = spec.chart.name.clone();
     let constraint = VersionConstraint::parse(spec.chart.version.as_deref().unwrap_or(""))?;
-    let empty = Value::Object(Default::default());
-    let values = spec.values.as_ref().unwrap_or(&empty);
-    let values = vars::substitute(&spec.vars, values, max_values_bytes)?;
+    let ValuesFrom {
+        values: mut merged,
+        secret_strings,
+        sources,
+    } = from;
+    let values = match spec.values.clone() {
+        Some(Value::Object(inline)) => {
+            merge_maps(&mut merged, inline);
+            Value::Object(merged)
+        }
+        // Not a map (the CRD allows only maps): kept as written, as before valuesFrom.
+        Some(other) if merged.is_empty() => other,
+        _ => Value::Object(merged),
+    };
+    let values = vars::substitute(&spec.vars, &values, max_values_bytes).map_err(|e| match e {
+        // Its text is part of a value, which may have come from a Secret.
+        VarsError::MalformedReference { path, reference } => VarsError::MalformedReference {
+            path,
+            reference: crate::helm::redact(&reference, &secret_strings),
+        },
+        e => e,
+    })?;
+    let secret_strings = secret_forms(&spec.vars, secret_strings, max_values_bytes);
     // `substitute` counts exactly as it goes; this is the size as written, checked once more without
     // building the bytes.
     let size = serialized_len(&values);
@@ -215,11 +274,36 @@ pub fn resolve(
         digest: entry.digest.clone(),
         urls: entry.urls.clone(),
         values,
+        secret_strings,
+        sources,
     })
 }
 
+/// The strings that came from Secrets as written and, where they hold a var, with vars applied (the form
+/// that reaches Helm): longest first, no repeats.
+pub fn secret_forms(
+    vars: &BTreeMap<String, Value>,
+    mut strings: Vec<String>,
+    max_values_bytes: usize,
+) -> Vec<String> {
+    let substituted: Vec<String> = strings
+        .iter()
+        .filter(|s| s.contains("{{"))
+        .filter_map(
+            |s| match vars::substitute(vars, &Value::String(s.clone()), max_values_bytes) {
+                Ok(Value::String(t)) => Some(t),
+                _ => None,
+            },
+        )
+        .collect();
+    strings.extend(substituted);
+    strings.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    strings.dedup();
+    strings
+}
+
 /// The length of `value` as compact JSON (`serde_json::to_vec`), counted without allocating it.
-fn serialized_len(value: &Value) -> usize {
+pub(crate) fn serialized_len(value: &Value) -> usize {
     struct Count(usize);
     impl io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -431,6 +515,117 @@ entries:
         s.values = None;
         assert!(resolve(&s, RepositoryLookup::Ready(&idx), 2).is_ok());
         assert!(resolve(&s, RepositoryLookup::Ready(&idx), 1).is_err());
+    }
+
+    #[test]
+    fn merge_order_values_from_then_values_then_vars() {
+        use crate::values_from::{Fetched, Merge};
+        use common::crd::pack::{ValuesReference, ValuesSourceKind};
+        let idx = index();
+        let entry = |kind, name: &str, key: Option<&str>, target: Option<&str>| ValuesReference {
+            kind,
+            name: name.into(),
+            values_key: key.map(Into::into),
+            target_path: target.map(Into::into),
+            optional: false,
+        };
+        let found = |t: &str| Fetched::Found {
+            resource_version: "1".into(),
+            value: Some(t.as_bytes().to_vec()),
+        };
+        let mut m = Merge::new("ns", LIMIT);
+        m.add(
+            0,
+            &entry(ValuesSourceKind::ConfigMap, "defaults", None, None),
+            found("a: cm\nb: cm\nc: cm\nd: {x: cm, y: cm}\n"),
+        )
+        .unwrap();
+        m.add(
+            1,
+            &entry(ValuesSourceKind::Secret, "db", None, None),
+            found("b: secret-b-value\nc: secret-c-value\nd: {y: secret-y-value}\nurl: 'db://{{ vars.HOST }}/app'\n"),
+        )
+        .unwrap();
+        m.add(
+            2,
+            &entry(
+                ValuesSourceKind::Secret,
+                "db",
+                Some("password"),
+                Some("auth.password"),
+            ),
+            found("hunter2hunter2"),
+        )
+        .unwrap();
+        let mut s = spec("genpack", "0.1.0");
+        s.vars.insert("HOST".into(), json!("pg.internal"));
+        s.vars.insert("TAG".into(), json!("inline-tag-value"));
+        s.values = Some(json!({"c": "inline", "tag": "{{ vars.TAG }}"}));
+        let got = resolve_from(&s, m.finish(), RepositoryLookup::Ready(&idx), LIMIT).unwrap();
+        // Later entries win over earlier ones, values over all; vars apply to what Secrets gave too.
+        assert_eq!(
+            got.values,
+            json!({
+                "a": "cm",
+                "b": "secret-b-value",
+                "c": "inline",
+                "d": {"x": "cm", "y": "secret-y-value"},
+                "url": "db://pg.internal/app",
+                "auth": {"password": "hunter2hunter2"},
+                "tag": "inline-tag-value",
+            })
+        );
+        // Blanked: exactly what came from Secrets (as written and with vars applied), not inline values,
+        // vars or ConfigMaps.
+        let mut blanked = got.secret_strings.clone();
+        blanked.sort();
+        assert_eq!(
+            blanked,
+            vec![
+                "db://pg.internal/app",
+                "db://{{ vars.HOST }}/app",
+                "hunter2hunter2",
+                "secret-b-value",
+                "secret-c-value",
+                "secret-y-value",
+            ]
+        );
+        let message = crate::helm::error_message(
+            "Error: x: invalid value hunter2hunter2 for inline-tag-value at db://pg.internal/app (cm)",
+            &got.secret_strings,
+        );
+        assert_eq!(
+            message,
+            "x: invalid value <value> for inline-tag-value at <value> (cm)"
+        );
+    }
+
+    #[test]
+    fn values_from_counts_against_the_limit_with_values() {
+        use crate::values_from::{Fetched, Merge};
+        use common::crd::pack::{ValuesReference, ValuesSourceKind};
+        let idx = index();
+        let mut m = Merge::new("ns", 100);
+        m.add(
+            0,
+            &ValuesReference {
+                kind: ValuesSourceKind::Secret,
+                name: "s".into(),
+                values_key: None,
+                target_path: Some("a".into()),
+                optional: false,
+            },
+            Fetched::Found {
+                resource_version: "1".into(),
+                value: Some(vec![b'x'; 80]),
+            },
+        )
+        .unwrap();
+        let mut s = spec("genpack", "0.1.0");
+        // 88 bytes from the Secret, then `,"b":"…"` on top.
+        s.values = Some(json!({"b": "y".repeat(10)}));
+        let err = resolve_from(&s, m.finish(), RepositoryLookup::Ready(&idx), 100).unwrap_err();
+        assert_eq!(err.reason(), "ValuesTooLarge");
     }
 
     #[test]

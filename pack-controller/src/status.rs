@@ -5,7 +5,7 @@ use common::{
     conditions,
     crd::{
         Pack, PackStatus,
-        pack::{PackAttempt, PackState},
+        pack::{PackAttempt, PackState, ValuesSourceVersion},
     },
 };
 use k8s_openapi::jiff::Timestamp;
@@ -132,6 +132,7 @@ pub fn applied(
     status.applied_version = Some(r.version.clone());
     status.revision = Some(revision);
     status.last_applied_digest = Some(digest.as_str().to_owned());
+    status.values_from = r.sources.clone();
     // Whatever failed before (also another spec, since reverted), the release now is what the Pack asks.
     status.failures = None;
     conditions::set(
@@ -375,6 +376,7 @@ pub fn after_apply(mut previous: PackStatus, a: &Attempted<'_>, outcome: &Outcom
     match outcome {
         Outcome::Applied { revision, took } => {
             let earlier_version = previous.applied_version.clone();
+            let changed = changed_sources(&previous.values_from, &r.sources);
             push_history(
                 &mut previous,
                 attempt(
@@ -393,7 +395,7 @@ pub fn after_apply(mut previous: PackStatus, a: &Attempted<'_>, outcome: &Outcom
                     warning: false,
                     reason: if a.install { "Installed" } else { "Upgraded" },
                     action: format!("{action} {} r{revision}", r.version),
-                    note: applied_note(a, earlier_version.as_deref(), *revision),
+                    note: applied_note(a, earlier_version.as_deref(), &changed, *revision),
                 },
                 retry: Retry::Resync,
             }
@@ -464,7 +466,12 @@ fn after_failure(
 }
 
 /// The note of a successful install/upgrade: what changed.
-fn applied_note(a: &Attempted<'_>, earlier_version: Option<&str>, revision: i64) -> String {
+fn applied_note(
+    a: &Attempted<'_>,
+    earlier_version: Option<&str>,
+    changed_sources: &str,
+    revision: i64,
+) -> String {
     let (r, release) = (a.resolution, a.release);
     match (a.install, earlier_version, a.changed_outside) {
         (true, _, _) => format!(
@@ -480,6 +487,10 @@ fn applied_note(a: &Attempted<'_>, earlier_version: Option<&str>, revision: i64)
              made outside this Pack (revision {revision})",
             r.chart, r.version
         ),
+        (false, _, None) if !changed_sources.is_empty() => format!(
+            "Upgraded chart {} {}: values from {changed_sources} changed (revision {revision})",
+            r.chart, r.version
+        ),
         (false, _, None) => format!(
             "Upgraded chart {} {} with changed values{} (revision {revision})",
             r.chart,
@@ -491,6 +502,22 @@ fn applied_note(a: &Attempted<'_>, earlier_version: Option<&str>, revision: i64)
             },
         ),
     }
+}
+
+/// The `valuesFrom` objects of `now` whose resourceVersion differs from when the release was last applied
+/// (`before`), as `Secret db, ConfigMap defaults`; empty when none (or nothing was recorded before).
+fn changed_sources(before: &[ValuesSourceVersion], now: &[ValuesSourceVersion]) -> String {
+    if before.is_empty() {
+        return String::new();
+    }
+    let mut names: Vec<String> = Vec::new();
+    for n in now.iter().filter(|n| !before.contains(n)) {
+        let name = format!("{} {}", n.kind.as_str(), n.name);
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names.join(", ")
 }
 
 /// Records the rollback after a failed upgrade in the history and the message; whether the Pack is now
@@ -594,6 +621,8 @@ mod tests {
             digest: Some("ab".into()),
             urls: vec![],
             values: json!({}),
+            secret_strings: vec![],
+            sources: vec![],
         }
     }
 

@@ -37,6 +37,11 @@ pub struct PackSpec {
     #[schemars(schema_with = "scalar_map_schema")]
     pub vars: BTreeMap<String, serde_json::Value>,
 
+    /// Values read from Secrets and ConfigMaps of the Pack's namespace, merged in list order; `values` is
+    /// merged on top of them, then `vars` are applied to the result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_from: Vec<ValuesReference>,
+
     /// Helm values, free-form.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_schema")]
@@ -102,6 +107,69 @@ pub enum RepositoryKind {
     ClusterPackRepository,
 }
 
+/// A Secret or ConfigMap of the Pack's namespace whose key holds values.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ValuesReference {
+    /// `Secret` or `ConfigMap`.
+    pub kind: ValuesSourceKind,
+    /// Name of the object, in the Pack's namespace (never another namespace).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key of the object's data that holds the values. Default `values.yaml`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub values_key: Option<String>,
+    /// When set, the key's content is not parsed: its raw string is set at this dotted path of the
+    /// values (`a.b.c`; `\.` for a dot inside a key, as Flux). When unset, the key holds a YAML map that is
+    /// deep-merged into the values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 250))]
+    pub target_path: Option<String>,
+    /// A missing object or key is skipped instead of being an error. Default `false`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub optional: bool,
+}
+
+impl ValuesReference {
+    /// The default of `valuesKey`.
+    pub const DEFAULT_KEY: &'static str = "values.yaml";
+
+    /// `valuesKey`, or its default.
+    pub fn key(&self) -> &str {
+        self.values_key.as_deref().unwrap_or(Self::DEFAULT_KEY)
+    }
+}
+
+/// Kinds of object `valuesFrom` can read.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+pub enum ValuesSourceKind {
+    Secret,
+    ConfigMap,
+}
+
+impl ValuesSourceKind {
+    /// The kind as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValuesSourceKind::Secret => "Secret",
+            ValuesSourceKind::ConfigMap => "ConfigMap",
+        }
+    }
+}
+
+/// A `valuesFrom` object as it was when the release was last applied (never its content).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ValuesSourceVersion {
+    pub kind: ValuesSourceKind,
+    pub name: String,
+    /// Its `metadata.resourceVersion`.
+    pub resource_version: String,
+}
+
 /// The summary state shown in `kubectl get packs`.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum PackState {
@@ -151,6 +219,10 @@ pub struct PackStatus {
     /// The last `reconcile.k8s.kubit.ir/requestedAt` annotation value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
+    /// The `valuesFrom` objects of the values last applied, with their resourceVersion: an upgrade names
+    /// those that changed since.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_from: Vec<ValuesSourceVersion>,
     /// The last few Helm operations, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<PackAttempt>,
