@@ -72,7 +72,7 @@ pub struct HelmConfig {
 /// Why a Helm operation did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum HelmError {
-    /// Helm ran and failed; `message` is its error, trimmed and with values blanked.
+    /// Helm ran and failed; `message` is its error, trimmed and with the strings that came from Secrets blanked.
     #[error("{message}")]
     Failed { message: String },
     #[error("the Helm operation was cancelled because the controller is stopping")]
@@ -227,8 +227,8 @@ impl Helm {
         parse_release(&stdout)
     }
 
-    /// `helm rollback <release> <revision>`; `redact` as for [`value_strings`] (the revision rolled back to
-    /// holds values too).
+    /// `helm rollback <release> <revision>`; `redact`: the strings to blank out of its error (those that
+    /// came from Secrets; the revision rolled back to holds values too).
     pub async fn rollback(
         &self,
         namespace: &str,
@@ -253,8 +253,8 @@ impl Helm {
         self.run("rollback", args, redact, stop).await.map(drop)
     }
 
-    /// `helm uninstall --ignore-not-found`: a release already gone is success. `redact` as for
-    /// [`value_strings`] (hooks run at uninstall render the values).
+    /// `helm uninstall --ignore-not-found`: a release already gone is success. `redact`: the strings to
+    /// blank out of its error (those that came from Secrets; hooks run at uninstall render the values).
     pub async fn uninstall(
         &self,
         namespace: &str,
@@ -441,7 +441,8 @@ fn parse_release(stdout: &[u8]) -> Result<ReleaseOutcome, HelmError> {
     })
 }
 
-/// Every string leaf of `values` long enough to be worth hiding (see [`REDACT_MIN_WORD_LEN`]).
+/// Every string leaf of `values` long enough to be worth hiding (see [`REDACT_MIN_WORD_LEN`]), longest
+/// first (the blanking tests build their lists with it; the controller blanks only strings from Secrets).
 pub fn value_strings(values: &Value) -> Vec<String> {
     fn walk(v: &Value, out: &mut Vec<String>) {
         match v {
