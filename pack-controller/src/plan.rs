@@ -39,6 +39,21 @@ impl ReleaseDigest {
         ReleaseDigest(hex(&h.finalize()))
     }
 
+    /// This digest keyed by `salt` (the uids of the Secrets the values came from), so that it confirms no
+    /// guess of a Secret's value to a reader of the Pack's status or of Helm's release labels, who knows
+    /// everything else the digest covers but not the Secrets' uids. No salt: unchanged.
+    pub fn salted(self, salt: &[String]) -> Self {
+        if salt.is_empty() {
+            return self;
+        }
+        let mut h = Sha256::new();
+        for part in std::iter::once(self.0.as_str()).chain(salt.iter().map(String::as_str)) {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        ReleaseDigest(hex(&h.finalize()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -265,6 +280,17 @@ mod tests {
             ReleaseDigest::of("c", "1", None, &a),
             ReleaseDigest::of("c", "1", None, &b)
         );
+    }
+
+    #[test]
+    fn a_salt_changes_the_digest_and_none_keeps_it() {
+        let d = || ReleaseDigest::of("c", "1", None, &json!({"password": "guessable"}));
+        assert_eq!(d().salted(&[]), d());
+        let a = d().salted(&["uid-a".into()]);
+        assert_ne!(a, d());
+        assert_eq!(a, d().salted(&["uid-a".into()]));
+        assert_ne!(a, d().salted(&["uid-b".into()]));
+        assert_eq!(a.as_str().len(), 64);
     }
 
     #[test]

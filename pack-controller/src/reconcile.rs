@@ -24,6 +24,7 @@ use common::{
     requeue::jitter,
     sync::lock,
 };
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{controller::Action, events::EventType, reflector::ObjectRef},
@@ -194,11 +195,14 @@ async fn apply(pack: &Pack, ctx: &Context) -> Result<Action, Error> {
             }
         }
     };
+    let mut salt = Vec::new();
     let resolution = match read_values_from(ctx, pack, false)
         .await?
         .map_err(ResolveError::from)
-        .and_then(|from| resolve::resolve_from(&pack.spec, from, lookup, ctx.max_values_bytes))
-    {
+        .and_then(|mut from| {
+            salt = std::mem::take(&mut from.secret_uids);
+            resolve::resolve_from(&pack.spec, from, lookup, ctx.max_values_bytes)
+        }) {
         Ok(r) => r,
         Err(e) => {
             let next = status::resolve_failed(pack, &e);
@@ -212,21 +216,24 @@ async fn apply(pack: &Pack, ctx: &Context) -> Result<Action, Error> {
     let Some(repo) = repo else {
         return Ok(Action::requeue(WARM_UP));
     };
-    install_or_upgrade(pack, ctx, &repo, resolution).await
+    install_or_upgrade(pack, ctx, &repo, resolution, &salt).await
 }
 
+/// `salt`: the uids of the Secrets the values came from ([`ReleaseDigest::salted`]).
 async fn install_or_upgrade(
     pack: &Pack,
     ctx: &Context,
     repo: &ClusterPackRepository,
     resolution: Resolution,
+    salt: &[String],
 ) -> Result<Action, Error> {
     let digest = ReleaseDigest::of(
         &resolution.chart,
         &resolution.version,
         resolution.digest.as_deref(),
         &resolution.values,
-    );
+    )
+    .salted(salt);
     let record = release::read(&ctx.client, &namespace(pack), &pack.name_any()).await?;
     let (decision, next) = decide(pack, &resolution, &digest, record.as_ref());
     let stored;
@@ -616,12 +623,15 @@ async fn read_values_from(
     for (index, entry) in pack.spec.values_from.iter().enumerate() {
         let key = entry.key();
         let fetched = match entry.kind {
-            ValuesSourceKind::Secret => values_from::secret_key(
-                Api::namespaced(ctx.client.clone(), &ns)
+            ValuesSourceKind::Secret => {
+                let secret: Option<Secret> = Api::namespaced(ctx.client.clone(), &ns)
                     .get_opt(&entry.name)
-                    .await?,
-                key,
-            ),
+                    .await?;
+                if let Some(uid) = secret.as_ref().and_then(|s| s.metadata.uid.clone()) {
+                    merge.secret_uid(uid);
+                }
+                values_from::secret_key(secret, key)
+            }
             ValuesSourceKind::ConfigMap => values_from::config_map_key(
                 Api::namespaced(ctx.client.clone(), &ns)
                     .get_opt(&entry.name)

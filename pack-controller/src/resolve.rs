@@ -207,6 +207,8 @@ pub fn resolve_from(
         values: mut merged,
         secret_strings,
         sources,
+        // The caller keys the release digest with them.
+        secret_uids: _,
     } = from;
     let values = match spec.values.clone() {
         Some(Value::Object(inline)) => {

@@ -77,6 +77,9 @@ pub struct ValuesFrom {
     pub secret_strings: Vec<String>,
     /// The objects read, with their resourceVersion (for status and the upgrade's Event).
     pub sources: Vec<ValuesSourceVersion>,
+    /// The uids of the Secrets read: they key the release digest ([`crate::plan::ReleaseDigest::salted`]),
+    /// never written anywhere.
+    pub secret_uids: Vec<String>,
 }
 
 /// Why the `valuesFrom` entries could not be merged. Messages name kind, name and key, never content.
@@ -154,6 +157,13 @@ impl Merge {
             namespace: namespace.to_owned(),
             limit,
             done: ValuesFrom::default(),
+        }
+    }
+
+    /// Records the uid of a Secret read for an entry (see [`ValuesFrom::secret_uids`]).
+    pub fn secret_uid(&mut self, uid: String) {
+        if !self.done.secret_uids.contains(&uid) {
+            self.done.secret_uids.push(uid);
         }
     }
 
