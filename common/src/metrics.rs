@@ -74,6 +74,18 @@ impl ReconcileMetrics {
         metrics
     }
 
+    /// The same families for a second loop of the process (pack-controller's ClusterPackRepository loop):
+    /// its series differ only by the `controller` label, e.g.
+    /// `pack_operator_reconciles_total{controller="clusterpackrepository"}`.
+    pub fn for_controller(&self, controller: &str) -> Self {
+        ReconcileMetrics {
+            controller: ControllerLabel {
+                controller: controller.to_owned(),
+            },
+            ..self.clone()
+        }
+    }
+
     /// Counts a reconcile and returns a guard that records its duration when dropped.
     pub fn start(&self) -> ReconcileTimer {
         self.reconciles.get_or_create(&self.controller).inc();
@@ -216,5 +228,36 @@ mod tests {
         );
         assert_eq!(m.reconciles(), 2);
         assert_eq!(m.failures("HelmFailed"), 1);
+    }
+
+    #[test]
+    fn a_second_loop_shares_the_families_under_its_controller_label() {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let packs = ReconcileMetrics::register(&mut registry, "pack");
+        let repositories = packs.for_controller("clusterpackrepository");
+        drop(packs.start());
+        drop(repositories.start());
+        drop(repositories.start());
+        repositories.failure("IndexFetchFailed");
+        let text = encode(&registry).unwrap();
+        for line in [
+            "pack_operator_reconciles_total{controller=\"pack\"} 1",
+            "pack_operator_reconciles_total{controller=\"clusterpackrepository\"} 2",
+            "pack_operator_reconcile_errors_total{controller=\"clusterpackrepository\",reason=\"IndexFetchFailed\"} 1",
+            "pack_operator_reconcile_duration_seconds_count{controller=\"clusterpackrepository\"} 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+        // One family each: a name registered twice would be a duplicate in the exposition.
+        assert_eq!(
+            text.matches("# TYPE pack_operator_reconciles counter")
+                .count(),
+            1,
+            "{text}"
+        );
+        assert_eq!((packs.reconciles(), repositories.reconciles()), (1, 2));
     }
 }

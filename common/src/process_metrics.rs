@@ -1,4 +1,6 @@
-//! Standard `process_*` metrics read from /proc at scrape time (Linux only; absent elsewhere).
+//! The standard `process_*` metrics (the names of the Prometheus client libraries, which stock dashboards
+//! and alerts query), read from /proc at scrape time (Linux only; absent elsewhere). They carry no
+//! `pack_operator_` prefix: [`crate::runtime::Runtime`] registers the collector on the unprefixed root.
 
 use prometheus_client::{
     collector::Collector,
@@ -6,7 +8,8 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge},
 };
 
-/// Collector for resident memory, CPU time, open file descriptors and start time of this process.
+/// Collector for resident and virtual memory, CPU time, open and maximum file descriptors and start time
+/// of this process.
 #[derive(Debug, Default)]
 pub struct ProcessCollector;
 
@@ -14,8 +17,11 @@ pub struct ProcessCollector;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProcessStats {
     pub resident_memory_bytes: u64,
+    pub virtual_memory_bytes: u64,
     pub cpu_seconds: f64,
     pub open_fds: u64,
+    /// The soft limit on open files; `None` when unlimited.
+    pub max_fds: Option<u64>,
     pub start_time_seconds: f64,
 }
 
@@ -30,6 +36,7 @@ impl ProcessStats {
         let utime: f64 = fields.get(11)?.parse().ok()?;
         let stime: f64 = fields.get(12)?.parse().ok()?;
         let start_ticks: f64 = fields.get(19)?.parse().ok()?;
+        let vsize: u64 = fields.get(20)?.parse().ok()?;
         let rss_pages: u64 = fields.get(21)?.parse().ok()?;
         let boot_time = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
             s.lines().find_map(|l| {
@@ -40,13 +47,27 @@ impl ProcessStats {
         let open_fds = std::fs::read_dir("/proc/self/fd")
             .map(|d| d.count() as u64)
             .unwrap_or(0);
+        let max_fds = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|l| max_open_files(&l));
         Some(ProcessStats {
             resident_memory_bytes: rss_pages * 4096,
+            virtual_memory_bytes: vsize,
             cpu_seconds: (utime + stime) / ticks,
             open_fds,
+            max_fds,
             start_time_seconds: boot_time + start_ticks / ticks,
         })
     }
+}
+
+/// The soft limit of the `Max open files` line of /proc/self/limits (`None` when unlimited or absent).
+fn max_open_files(limits: &str) -> Option<u64> {
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|soft| soft.parse().ok())
 }
 
 impl Collector for ProcessCollector {
@@ -61,6 +82,14 @@ impl Collector for ProcessCollector {
             None,
             rss.metric_type(),
         )?)?;
+        let vsize = ConstGauge::new(stats.virtual_memory_bytes as i64);
+        vsize.encode(encoder.encode_descriptor(
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes",
+            None,
+            vsize.metric_type(),
+        )?)?;
+        // A counter: encoded as process_cpu_seconds_total.
         let cpu = ConstCounter::new(stats.cpu_seconds);
         cpu.encode(encoder.encode_descriptor(
             "process_cpu_seconds",
@@ -75,6 +104,15 @@ impl Collector for ProcessCollector {
             None,
             fds.metric_type(),
         )?)?;
+        if let Some(max) = stats.max_fds {
+            let max = ConstGauge::new(max as i64);
+            max.encode(encoder.encode_descriptor(
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                None,
+                max.metric_type(),
+            )?)?;
+        }
         let start = ConstGauge::new(stats.start_time_seconds);
         start.encode(encoder.encode_descriptor(
             "process_start_time_seconds",
@@ -95,6 +133,25 @@ mod tests {
         let stats = ProcessStats::read().expect("/proc is available on Linux");
         assert!(stats.resident_memory_bytes > 1024 * 1024, "{stats:?}");
         assert!(stats.open_fds >= 3, "{stats:?}");
+        assert!(
+            stats.virtual_memory_bytes >= stats.resident_memory_bytes,
+            "{stats:?}"
+        );
+        assert!(
+            stats.max_fds.is_none_or(|m| m >= stats.open_fds),
+            "{stats:?}"
+        );
         assert!(stats.start_time_seconds > 1.6e9, "{stats:?}");
+    }
+
+    #[test]
+    fn max_open_files_is_the_soft_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             63448                63448                processes \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(max_open_files(limits), Some(1024));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files     \n";
+        assert_eq!(max_open_files(unlimited), None);
     }
 }

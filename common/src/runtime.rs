@@ -53,10 +53,7 @@ impl Runtime {
         args: RuntimeArgs,
         client: Client,
     ) -> Self {
-        let mut registry = Registry::with_prefix(metrics::PREFIX);
-        metrics::register_build_info(&mut registry, name, version);
-        let leader_metrics = LeaderMetrics::register(&mut registry);
-        registry.register_collector(Box::new(ProcessCollector));
+        let (registry, leader_metrics) = base_registry(name, version);
         Runtime {
             name,
             args,
@@ -73,7 +70,7 @@ impl Runtime {
 
     /// The metrics registry, for the controller's own metrics (already prefixed `pack_operator_`).
     pub fn registry(&mut self) -> &mut Registry {
-        &mut self.registry
+        prefixed(&mut self.registry)
     }
 
     /// The namespace this process is scoped to, if any (`--namespace`).
@@ -234,4 +231,52 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
     report_sync_when(async move { store_synced(&store).await }, health);
+}
+
+/// The registry a process serves: the standard `process_*` metrics on its unprefixed root (the names
+/// stock dashboards and alerts query), build info and leadership under `pack_operator_`.
+fn base_registry(name: &str, version: &str) -> (Registry, LeaderMetrics) {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ProcessCollector));
+    let own = prefixed(&mut registry);
+    metrics::register_build_info(own, name, version);
+    let leader_metrics = LeaderMetrics::register(own);
+    (registry, leader_metrics)
+}
+
+/// A new `pack_operator_` sub-registry of `root`. Each call adds one, which is harmless: a family is
+/// registered once, in whichever sub-registry, and the root encodes them all.
+fn prefixed(root: &mut Registry) -> &mut Registry {
+    root.sub_registry_with_prefix(metrics::PREFIX)
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use super::*;
+
+    #[test]
+    fn process_metrics_carry_the_standard_names_and_the_rest_the_prefix() {
+        let (mut registry, leader) = base_registry("pack-controller", "0.1.0");
+        leader.set_leading(true);
+        drop(metrics::ReconcileMetrics::register(prefixed(&mut registry), "pack").start());
+        let text = metrics::encode(&registry).unwrap();
+        for name in [
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+            "pack_operator_leader",
+            "pack_operator_build_info",
+            "pack_operator_reconciles_total",
+        ] {
+            assert!(
+                text.lines()
+                    .any(|l| l.split([' ', '{']).next() == Some(name)),
+                "no sample of {name} in:\n{text}"
+            );
+        }
+        assert!(!text.contains("pack_operator_process_"), "{text}");
+    }
 }

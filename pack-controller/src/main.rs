@@ -95,13 +95,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut runtime =
         Runtime::new("pack-controller", env!("CARGO_PKG_VERSION"), cli.runtime).await?;
+    let packs = ReconcileMetrics::register(runtime.registry(), "pack");
     let metrics = Metrics {
-        packs: ReconcileMetrics::register(runtime.registry(), "pack"),
-        // A sub-registry: the same families registered twice would be duplicates in the exposition.
-        repositories: ReconcileMetrics::register(
-            runtime.registry().sub_registry_with_prefix("repository"),
-            "clusterpackrepository",
-        ),
+        // The repository loop's series are those of the same families, labelled controller="clusterpackrepository".
+        repositories: packs.for_controller("clusterpackrepository"),
+        packs,
         helm: HelmMetrics::register(runtime.registry()),
         states: PackStates::register(runtime.registry()),
     };

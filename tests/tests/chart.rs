@@ -1874,17 +1874,23 @@ async fn samples_apply_and_work_on_a_cluster_with_the_chart_installed() {
 /// Remove an entry when the controller registers it; this test then keeps the names in step.
 const PENDING_METRICS: &[&str] = &[];
 
-/// Every `pack_operator_*` name in `text`.
+/// Every `pack_operator_*` and `process_*` name in `text`.
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("pack_operator_") {
-        let tail = &rest[at..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
-            .unwrap_or(tail.len());
-        names.insert(tail[..end].to_owned());
-        rest = &tail[end..];
+    for prefix in ["pack_operator_", "process_"] {
+        let mut rest = text;
+        while let Some(at) = rest.find(prefix) {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(tail.len());
+            // A name starts at a word boundary: `pack_operator_process_x` is not `process_x`.
+            let before = rest[..at].chars().next_back();
+            if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                names.insert(tail[..end].to_owned());
+            }
+            rest = &tail[end..];
+        }
     }
     names
 }
@@ -1908,7 +1914,7 @@ fn the_dashboard_and_alerts_query_metrics_the_controllers_register() {
     let rules = serde_json::to_string(&of_kind(&rules, "PrometheusRule")).unwrap();
 
     // What the controllers register: string literals in their sources (names are registered without the
-    // prefix, counters without _total; pack-controller's repository loop uses a `repository` sub-registry).
+    // prefix, counters without _total).
     let mut sources = String::new();
     for dir in [
         "common/src",
@@ -1929,15 +1935,19 @@ fn the_dashboard_and_alerts_query_metrics_the_controllers_register() {
         .collect();
     assert!(names.len() > 10, "{names:?}");
     for full in names {
-        let mut base = full.trim_start_matches("pack_operator_");
+        // Prometheus conventions: the process metrics have the standard names (no project prefix), and
+        // the project's prefix is said once (pack-controller's repository loop is a `controller` label).
+        let own = full.strip_prefix("pack_operator_");
+        assert!(
+            !own.is_some_and(|n| n.starts_with("process_") || n.starts_with("repository_")),
+            "{full} does not follow the metric naming conventions (docs/runtime.md)"
+        );
+        let mut base = own.unwrap_or(&full);
         for suffix in ["_total", "_bucket", "_info"] {
             base = base.strip_suffix(suffix).unwrap_or(base);
         }
         let registered = |n: &str| sources.contains(&format!("\"{n}\""));
-        let known = registered(base)
-            || base
-                .strip_prefix("repository_")
-                .is_some_and(|b| registered(b) && registered("repository"));
+        let known = registered(base);
         let pending = PENDING_METRICS.contains(&base);
         assert!(
             known || pending,
