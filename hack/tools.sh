@@ -25,12 +25,27 @@ export CGO_ENABLED=0 GOFLAGS="-trimpath -buildvcs=false" GOTOOLCHAIN=local
 mkdir -p "$bin"
 # One builder at a time per cache (two test binaries or a parallel `make cluster` may ask at once).
 exec 9>"$cache/.lock"
-flock 9
+if ! flock -n 9; then
+  # Who holds it (fuser lists this shell too, which has the file open).
+  holder=$( (fuser "$cache/.lock" 2>/dev/null || true) | tr -s ' ' '\n' | grep -vx "$$" | grep -m1 . || true)
+  [[ -z "$holder" ]] || holder="pid $holder: $(ps -o args= -p "$holder" 2>/dev/null | cut -c1-80 || true)"
+  log "waiting for another build of the tools to finish: it holds $cache/.lock${holder:+ ($holder)}"
+  log "(a first build takes ~20-30 min on 2 cores; this one reuses what it builds)"
+  flock 9
+  log "the other build is done; checking its tools"
+fi
 
 timed() { # name, then the command; records build seconds next to the binary
   local name=$1; shift
   local start=$SECONDS
-  "$@"
+  # A heartbeat, so a long `go build` is not mistaken for a hang.
+  (while sleep 60; do log "still building $name ($(((SECONDS - start) / 60)) min)"; done) &
+  local heartbeat=$!
+  local status=0
+  "$@" || status=$?
+  kill "$heartbeat" 2>/dev/null || true
+  wait "$heartbeat" 2>/dev/null || true
+  ((status == 0)) || { log "building $name failed"; exit "$status"; }
   local took=$((SECONDS - start))
   echo "$took" >"$bin/.$name.build-seconds"
   log "built $name in ${took}s ($(du -h "$bin/$name" | cut -f1))"
@@ -61,8 +76,8 @@ build_helm() {
   mv "$bin/helm.tmp" "$bin/helm"
 }
 
-[[ -x "$bin/etcd" ]] || { log "building etcd $ETCD_VERSION (first run only)"; timed etcd build_etcd; }
-[[ -x "$bin/helm" ]] || { log "building helm $HELM_VERSION (first run only)"; timed helm build_helm; }
+[[ -x "$bin/etcd" ]] || { log "building etcd $ETCD_VERSION (first run only, ~2 min)"; timed etcd build_etcd; }
+[[ -x "$bin/helm" ]] || { log "building helm $HELM_VERSION (first run only, ~3 min)"; timed helm build_helm; }
 if [[ ! -x "$bin/kube-apiserver" || ! -x "$bin/kube-controller-manager" || ! -x "$bin/kubectl" ]]; then
   log "building kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION (first run only: ~20-30 min on 2 cores)"
   timed kube-apiserver build_k8s
