@@ -383,3 +383,92 @@ async fn an_uninstall_backoff_is_a_wait_that_keeps_the_finalizer_not_an_error() 
     assert!(wait > 5.0 && wait <= 10.0, "{wait}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+fn pack_with_values_from() -> Arc<Pack> {
+    let mut p = pack_json(1, &[FINALIZER], false);
+    p["spec"]["valuesFrom"] = json!([
+        {"kind": "Secret", "name": "db", "valuesKey": "password", "targetPath": "auth.password"},
+    ]);
+    Arc::new(serde_json::from_value(p).unwrap())
+}
+
+fn answer_repository(repo: ApiRequest) {
+    repo.assert(
+        "GET",
+        "/apis/k8s.kubit.ir/v1alpha1/clusterpackrepositories/packs",
+    );
+    repo.respond_json(json!({
+        "apiVersion": "k8s.kubit.ir/v1alpha1", "kind": "ClusterPackRepository",
+        "metadata": {"name": "packs", "generation": 1},
+        "spec": {"url": URL},
+    }));
+}
+
+#[tokio::test]
+async fn a_missing_values_secret_is_reported_and_runs_nothing() {
+    let (client, server) = ApiServer::new();
+    let (ctx, dir) = context(client);
+    let result = reconcile_with(pack_with_values_from(), ctx.clone(), server, |mut s| async move {
+        answer_repository(s.next().await);
+        // Only the Secret the Pack names is read, in its namespace.
+        let secret = s.next().await;
+        secret.assert("GET", "/api/v1/namespaces/apps/secrets/db");
+        secret.respond_status(404, "NotFound", "secrets \"db\" not found");
+        let status = s.next().await;
+        status.assert("PATCH", STATUS);
+        let ready = ready_condition(&status);
+        assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("ValuesSourceNotFound")));
+        let message = ready["message"].as_str().unwrap().to_owned();
+        assert_eq!(message, "Secret `db` (spec.valuesFrom[0]) does not exist in namespace apps; create it, fix the name, or set `optional: true` on the entry");
+        let mut stored = pack_json(1, &[FINALIZER], false);
+        stored["status"] = status.body["status"].clone();
+        status.respond_json(stored);
+        let event = s.next().await;
+        event.assert("POST", EVENTS);
+        assert_eq!(event.body["reason"], "ValuesSourceNotFound");
+        assert_eq!(event.body["note"].as_str(), Some(message.as_str()));
+        event.echo();
+        // No release read, no Helm: the Secret watch wakes the Pack when it appears.
+        s
+    })
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_values_secret_is_read_by_one_get_in_the_packs_namespace_before_the_release() {
+    let (client, server) = ApiServer::new();
+    let (ctx, dir) = context(client);
+    let result = reconcile_with(
+        pack_with_values_from(),
+        ctx.clone(),
+        server,
+        |mut s| async move {
+            answer_repository(s.next().await);
+            let secret = s.next().await;
+            secret.assert("GET", "/api/v1/namespaces/apps/secrets/db");
+            secret.respond_json(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "db", "namespace": "apps", "uid": "s-1", "resourceVersion": "41"},
+            // "hunter2hunter2"
+            "data": {"password": "aHVudGVyMmh1bnRlcjI="},
+        }));
+            let releases = s.next().await;
+            releases.assert("GET", "/api/v1/namespaces/apps/secrets");
+            releases.respond_json(json!({
+                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                "metadata": {"resourceVersion": "9"}, "items": [],
+            }));
+            // An install is planned: decided again on the stored Pack, which has a newer spec (ends here,
+            // before Helm).
+            let stored = s.next().await;
+            stored.assert("GET", PACK);
+            stored.respond_json(pack_json(2, &[FINALIZER], false));
+            s
+        },
+    )
+    .await;
+    assert_eq!(result.unwrap(), Action::requeue(WARM_UP));
+    std::fs::remove_dir_all(dir).unwrap();
+}
