@@ -83,8 +83,8 @@ echo "serving genpack 0.1.0, 0.1.3, 0.2.0, 1.0.0 at http://127.0.0.1:$chart_port
 step "controllers"
 # pack-controller runs the pinned helm (flag --helm-binary / env HELM_BINARY) in its work dir.
 export HELM_BINARY="$tools/helm" PACK_WORK_DIR="$run/pack-work"
-# reflector-controller with the chart's defaults: targets must consent, kube-* never receive copies.
-export REQUIRE_CONSENT=true DENY_TARGET_NAMESPACES='kube-*'
+# reflector-controller with the chart's defaults: both kinds (SecretReflector, ConfigMapReflector), targets must consent, kube-* never receive copies.
+export REQUIRE_CONSENT=true DENY_TARGET_NAMESPACES='kube-*' REFLECTOR_KINDS=secret,configmap
 port=$metrics_port
 for c in pack-controller reflector-controller redeploy-controller; do
   "$bin/$c" --metrics-address "127.0.0.1:$port" --leader-elect=true >"$run/$c.log" 2>&1 &

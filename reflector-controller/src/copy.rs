@@ -16,17 +16,19 @@ use std::{
     fmt,
 };
 
-use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{ResourceExt, api::ObjectMeta};
-use sha2::{Digest, Sha256};
 
-/// Label on every copy: the namespace of the SecretReflector that made it.
+use crate::kind::Reflected;
+
+/// Label on every copy: the namespace of the reflector that made it. The same marker keys serve every
+/// kind: a copied Secret is always a SecretReflector's, a copied ConfigMap a ConfigMapReflector's.
 pub const MANAGED_LABEL: &str = "pack-operator.k8s.kubit.ir/reflector-namespace";
-/// Annotation on every copy: `<namespace>/<name>` of the SecretReflector that made it.
+/// Annotation on every copy: `<namespace>/<name>` of the reflector that made it.
 pub const REFLECTOR_ANNOTATION: &str = "pack-operator.k8s.kubit.ir/reflector";
-/// Annotation on every copy: `<namespace>/<name>` of the source Secret.
+/// Annotation on every copy: `<namespace>/<name>` of the source.
 pub const SOURCE_ANNOTATION: &str = "pack-operator.k8s.kubit.ir/reflected-from";
-/// Annotation on every copy: sha256 (hex) of the source's type and data.
+/// Annotation on every copy: sha256 (hex) of what is copied (a Secret's type and data, a
+/// ConfigMap's data and binaryData).
 pub const HASH_ANNOTATION: &str = "pack-operator.k8s.kubit.ir/source-hash";
 /// Annotation on every copy: the label keys copied from the source at the last write (sorted,
 /// comma-separated; label keys cannot contain a comma). Only these are ever removed from a copy.
@@ -34,16 +36,6 @@ pub const COPIED_LABELS_ANNOTATION: &str = "pack-operator.k8s.kubit.ir/copied-la
 /// Annotation on every copy: the annotation keys copied from the source at the last write, as
 /// [`COPIED_LABELS_ANNOTATION`].
 pub const COPIED_ANNOTATIONS_ANNOTATION: &str = "pack-operator.k8s.kubit.ir/copied-annotations";
-
-/// Secret types that are not copied: another controller owns Secrets of the type in every namespace
-/// and would delete or rewrite a copy, which we would recreate forever.
-const UNSUPPORTED_TYPES: &[(&str, &str)] = &[(
-    "kubernetes.io/service-account-token",
-    "Kubernetes' token controller owns Secrets of this type: it deletes or rewrites a copy (its token \
-     belongs to a ServiceAccount of the source's namespace), so copies would be recreated forever. \
-     Create a token Secret for a ServiceAccount in each namespace that needs one, or use the \
-     TokenRequest API (projected ServiceAccount tokens)",
-)];
 
 /// Label/annotation prefixes owned by the tools that manage a source; never copied (a copy carrying
 /// them would be claimed, pruned or overwritten by that tool).
@@ -65,7 +57,7 @@ const NOT_COPIED_KEYS: &[&str] = &[
     COPIED_ANNOTATIONS_ANNOTATION,
 ];
 
-/// A SecretReflector, as named in markers and logs: `<namespace>/<name>`.
+/// A reflector, as named in markers and logs: `<namespace>/<name>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReflectorKey {
     pub namespace: String,
@@ -89,21 +81,6 @@ impl ReflectorKey {
     }
 }
 
-/// sha256 (hex) of a Secret's type and data: each field length-prefixed so no two inputs collide.
-pub fn data_hash(type_: &str, data: &BTreeMap<String, ByteString>) -> String {
-    let mut h = Sha256::new();
-    let mut field = |bytes: &[u8]| {
-        h.update((bytes.len() as u64).to_be_bytes());
-        h.update(bytes);
-    };
-    field(type_.as_bytes());
-    for (k, v) in data {
-        field(k.as_bytes());
-        field(&v.0);
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn copied(map: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
     map.into_iter()
         .flatten()
@@ -115,23 +92,9 @@ fn copied(map: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn secret_type(s: &Secret) -> &str {
-    s.type_.as_deref().unwrap_or("Opaque")
-}
-
-/// Why `source` cannot be copied at all (its type), as a status/Event message; None when it can.
-pub fn unsupported(source: &Secret) -> Option<String> {
-    let type_ = secret_type(source);
-    UNSUPPORTED_TYPES
-        .iter()
-        .find(|(t, _)| *t == type_)
-        .map(|(_, why)| {
-            format!(
-                "Secret {}/{} is of type {type_} and is not copied: {why}",
-                source.metadata.namespace.as_deref().unwrap_or_default(),
-                source.metadata.name.as_deref().unwrap_or_default()
-            )
-        })
+/// Why `source` cannot be copied at all, as a status/Event message; None when it can.
+pub fn unsupported<K: Reflected>(source: &K) -> Option<String> {
+    K::refused(source)
 }
 
 fn key_list(map: &BTreeMap<String, String>) -> String {
@@ -146,11 +109,15 @@ fn recorded<'a>(meta: &'a ObjectMeta, record: &str) -> Option<BTreeSet<&'a str>>
 }
 
 /// The copy `source` should have at `namespace/name`, marked as made by `reflector`.
-pub fn desired(source: &Secret, reflector: &ReflectorKey, namespace: &str, name: &str) -> Secret {
-    let data = source.data.clone().unwrap_or_default();
-    let type_ = secret_type(source).to_owned();
-    let mut labels = copied(source.metadata.labels.as_ref());
-    let mut annotations = copied(source.metadata.annotations.as_ref());
+pub fn desired<K: Reflected>(
+    source: &K,
+    reflector: &ReflectorKey,
+    namespace: &str,
+    name: &str,
+) -> K {
+    let meta = source.meta();
+    let mut labels = copied(meta.labels.as_ref());
+    let mut annotations = copied(meta.annotations.as_ref());
     let (copied_labels, copied_annotations) = (key_list(&labels), key_list(&annotations));
     labels.insert(MANAGED_LABEL.into(), reflector.namespace.clone());
     annotations.insert(COPIED_LABELS_ANNOTATION.into(), copied_labels);
@@ -160,34 +127,31 @@ pub fn desired(source: &Secret, reflector: &ReflectorKey, namespace: &str, name:
         SOURCE_ANNOTATION.into(),
         format!(
             "{}/{}",
-            source.metadata.namespace.as_deref().unwrap_or_default(),
-            source.metadata.name.as_deref().unwrap_or_default()
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default()
         ),
     );
-    annotations.insert(HASH_ANNOTATION.into(), data_hash(&type_, &data));
-    Secret {
-        metadata: ObjectMeta {
+    annotations.insert(HASH_ANNOTATION.into(), source.content_hash());
+    K::copy_content(
+        source,
+        ObjectMeta {
             name: Some(name.to_owned()),
             namespace: Some(namespace.to_owned()),
             labels: Some(labels),
             annotations: Some(annotations),
             ..Default::default()
         },
-        type_: Some(type_),
-        data: Some(data),
-        immutable: source.immutable.filter(|i| *i),
-        string_data: None,
-    }
+    )
 }
 
-/// Whose an existing Secret is, by its marker.
+/// Whose an existing object is, by its marker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ownership {
     /// Its reflector annotation names this reflector (the label is restored if it was removed).
     Ours,
-    /// Made by another SecretReflector (named).
+    /// Made by another reflector (named).
     OtherReflector(String),
-    /// Not made by any SecretReflector.
+    /// Not made by any reflector.
     Foreign,
 }
 
@@ -219,50 +183,47 @@ pub enum Decision {
     Conflict(String),
 }
 
-/// Decides what to do at a target given the Secret already there (if any). `take_over`: the
-/// SecretReflector named in the existing Secret's marker gives way to this one (it lost the target to
-/// it, or no longer exists), so its copy is treated as ours. A Secret without our marker is never
-/// taken over.
-pub fn decide(
-    existing: Option<&Secret>,
-    desired: &Secret,
+/// Decides what to do at a target given the object already there (if any). `take_over`: the reflector
+/// named in the existing object's marker gives way to this one (it lost the target to it, or no
+/// longer exists), so its copy is treated as ours. An object without our marker is never taken over.
+pub fn decide<K: Reflected>(
+    existing: Option<&K>,
+    desired: &K,
     reflector: &ReflectorKey,
     take_over: bool,
 ) -> Decision {
     let Some(existing) = existing else {
         return Decision::Create;
     };
-    match ownership(&existing.metadata, reflector) {
+    let (kind, reflector_kind) = (K::KIND, K::REFLECTOR_KIND);
+    let name = existing.meta().name.as_deref().unwrap_or_default();
+    match ownership(existing.meta(), reflector) {
         Ownership::Ours => {}
         Ownership::OtherReflector(_) if take_over => {}
         Ownership::OtherReflector(other) => {
             return Decision::Conflict(format!(
-                "Secret {} already holds a copy made by SecretReflector {other}",
-                existing.metadata.name.as_deref().unwrap_or_default()
+                "{kind} {name} already holds a copy made by {reflector_kind} {other}"
             ));
         }
         Ownership::Foreign => {
             return Decision::Conflict(format!(
-                "Secret {} exists and is not managed by a SecretReflector; left untouched",
-                existing.metadata.name.as_deref().unwrap_or_default()
+                "{kind} {name} exists and is not managed by a {reflector_kind}; left untouched"
             ));
         }
     }
-    let empty = BTreeMap::new();
-    let data_same =
-        existing.data.as_ref().unwrap_or(&empty) == desired.data.as_ref().unwrap_or(&empty);
-    let immutable = existing.immutable == Some(true);
-    if secret_type(existing) != secret_type(desired) || (immutable && !data_same) {
+    let data_same = existing.same_content(desired);
+    let immutable = existing.immutable();
+    if K::needs_replace(existing, desired) || (immutable && !data_same) {
         return Decision::Replace;
     }
     // The labels and annotations an update would write (ours over theirs) are those already there.
     let next = merged(existing, desired);
-    let meta_same = next.metadata.labels == Some(existing.labels().clone())
-        && next.metadata.annotations == Some(existing.annotations().clone());
-    let immutable_same = immutable == (desired.immutable == Some(true));
+    let meta_same = next.meta().labels == Some(existing.labels().clone())
+        && next.meta().annotations == Some(existing.annotations().clone());
+    let immutable_same = immutable == desired.immutable();
     match (data_same && meta_same && immutable_same, immutable) {
         (true, _) => Decision::Unchanged,
-        // An immutable Secret cannot be made mutable again.
+        // An immutable object cannot be made mutable again.
         (false, true) if !immutable_same => Decision::Replace,
         (false, _) => Decision::Update,
     }
@@ -290,26 +251,30 @@ fn merge(
     out
 }
 
-/// The Secret to PUT over `existing` for [`Decision::Update`]: `desired`'s type, data, flag and
+/// The object to PUT over `existing` for [`Decision::Update`]: `desired`'s content, flag and
 /// labels/annotations, keeping the labels and annotations other tools added to `existing`.
-pub fn merged(existing: &Secret, desired: &Secret) -> Secret {
+pub fn merged<K: Reflected>(existing: &K, desired: &K) -> K {
     let mut next = desired.clone();
-    next.metadata.labels = Some(merge(
-        existing.metadata.labels.as_ref(),
-        desired.metadata.labels.as_ref(),
-        recorded(&existing.metadata, COPIED_LABELS_ANNOTATION).as_ref(),
-    ));
-    next.metadata.annotations = Some(merge(
-        existing.metadata.annotations.as_ref(),
-        desired.metadata.annotations.as_ref(),
-        recorded(&existing.metadata, COPIED_ANNOTATIONS_ANNOTATION).as_ref(),
-    ));
+    let (old, want) = (existing.meta(), desired.meta());
+    let labels = merge(
+        old.labels.as_ref(),
+        want.labels.as_ref(),
+        recorded(old, COPIED_LABELS_ANNOTATION).as_ref(),
+    );
+    let annotations = merge(
+        old.annotations.as_ref(),
+        want.annotations.as_ref(),
+        recorded(old, COPIED_ANNOTATIONS_ANNOTATION).as_ref(),
+    );
+    next.meta_mut().labels = Some(labels);
+    next.meta_mut().annotations = Some(annotations);
     next
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::{ByteString, api::core::v1::Secret};
 
     fn key() -> ReflectorKey {
         ReflectorKey {
@@ -369,7 +334,7 @@ mod tests {
             copy.metadata.labels,
             Some(map(&[("team", "web"), (MANAGED_LABEL, "certs")]))
         );
-        let hash = data_hash("kubernetes.io/tls", source().data.as_ref().unwrap());
+        let hash = crate::kind::data_hash("kubernetes.io/tls", source().data.as_ref().unwrap());
         assert_eq!(
             copy.metadata.annotations,
             Some(map(&[
@@ -385,22 +350,6 @@ mod tests {
         assert!(copy.metadata.resource_version.is_none());
         assert!(copy.metadata.uid.is_none());
         assert_eq!(copy.immutable, None);
-    }
-
-    #[test]
-    fn hash_depends_on_type_and_data_only() {
-        let data = source().data.unwrap();
-        let h = data_hash("Opaque", &data);
-        assert_eq!(h.len(), 64);
-        assert_eq!(h, data_hash("Opaque", &data));
-        assert_ne!(h, data_hash("kubernetes.io/tls", &data));
-        let mut other = data.clone();
-        other.insert("x".into(), ByteString(vec![]));
-        assert_ne!(h, data_hash("Opaque", &other));
-        // Length prefixes: moving bytes between key and value changes the hash.
-        let a = BTreeMap::from([("ab".to_owned(), ByteString(b"c".to_vec()))]);
-        let b = BTreeMap::from([("a".to_owned(), ByteString(b"bc".to_vec()))]);
-        assert_ne!(data_hash("Opaque", &a), data_hash("Opaque", &b));
     }
 
     /// One table of cases, one row each: long because the cases are many.

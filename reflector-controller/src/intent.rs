@@ -1,18 +1,18 @@
-//! What one sync of a SecretReflector means to do, decided from plain data before any request: from
+//! What one sync of a reflector means to do, decided from plain data before any request: from
 //! its source (present? a type we copy?), its target plan ([`crate::targets`]) and its rivals for the
 //! same target name, either a reason it is blocked or an [`Intent`] per target namespace. Pure; the
 //! reconcile executes the decision ([`crate::reconcile`]).
 //!
-//! Also the readings of a SecretReflector every module shares: its key, its target name, its claim.
+//! Also the readings of a reflector every module shares: its key, its target name, its claim.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::crd::SecretReflector;
-use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
+use common::crd::ReflectorSpec;
+use kube::{Resource, ResourceExt};
 
 use crate::{
     copy::{self, ReflectorKey},
+    kind::Reflected,
     status::{Blocked, TargetOutcome, TargetState},
     targets::{
         self, ACCEPT_LABEL, Claimant, NamespaceInfo, Placement, REFLECT_FROM_ANNOTATION,
@@ -20,28 +20,27 @@ use crate::{
     },
 };
 
-/// `<namespace>/<name>` of a SecretReflector.
-pub fn key_of(r: &SecretReflector) -> ReflectorKey {
+/// `<namespace>/<name>` of a reflector.
+pub fn key_of(r: &impl Resource) -> ReflectorKey {
     ReflectorKey {
         namespace: r.namespace().unwrap_or_default(),
         name: r.name_any(),
     }
 }
 
-/// The name of a SecretReflector's copies: `targetName`, else the source's name.
-pub fn target_name(r: &SecretReflector) -> &str {
-    r.spec
-        .target_name
+/// The name of a reflector's copies: `targetName`, else the source's name.
+pub fn target_name(spec: &ReflectorSpec) -> &str {
+    spec.target_name
         .as_deref()
         .filter(|n| !n.is_empty())
-        .unwrap_or(&r.spec.source.name)
+        .unwrap_or(&spec.source.name)
 }
 
-/// A SecretReflector as a claimant of its targets (the oldest wins).
-pub fn claimant(r: &SecretReflector) -> Claimant {
+/// A reflector as a claimant of its targets (the oldest wins).
+pub fn claimant(r: &impl Resource) -> Claimant {
     Claimant {
         reflector: key_of(r),
-        created: r.metadata.creation_timestamp.clone(),
+        created: r.meta().creation_timestamp.clone(),
     }
 }
 
@@ -50,7 +49,7 @@ pub fn claimant(r: &SecretReflector) -> Claimant {
 pub enum Intent {
     /// Make the copy there match the source (created, updated or replaced, as what is there asks).
     Write,
-    /// An older SecretReflector claims the target too and holds it: not written here. A copy of ours
+    /// An older reflector claims the target too and holds it: not written here. A copy of ours
     /// already there stays until the winner takes it over, so the namespace never goes without one.
     Yield(ReflectorKey),
     /// The placement refuses a copy: the namespace is missing, opted out, denied, has not consented,
@@ -60,18 +59,18 @@ pub enum Intent {
 
 /// What one sync is to do.
 #[derive(Clone, Debug, PartialEq)]
-pub enum SyncPlan<'a> {
+pub enum SyncPlan<'a, K> {
     /// Nothing is copied. `keep_copies`: the copies made before stay (an invalid spec, until it is
     /// fixed) or go (copies follow their source: a deleted or refused source takes them along).
     Blocked { why: Blocked, keep_copies: bool },
     /// Copy `source` as each target's intent says.
     Copy {
-        source: &'a Secret,
+        source: &'a K,
         targets: Vec<(String, Intent)>,
     },
 }
 
-impl SyncPlan<'_> {
+impl<K> SyncPlan<'_, K> {
     pub fn blocked(&self) -> Option<&Blocked> {
         match self {
             SyncPlan::Blocked { why, .. } => Some(why),
@@ -98,22 +97,24 @@ impl SyncPlan<'_> {
     }
 }
 
-/// Decides what a sync of `reflector` does. `source`: its source Secret as read now (None: not found);
-/// `rivals`: the other SecretReflectors with the same target name, each with its plan (asked for only
-/// when there is a target to claim).
-pub fn decide<'a>(
-    reflector: &SecretReflector,
-    source: Option<&'a Secret>,
+/// Decides what a sync of `reflector` does. `source`: its source as read now (None: not found);
+/// `rivals`: the other reflectors of its kind with the same target name, each with its plan (asked
+/// for only when there is a target to claim).
+pub fn decide<'a, K: Reflected>(
+    reflector: &K::Reflector,
+    source: Option<&'a K>,
     namespaces: &BTreeMap<String, NamespaceInfo>,
     policy: &TargetPolicy,
     rivals: impl FnOnce() -> Vec<(Claimant, BTreeMap<String, Placement>)>,
-) -> SyncPlan<'a> {
+) -> SyncPlan<'a, K> {
     let key = key_of(reflector);
-    let source_name = &reflector.spec.source.name;
+    let spec = K::spec(reflector);
+    let source_name = &spec.source.name;
     let Some(source) = source else {
         return SyncPlan::Blocked {
             why: Blocked::SourceNotFound(format!(
-                "Secret {}/{source_name} not found; copies are removed until it exists again",
+                "{} {}/{source_name} not found; copies are removed until it exists again",
+                K::KIND,
                 key.namespace
             )),
             keep_copies: false,
@@ -128,10 +129,10 @@ pub fn decide<'a>(
         };
     }
     let plan = match targets::plan(
-        &reflector.spec.targets,
+        &spec.targets,
         &key.namespace,
         source_name,
-        target_name(reflector),
+        target_name(spec),
         namespaces,
         policy,
     ) {
@@ -158,14 +159,15 @@ pub fn decide<'a>(
     SyncPlan::Copy { source, targets }
 }
 
-/// The outcome of a target that an older SecretReflector (`winner`) holds.
-pub fn yielded(ns: &str, target_name: &str, winner: &ReflectorKey) -> TargetOutcome {
+/// The outcome of a target that an older reflector of kind `K` (`winner`) holds.
+pub fn yielded<K: Reflected>(ns: &str, target_name: &str, winner: &ReflectorKey) -> TargetOutcome {
+    let kind = K::REFLECTOR_KIND;
     TargetOutcome {
         namespace: ns.to_owned(),
         state: TargetState::Conflict,
         message: Some(format!(
-            "SecretReflector {winner} also copies into {ns}/{target_name} and holds it (the oldest \
-             SecretReflector claiming a target wins); not written by this one"
+            "{kind} {winner} also copies into {ns}/{target_name} and holds it (the oldest \
+             {kind} claiming a target wins); not written by this one"
         )),
     }
 }
@@ -214,7 +216,11 @@ pub fn refused(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::crd::reflector::{SecretReflectorSpec, SourceReference, Targets};
+    use common::crd::{
+        SecretReflector,
+        reflector::{SecretReflectorSpec, SourceReference, Targets},
+    };
+    use k8s_openapi::api::core::v1::Secret;
     use k8s_openapi::{
         apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, Time},
         jiff::Timestamp,
@@ -275,7 +281,7 @@ mod tests {
         let all = namespaces(&["certs", "apps"]);
         let policy = TargetPolicy::default();
 
-        let missing = decide(&r, None, &all, &policy, no_rivals);
+        let missing = decide::<Secret>(&r, None, &all, &policy, no_rivals);
         assert!(matches!(
             missing.blocked(),
             Some(Blocked::SourceNotFound(_))
@@ -375,7 +381,7 @@ mod tests {
     #[test]
     fn rivals_are_not_asked_for_when_the_sync_is_blocked() {
         let r = reflector("a", 100, &["apps"]);
-        let plan = decide(
+        let plan = decide::<Secret>(
             &r,
             None,
             &namespaces(&["apps"]),

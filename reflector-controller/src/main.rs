@@ -3,17 +3,30 @@ use std::time::Duration;
 use clap::Parser;
 use common::{RuntimeArgs, cli::parse_duration, metrics::ReconcileMetrics, runtime::Runtime};
 use reflector_controller::{
-    Settings,
+    CopiedKind, Settings,
     metrics::ReflectorMetrics,
     targets::{NamespacePattern, TargetPolicy},
 };
 
-/// reflector-controller: keeps copies of a Secret in other namespaces, as each SecretReflector says.
+/// reflector-controller: keeps copies of a Secret (or a ConfigMap) in other namespaces, as each
+/// SecretReflector (ConfigMapReflector) says.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
     #[command(flatten)]
     runtime: RuntimeArgs,
+
+    /// The kinds copied, one controller each: `secret` (SecretReflectors), `configmap`
+    /// (ConfigMapReflectors); comma-separated. Only the CRDs of these kinds need to be installed,
+    /// and only their RBAC granted.
+    #[arg(
+        long,
+        env = "REFLECTOR_KINDS",
+        value_delimiter = ',',
+        default_value = "secret",
+        value_parser = CopiedKind::parse
+    )]
+    kinds: Vec<CopiedKind>,
 
     /// Only these namespaces may receive copies (comma-separated names; a trailing `*` matches a
     /// prefix, e.g. `team-*`). Empty: every namespace may.
@@ -39,7 +52,7 @@ struct Cli {
     )]
     require_consent: bool,
 
-    /// Every SecretReflector is reconciled again after about this long (jittered ±10 %), as a safety
+    /// Every reflector is reconciled again after about this long (jittered ±10 %), as a safety
     /// net should a watch event be missed.
     #[arg(long, env = "RESYNC_PERIOD", default_value = "5m", value_parser = parse_duration)]
     resync: Duration,
@@ -73,7 +86,15 @@ async fn main() -> anyhow::Result<()> {
         cli.runtime,
     )
     .await?;
+    let mut kinds = cli.kinds.clone();
+    kinds.sort();
+    kinds.dedup();
+    // One set of families; each kind's controller has its own `controller` label.
     let reconciles = ReconcileMetrics::register(runtime.registry(), "reflector");
+    let kinds: Vec<(CopiedKind, ReconcileMetrics)> = kinds
+        .into_iter()
+        .map(|k| (k, reconciles.for_controller(k.controller())))
+        .collect();
     let metrics = ReflectorMetrics::register(runtime.registry());
     runtime
         .run(move |leading| {
@@ -81,8 +102,8 @@ async fn main() -> anyhow::Result<()> {
                 leading,
                 namespace.clone(),
                 settings.clone(),
+                kinds.clone(),
                 metrics.clone(),
-                reconciles.clone(),
             )
         })
         .await?;
@@ -105,5 +126,23 @@ mod tests {
         assert!(parse(&["--require-consent"]));
         assert!(parse(&["--require-consent=true"]));
         assert!(!parse(&["--require-consent=false"]));
+    }
+
+    #[test]
+    fn kinds_default_to_secrets_and_take_a_list() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied())).map(|c| c.kinds)
+        };
+        // (REFLECTOR_KINDS is not set in the test environment.)
+        assert_eq!(parse(&[]).unwrap(), vec![CopiedKind::Secret]);
+        assert_eq!(
+            parse(&["--kinds=secret,configmap"]).unwrap(),
+            vec![CopiedKind::Secret, CopiedKind::ConfigMap]
+        );
+        assert_eq!(
+            parse(&["--kinds=configmap"]).unwrap(),
+            vec![CopiedKind::ConfigMap]
+        );
+        assert!(parse(&["--kinds=pods"]).is_err());
     }
 }

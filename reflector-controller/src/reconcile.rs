@@ -1,9 +1,9 @@
-//! What one SecretReflector reconcile does: behind the finalizer, either a sync (decide → execute →
+//! What one reconcile of a reflector (of any [`Reflected`] kind) does: behind the finalizer, either a sync (decide → execute →
 //! report) or the cleanup of its copies. [`crate::intent`] decides, the functions here execute (the
 //! writes and deletes of copies, each target's outcome returned as data) and report ([`crate::status`]
 //! builds the status, Events tell what changed). What wakes a reconcile is [`crate::controller`]'s.
 //!
-//! Sources are read with one GET per reconcile; copies, namespaces and rival SecretReflectors from the
+//! Sources are read with one GET per reconcile; copies, namespaces and rival reflectors from the
 //! controller's caches.
 
 use std::{
@@ -14,7 +14,7 @@ use std::{
 
 use common::{
     conditions,
-    crd::{SecretReflector, SecretReflectorStatus},
+    crd::ReflectorStatus,
     events::Recorder,
     finalizer::{self, Cleanup},
     metrics::ReconcileMetrics,
@@ -22,11 +22,12 @@ use common::{
     sync::lock,
 };
 use futures::{StreamExt, channel::mpsc};
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Secret};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, ListParams, PostParams, Preconditions},
     core::PartialObjectMeta,
+    core::object::HasStatus,
     runtime::{
         controller::Action,
         events::EventType,
@@ -39,19 +40,20 @@ use crate::{
     controller::Settings,
     copy::{self, Decision, MANAGED_LABEL, Ownership, ReflectorKey},
     intent::{self, Intent, SyncPlan, key_of, target_name},
-    metrics::ReflectorMetrics,
+    kind::Reflected,
+    metrics::KindMetrics,
     status::{self, Blocked, TargetOutcome, TargetState},
     targets::{self, Claimant, NamespaceInfo, Placement, REFLECT_FROM_ANNOTATION},
 };
 
 /// The field manager of copies, status and Events.
 pub(crate) const FIELD_MANAGER: &str = "reflector-controller";
-/// Finalizer on every SecretReflector: its copies are deleted before it goes.
+/// Finalizer on every reflector (of either kind): its copies are deleted before it goes.
 pub const FINALIZER: &str = "pack-operator.k8s.kubit.ir/reflector-cleanup";
 /// Retry delay after a failed target or reconcile.
 const RETRY: Duration = Duration::from_secs(10);
 
-/// Errors of a SecretReflector reconcile.
+/// Errors of a reflector reconcile.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API request failed: {0}")]
@@ -90,22 +92,23 @@ impl Error {
     }
 }
 
-/// Wakes a SecretReflector (a reconcile beside the Controller's own triggers).
-pub(crate) type Wake = mpsc::UnboundedSender<ObjectRef<SecretReflector>>;
+/// Wakes a reflector (a reconcile beside the Controller's own triggers).
+pub(crate) type Wake<R> = mpsc::UnboundedSender<ObjectRef<R>>;
 
-/// State shared by every reconcile; built by [`crate::controller::run`].
-pub struct Context {
+/// State shared by every reconcile of the reflectors of kind `K`; built by
+/// [`crate::controller::run`].
+pub struct Context<K: Reflected> {
     pub(crate) client: Client,
     pub(crate) settings: Settings,
     pub(crate) recorder: Recorder,
-    pub(crate) metrics: ReflectorMetrics,
+    pub(crate) metrics: KindMetrics,
     pub(crate) reconciles: ReconcileMetrics,
     pub(crate) namespaces: Store<PartialObjectMeta<Namespace>>,
-    pub(crate) copies: Store<Secret>,
-    /// The SecretReflectors (the Controller's cache): rivals for a target are read from it.
-    pub(crate) reflectors: Store<SecretReflector>,
+    pub(crate) copies: Store<K>,
+    /// The reflectors (the Controller's cache): rivals for a target are read from it.
+    pub(crate) reflectors: Store<K::Reflector>,
     /// Reconciles another reflector (e.g. one that may now win a target this one gave up).
-    pub(crate) wake: Wake,
+    pub(crate) wake: Wake<K::Reflector>,
     /// Targets in Conflict per reflector, for the conflicts gauge.
     pub(crate) conflicts: Mutex<HashMap<ReflectorKey, usize>>,
     /// Conflict/Error targets already reported by an Event, per reflector (`namespace` → state), so a
@@ -113,22 +116,22 @@ pub struct Context {
     pub(crate) reported: Mutex<HashMap<ReflectorKey, BTreeMap<String, String>>>,
 }
 
-pub(crate) async fn reconcile(
-    reflector: Arc<SecretReflector>,
-    ctx: Arc<Context>,
+pub(crate) async fn reconcile<K: Reflected>(
+    reflector: Arc<K::Reflector>,
+    ctx: Arc<Context<K>>,
 ) -> Result<Action, Error> {
     let _timer = ctx.reconciles.start();
-    let key = key_of(&reflector);
-    let span = info_span!("reconcile", reflector = %key);
+    let key = key_of(reflector.as_ref());
+    let span = info_span!("reconcile", kind = K::REFLECTOR_KIND, reflector = %key);
     async move {
-        let api: Api<SecretReflector> = Api::namespaced(ctx.client.clone(), &key.namespace);
+        let api: Api<K::Reflector> = Api::namespaced(ctx.client.clone(), &key.namespace);
         let ctx = ctx.as_ref();
         finalizer::run(
             &api,
             FINALIZER,
             reflector,
-            |r| async move { sync(&r, ctx).await },
-            |r| async move { cleanup(&r, ctx).await },
+            |r| async move { sync(r.as_ref(), ctx).await },
+            |r| async move { cleanup(r.as_ref(), ctx).await },
         )
         .await
         .map_err(|e| Error::Finalizer(Box::new(e)))
@@ -137,7 +140,11 @@ pub(crate) async fn reconcile(
     .await
 }
 
-pub(crate) fn error_policy(_: Arc<SecretReflector>, error: &Error, ctx: Arc<Context>) -> Action {
+pub(crate) fn error_policy<K: Reflected>(
+    _: Arc<K::Reflector>,
+    error: &Error,
+    ctx: Arc<Context<K>>,
+) -> Action {
     if error.is_stale_read() {
         // A wake-up ran on a cached object older than our own finalizer patch; the watch event of
         // that patch reconciles again anyway.
@@ -151,18 +158,19 @@ pub(crate) fn error_policy(_: Arc<SecretReflector>, error: &Error, ctx: Arc<Cont
 
 /// Makes the copies match the source: reads the source, decides ([`intent::decide`]), writes and
 /// deletes copies, then reports what happened (status, Events, metrics).
-async fn sync(reflector: &SecretReflector, ctx: &Context) -> Result<Action, Error> {
+async fn sync<K: Reflected>(reflector: &K::Reflector, ctx: &Context<K>) -> Result<Action, Error> {
     let key = key_of(reflector);
-    let source = Api::<Secret>::namespaced(ctx.client.clone(), &key.namespace)
-        .get_opt(&reflector.spec.source.name)
+    let spec = K::spec(reflector);
+    let source = Api::<K>::namespaced(ctx.client.clone(), &key.namespace)
+        .get_opt(&spec.source.name)
         .await?;
     let namespaces = namespaces(ctx);
-    let plan = intent::decide(
+    let plan = intent::decide::<K>(
         reflector,
         source.as_ref(),
         &namespaces,
         &ctx.settings.policy,
-        || rivals(ctx, reflector, target_name(reflector), &namespaces),
+        || rivals(ctx, reflector, target_name(spec), &namespaces),
     );
     let outcome = execute(ctx, reflector, &plan, &namespaces).await;
     report_sync(ctx, reflector, plan.blocked(), &outcome).await
@@ -211,14 +219,14 @@ impl SyncOutcome {
 
 /// Carries out `plan`: the copies it asks for are written (`concurrency` at once), then the copies
 /// of ours it no longer wants are deleted.
-async fn execute(
-    ctx: &Context,
-    reflector: &SecretReflector,
-    plan: &SyncPlan<'_>,
+async fn execute<K: Reflected>(
+    ctx: &Context<K>,
+    reflector: &K::Reflector,
+    plan: &SyncPlan<'_, K>,
     namespaces: &BTreeMap<String, NamespaceInfo>,
 ) -> SyncOutcome {
     let key = key_of(reflector);
-    let name = target_name(reflector);
+    let name = target_name(K::spec(reflector));
     let applied = match plan {
         SyncPlan::Blocked { .. } => Vec::new(),
         SyncPlan::Copy { source, targets } => {
@@ -231,7 +239,7 @@ async fn execute(
                         Intent::Yield(winner) => {
                             ctx.metrics.reflection("conflict");
                             Applied {
-                                outcome: intent::yielded(&ns, name, &winner),
+                                outcome: intent::yielded::<K>(&ns, name, &winner),
                                 wrote: None,
                             }
                         }
@@ -259,8 +267,8 @@ async fn execute(
 
 /// Deletes the copies of `key` outside `keep` (or not named `name`), except in terminating namespaces
 /// (they go with the namespace). Returns (deleted, failed).
-async fn delete_unwanted(
-    ctx: &Context,
+async fn delete_unwanted<K: Reflected>(
+    ctx: &Context<K>,
     key: &ReflectorKey,
     name: &str,
     keep: &BTreeSet<String>,
@@ -287,15 +295,15 @@ async fn delete_unwanted(
 
 /// Reports what a sync did: the status (built by [`status::build`], written when it changed), Events,
 /// the conflicts gauge; wakes the reflectors it may have made way for; and says when to look again.
-async fn report_sync(
-    ctx: &Context,
-    reflector: &SecretReflector,
+async fn report_sync<K: Reflected>(
+    ctx: &Context<K>,
+    reflector: &K::Reflector,
     blocked: Option<&Blocked>,
     outcome: &SyncOutcome,
 ) -> Result<Action, Error> {
     let key = key_of(reflector);
     let outcomes: Vec<TargetOutcome> = outcome.applied.iter().map(|a| a.outcome.clone()).collect();
-    let old = reflector.status.clone().unwrap_or_default();
+    let old = reflector.status().cloned().unwrap_or_default();
     let new = status::build(&old, reflector.meta().generation, blocked, &outcomes);
     let conflicts = outcomes
         .iter()
@@ -303,7 +311,7 @@ async fn report_sync(
         .count();
     count_conflicts(ctx, &key, Some(conflicts));
     report(ctx, reflector, &old, &new, &outcome.written()).await;
-    let api: Api<SecretReflector> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let api: Api<K::Reflector> = Api::namespaced(ctx.client.clone(), &key.namespace);
     common::status::write(&api, &key.name, FIELD_MANAGER, Some(&old), &new).await?;
     if reflector.meta().generation != old.observed_generation {
         // Its targets may have changed: a target it gave up may go to a reflector that lost it.
@@ -317,15 +325,15 @@ async fn report_sync(
 }
 
 /// Copies of `key` in the cache (the label-selected watch), whatever their namespace or name.
-fn copies_of(ctx: &Context, key: &ReflectorKey) -> Vec<Arc<Secret>> {
+fn copies_of<K: Reflected>(ctx: &Context<K>, key: &ReflectorKey) -> Vec<Arc<K>> {
     ctx.copies
         .state()
         .into_iter()
-        .filter(|s| copy::ownership(&s.metadata, key) == Ownership::Ours)
+        .filter(|s| copy::ownership(s.meta(), key) == Ownership::Ours)
         .collect()
 }
 
-fn namespaces(ctx: &Context) -> BTreeMap<String, NamespaceInfo> {
+fn namespaces<K: Reflected>(ctx: &Context<K>) -> BTreeMap<String, NamespaceInfo> {
     ctx.namespaces
         .state()
         .iter()
@@ -344,11 +352,11 @@ fn namespaces(ctx: &Context) -> BTreeMap<String, NamespaceInfo> {
         .collect()
 }
 
-/// The other SecretReflectors of the cache with the same target name (not being deleted), each with
-/// the namespaces it would copy into.
-fn rivals(
-    ctx: &Context,
-    reflector: &SecretReflector,
+/// The other reflectors of the cache with the same target name (not being deleted), each with the
+/// namespaces it would copy into.
+fn rivals<K: Reflected>(
+    ctx: &Context<K>,
+    reflector: &K::Reflector,
     target_name: &str,
     namespaces: &BTreeMap<String, NamespaceInfo>,
 ) -> Vec<(Claimant, BTreeMap<String, Placement>)> {
@@ -357,65 +365,64 @@ fn rivals(
         .state()
         .iter()
         .filter(|r| {
-            r.metadata.deletion_timestamp.is_none()
-                && intent::target_name(r) == target_name
-                && key_of(r) != me
+            r.meta().deletion_timestamp.is_none()
+                && intent::target_name(K::spec(r)) == target_name
+                && key_of(r.as_ref()) != me
         })
         .filter_map(|r| {
+            let spec = K::spec(r);
             let plan = targets::plan(
-                &r.spec.targets,
+                &spec.targets,
                 &r.namespace().unwrap_or_default(),
-                &r.spec.source.name,
+                &spec.source.name,
                 target_name,
                 namespaces,
                 &ctx.settings.policy,
             )
             .ok()?;
-            Some((intent::claimant(r), plan))
+            Some((intent::claimant(r.as_ref()), plan))
         })
         .collect()
 }
 
 /// Records the targets in Conflict of `key` (None: it is going) and sets the gauge.
-fn count_conflicts(ctx: &Context, key: &ReflectorKey, conflicts: Option<usize>) {
+fn count_conflicts<K: Reflected>(ctx: &Context<K>, key: &ReflectorKey, conflicts: Option<usize>) {
     let mut all = lock(&ctx.conflicts);
     match conflicts {
         Some(n) => all.insert(key.clone(), n),
         None => all.remove(key),
     };
     ctx.metrics
-        .conflicts
-        .set(all.values().sum::<usize>() as i64);
+        .set_conflicts(all.values().sum::<usize>() as i64);
 }
 
 /// Forgets the conflicts and reported targets of reflectors no longer in the cache (e.g. deleted
 /// without their cleanup, their finalizer removed by hand), and sets the conflicts gauge. Run by the
 /// orphan sweep, once per resync: a reflector that goes through its cleanup is forgotten there.
-pub(crate) fn forget_gone(ctx: &Context) {
+pub(crate) fn forget_gone<K: Reflected>(ctx: &Context<K>) {
     let mut all = lock(&ctx.conflicts);
     all.retain(|k, _| cached(ctx, k));
     ctx.metrics
-        .conflicts
-        .set(all.values().sum::<usize>() as i64);
+        .set_conflicts(all.values().sum::<usize>() as i64);
     drop(all);
     lock(&ctx.reported).retain(|k, _| cached(ctx, k));
 }
 
-fn cached(ctx: &Context, key: &ReflectorKey) -> bool {
+fn cached<K: Reflected>(ctx: &Context<K>, key: &ReflectorKey) -> bool {
     ctx.reflectors
         .get(&ObjectRef::new(&key.name).within(&key.namespace))
         .is_some()
 }
 
 /// Wakes the other reflectors that report a Conflict: one may now win a target `key` gave up.
-fn wake_conflicted(ctx: &Context, key: &ReflectorKey) {
+fn wake_conflicted<K: Reflected>(ctx: &Context<K>, key: &ReflectorKey) {
     for r in ctx.reflectors.state() {
-        let conflicted = r.status.as_ref().is_some_and(|s| {
+        let conflicted = r.status().is_some_and(|s| {
             s.targets
                 .iter()
                 .any(|t| t.state == TargetState::Conflict.as_str())
         });
-        if conflicted && key_of(&r) != *key {
+        if conflicted && key_of(r.as_ref()) != *key {
             let _ = ctx.wake.unbounded_send(ObjectRef::from_obj(r.as_ref()));
         }
     }
@@ -428,17 +435,17 @@ fn post_params() -> PostParams {
     }
 }
 
-/// Makes the copy at `ns/name` match the source, unless a Secret there is not ours.
-async fn apply_target(
-    ctx: &Context,
+/// Makes the copy at `ns/name` match the source, unless an object there is not ours.
+async fn apply_target<K: Reflected>(
+    ctx: &Context<K>,
     key: &ReflectorKey,
-    source: &Secret,
+    source: &K,
     ns: &str,
     name: &str,
 ) -> Applied {
     let want = copy::desired(source, key, ns, name);
     let cached = ctx.copies.get(&ObjectRef::new(name).within(ns));
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let result = write_target(ctx, &api, cached.as_deref(), &want, key).await;
     let (state, message, wrote) = match result {
         Ok(Written::Wrote(what)) => (TargetState::Synced, None, Some(what)),
@@ -479,22 +486,22 @@ enum Written {
     Conflict(String),
 }
 
-async fn write_target(
-    ctx: &Context,
-    api: &Api<Secret>,
-    cached: Option<&Secret>,
-    want: &Secret,
+async fn write_target<K: Reflected>(
+    ctx: &Context<K>,
+    api: &Api<K>,
+    cached: Option<&K>,
+    want: &K,
     key: &ReflectorKey,
 ) -> Result<Written, kube::Error> {
-    let name = want.metadata.name.as_deref().unwrap_or_default();
+    let name = want.meta().name.as_deref().unwrap_or_default();
     let mut existing = cached.cloned();
-    // The cache may lag behind our own last write, or miss a Secret outside the label watch (foreign,
-    // or our label removed): when the API server says so (409), read the live Secret and decide again,
-    // once.
+    // The cache may lag behind our own last write, or miss an object outside the label watch
+    // (foreign, or our label removed): when the API server says so (409), read the live object and
+    // decide again, once.
     for attempt in 0..2 {
         match write_once(ctx, api, existing.as_ref(), want, key).await {
             Err(kube::Error::Api(s)) if attempt == 0 && s.code == 409 => {
-                debug!(namespace = ?want.metadata.namespace, reason = %s.reason, "cache behind the API server; reading the live Secret");
+                debug!(namespace = ?want.meta().namespace, reason = %s.reason, "cache behind the API server; reading the live object");
                 existing = api.get_opt(name).await?;
             }
             other => return other,
@@ -503,21 +510,21 @@ async fn write_target(
     unreachable!("the second attempt always returns")
 }
 
-async fn write_once(
-    ctx: &Context,
-    api: &Api<Secret>,
-    existing: Option<&Secret>,
-    want: &Secret,
+async fn write_once<K: Reflected>(
+    ctx: &Context<K>,
+    api: &Api<K>,
+    existing: Option<&K>,
+    want: &K,
     key: &ReflectorKey,
 ) -> Result<Written, kube::Error> {
-    let previous = existing.map(|e| copy::ownership(&e.metadata, key));
+    let previous = existing.map(|e| copy::ownership(e.meta(), key));
     let take_over = match &previous {
         Some(Ownership::OtherReflector(owner)) => gives_way(ctx, owner).await,
         _ => false,
     };
     let decision = copy::decide(existing, want, key, take_over);
     if take_over && matches!(decision, Decision::Update | Decision::Replace) {
-        info!(namespace = ?want.metadata.namespace, previous = ?previous, "taking over the copy of a SecretReflector that gives way");
+        info!(namespace = ?want.meta().namespace, previous = ?previous, "taking over the copy of a reflector that gives way");
     }
     match decision {
         Decision::Unchanged => Ok(Written::Unchanged),
@@ -530,8 +537,8 @@ async fn write_once(
             let existing = existing.cloned().unwrap_or_default();
             // Other tools' labels and annotations on the copy are kept.
             let mut next = copy::merged(&existing, want);
-            // Optimistic concurrency: fails if the Secret changed since it was read (and checked).
-            next.metadata.resource_version = existing.metadata.resource_version.clone();
+            // Optimistic concurrency: fails if the object changed since it was read (and checked).
+            next.meta_mut().resource_version = existing.meta().resource_version.clone();
             api.replace(&existing.name_any(), &post_params(), &next)
                 .await?;
             Ok(Written::Wrote("updated"))
@@ -545,18 +552,18 @@ async fn write_once(
     }
 }
 
-/// Whether the SecretReflector `owner` named in a copy's marker gives way to this one, at a target this
+/// Whether the reflector `owner` named in a copy's marker gives way to this one, at a target this
 /// one won (only those are written): it is in the cache, so it lost the target or no longer claims
 /// it; or the API server says it does not exist. One outside the cache that exists (another
 /// controller's scope), or that cannot be checked, keeps its copy: a Conflict.
-async fn gives_way(ctx: &Context, owner: &str) -> bool {
+async fn gives_way<K: Reflected>(ctx: &Context<K>, owner: &str) -> bool {
     let Some(owner) = ReflectorKey::parse(owner) else {
         return false;
     };
     if cached(ctx, &owner) {
         return true;
     }
-    match Api::<SecretReflector>::namespaced(ctx.client.clone(), &owner.namespace)
+    match Api::<K::Reflector>::namespaced(ctx.client.clone(), &owner.namespace)
         .get_opt(&owner.name)
         .await
     {
@@ -568,12 +575,12 @@ async fn gives_way(ctx: &Context, owner: &str) -> bool {
     }
 }
 
-/// Deletes exactly the Secret that was checked: same uid, same resourceVersion.
-async fn delete_checked(api: &Api<Secret>, secret: &Secret) -> Result<(), kube::Error> {
+/// Deletes exactly the object that was checked: same uid, same resourceVersion.
+async fn delete_checked<K: Reflected>(api: &Api<K>, secret: &K) -> Result<(), kube::Error> {
     let params = DeleteParams {
         preconditions: Some(Preconditions {
-            uid: secret.metadata.uid.clone(),
-            resource_version: secret.metadata.resource_version.clone(),
+            uid: secret.meta().uid.clone(),
+            resource_version: secret.meta().resource_version.clone(),
         }),
         ..Default::default()
     };
@@ -586,20 +593,20 @@ async fn delete_checked(api: &Api<Secret>, secret: &Secret) -> Result<(), kube::
 
 /// Deletes a copy after checking its marker names `key`; false when it turned out not to be ours (or
 /// was already gone).
-pub(crate) async fn delete_copy(
-    ctx: &Context,
-    secret: &Secret,
+pub(crate) async fn delete_copy<K: Reflected>(
+    ctx: &Context<K>,
+    secret: &K,
     key: &ReflectorKey,
 ) -> Result<bool, kube::Error> {
-    if copy::ownership(&secret.metadata, key) != Ownership::Ours {
+    if copy::ownership(secret.meta(), key) != Ownership::Ours {
         return Ok(false);
     }
     let ns = secret.namespace().unwrap_or_default();
     let api = Api::namespaced(ctx.client.clone(), &ns);
     match delete_checked(&api, secret).await {
-        // Changed since it was cached: check the live Secret's marker, then delete exactly that one.
+        // Changed since it was cached: check the live object's marker, then delete exactly that one.
         Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&secret.name_any()).await? {
-            Some(live) if copy::ownership(&live.metadata, key) == Ownership::Ours => {
+            Some(live) if copy::ownership(live.meta(), key) == Ownership::Ours => {
                 delete_checked(&api, &live).await?
             }
             _ => return Ok(false),
@@ -611,11 +618,14 @@ pub(crate) async fn delete_copy(
     Ok(true)
 }
 
-/// The SecretReflector is being deleted: delete every copy it made, found by label on the API server
-/// (not from memory), then let the finalizer go.
-async fn cleanup(reflector: &SecretReflector, ctx: &Context) -> Result<Cleanup, Error> {
+/// The reflector is being deleted: delete every copy it made, found by label on the API server (not
+/// from memory), then let the finalizer go.
+async fn cleanup<K: Reflected>(
+    reflector: &K::Reflector,
+    ctx: &Context<K>,
+) -> Result<Cleanup, Error> {
     let key = key_of(reflector);
-    let all: Api<Secret> = Api::all(ctx.client.clone());
+    let all: Api<K> = Api::all(ctx.client.clone());
     let listed = all
         .list(&ListParams::default().labels(&format!("{MANAGED_LABEL}={}", key.namespace)))
         .await?;
@@ -624,7 +634,7 @@ async fn cleanup(reflector: &SecretReflector, ctx: &Context) -> Result<Cleanup, 
     for secret in listed
         .items
         .iter()
-        .filter(|s| copy::ownership(&s.metadata, &key) == Ownership::Ours)
+        .filter(|s| copy::ownership(s.meta(), &key) == Ownership::Ours)
     {
         match delete_copy(ctx, secret, &key).await {
             Ok(true) => deleted += 1,
@@ -641,20 +651,27 @@ async fn cleanup(reflector: &SecretReflector, ctx: &Context) -> Result<Cleanup, 
     if failed > 0 {
         return Err(Error::CleanupIncomplete(failed));
     }
-    info!(deleted, "SecretReflector deleted; its copies are removed");
+    info!(
+        deleted,
+        "{} deleted; its copies are removed",
+        K::REFLECTOR_KIND
+    );
     publish(
         ctx,
         &reflector.object_ref(&()),
         EventType::Normal,
         "CopiesDeleted",
-        format!("deleted {deleted} copies before the SecretReflector goes"),
+        format!(
+            "deleted {deleted} copies before the {} goes",
+            K::REFLECTOR_KIND
+        ),
     )
     .await;
     Ok(Cleanup::Done(Action::await_change()))
 }
 
-async fn publish(
-    ctx: &Context,
+async fn publish<K: Reflected>(
+    ctx: &Context<K>,
     reference: &ObjectReference,
     type_: EventType,
     reason: &str,
@@ -666,11 +683,11 @@ async fn publish(
 /// Events for what this reconcile did or newly found: writes (Synced), new conflicts (Conflict), new
 /// failures (Error), and a change of a blocking reason (SourceNotFound, InvalidSpec,
 /// SourceTypeUnsupported).
-async fn report(
-    ctx: &Context,
-    reflector: &SecretReflector,
-    old: &SecretReflectorStatus,
-    new: &SecretReflectorStatus,
+async fn report<K: Reflected>(
+    ctx: &Context<K>,
+    reflector: &K::Reflector,
+    old: &ReflectorStatus,
+    new: &ReflectorStatus,
     written: &BTreeMap<&str, usize>,
 ) {
     let reference = reflector.object_ref(&());
@@ -730,7 +747,7 @@ async fn report(
             .await;
         }
     }
-    let ready = |s: &SecretReflectorStatus| {
+    let ready = |s: &ReflectorStatus| {
         conditions::find(&s.conditions, conditions::READY)
             .map(|c| (c.reason.clone(), c.message.clone()))
     };

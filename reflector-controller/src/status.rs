@@ -1,9 +1,9 @@
-//! The SecretReflector status: per-target states, the `synced/desired` summary, and the Ready /
+//! The status of a reflector (of any kind): per-target states, the `synced/desired` summary, and the Ready /
 //! Stalled / Reconciling conditions. Pure.
 
 use common::{
     conditions::{self, Condition},
-    crd::{SecretReflectorStatus, reflector::TargetStatus},
+    crd::{ReflectorStatus, reflector::TargetStatus},
 };
 
 /// State of one target after a reconcile.
@@ -52,7 +52,7 @@ pub struct TargetOutcome {
 /// Why the reflector cannot copy at all.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Blocked {
-    /// The source Secret does not exist (copies were removed).
+    /// The source does not exist (copies were removed).
     SourceNotFound(String),
     /// The spec is invalid (e.g. the namespace selector).
     InvalidSpec(String),
@@ -62,11 +62,11 @@ pub enum Blocked {
 
 /// Builds the status from the outcomes, keeping condition transition times from `old`.
 pub fn build(
-    old: &SecretReflectorStatus,
+    old: &ReflectorStatus,
     generation: Option<i64>,
     blocked: Option<&Blocked>,
     outcomes: &[TargetOutcome],
-) -> SecretReflectorStatus {
+) -> ReflectorStatus {
     let desired = outcomes.iter().filter(|o| o.state.desired()).count();
     let count = |s: TargetState| outcomes.iter().filter(|o| o.state == s).count();
     let synced = count(TargetState::Synced);
@@ -88,7 +88,7 @@ pub fn build(
             false,
             "Conflict",
             format!(
-                "{conflicts} target(s) hold a Secret this reflector does not manage; {synced}/{desired} synced"
+                "{conflicts} target(s) hold an object this reflector does not manage; {synced}/{desired} synced"
             ),
         ),
         None if errors > 0 => (
@@ -143,7 +143,7 @@ pub fn build(
         })
         .collect();
     targets.sort_by(|a, b| a.namespace.cmp(&b.namespace));
-    SecretReflectorStatus {
+    ReflectorStatus {
         observed_generation: generation,
         conditions: conds,
         summary: Some(format!("{synced}/{desired}")),
@@ -163,7 +163,7 @@ mod tests {
         }
     }
 
-    fn ready(s: &SecretReflectorStatus) -> (String, String) {
+    fn ready(s: &ReflectorStatus) -> (String, String) {
         let c = conditions::find(&s.conditions, conditions::READY).unwrap();
         (c.status.clone(), c.reason.clone())
     }

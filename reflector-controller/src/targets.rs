@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::crd::reflector::Targets;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kube::core::{Selector, SelectorExt};
 
 use crate::copy::ReflectorKey;
@@ -101,6 +101,77 @@ pub enum Placement {
 #[error("invalid namespaceSelector: {0}")]
 pub struct InvalidSelector(String);
 
+/// Whether `s` is the name part of a label key, or a non-empty label value: at most 63 characters of
+/// `[A-Za-z0-9._-]`, starting and ending with a letter or digit.
+fn is_label_name(s: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    s.len() <= 63
+        && edge(s.chars().next())
+        && edge(s.chars().last())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Whether `s` is a DNS-1123 subdomain (the prefix of a label key).
+fn is_dns_subdomain(s: &str) -> bool {
+    let label = |l: &str| {
+        let edge =
+            |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        edge(l.chars().next())
+            && edge(l.chars().last())
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    s.len() <= 253 && s.split('.').all(label)
+}
+
+/// Whether `key` is a label key: `[prefix/]name`, the prefix a DNS subdomain.
+fn is_label_key(key: &str) -> bool {
+    match key.split_once('/') {
+        Some((prefix, name)) => is_dns_subdomain(prefix) && is_label_name(name),
+        None => is_label_name(key),
+    }
+}
+
+/// Whether `value` is a label value (empty, or as [`is_label_name`]).
+fn is_label_value(value: &str) -> bool {
+    value.is_empty() || is_label_name(value)
+}
+
+/// Refuses label keys and values no label can have (a selector using them would silently match
+/// nothing): the CRD refuses them at admission; this reports those of objects stored before.
+fn check_selector(selector: &LabelSelector) -> Result<(), InvalidSelector> {
+    let bad_key = |key: &str| {
+        InvalidSelector(format!(
+            "{key:?} is not a label key ([prefix/]name: a name of at most 63 characters of \
+             [A-Za-z0-9._-] starting and ending with a letter or digit, the prefix a DNS subdomain)"
+        ))
+    };
+    let bad_value = |key: &str, value: &str| {
+        InvalidSelector(format!(
+            "{value:?} (for {key:?}) is not a label value (at most 63 characters of [A-Za-z0-9._-], \
+             starting and ending with a letter or digit)"
+        ))
+    };
+    for (key, value) in selector.match_labels.iter().flatten() {
+        if !is_label_key(key) {
+            return Err(bad_key(key));
+        }
+        if !is_label_value(value) {
+            return Err(bad_value(key, value));
+        }
+    }
+    for e in selector.match_expressions.iter().flatten() {
+        if !is_label_key(&e.key) {
+            return Err(bad_key(&e.key));
+        }
+        if let Some(value) = e.values.iter().flatten().find(|v| !is_label_value(v)) {
+            return Err(bad_value(&e.key, value));
+        }
+    }
+    Ok(())
+}
+
 /// Every namespace named or selected by `targets`, sorted by name, with its placement. Excluded and
 /// terminating namespaces are left out quietly, and so is the source's own namespace when it is only
 /// selected and the copy would be the source itself (e.g. `namespaceSelector: {}`).
@@ -117,6 +188,9 @@ pub fn plan(
     namespaces: &BTreeMap<String, NamespaceInfo>,
     policy: &TargetPolicy,
 ) -> Result<BTreeMap<String, Placement>, InvalidSelector> {
+    if let Some(selector) = &targets.namespace_selector {
+        check_selector(selector)?;
+    }
     let selector: Option<Selector> = targets
         .namespace_selector
         .clone()
@@ -220,7 +294,7 @@ pub fn lost(
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     use super::*;
 
@@ -475,6 +549,77 @@ mod tests {
                 want.into_iter().map(|(n, p)| (n.to_owned(), p)).collect();
             assert_eq!(run(targets, target_name, policy), want, "{what}");
         }
+    }
+
+    #[test]
+    fn label_keys_and_values_no_label_can_have_are_an_invalid_selector() {
+        let long = "a".repeat(64);
+        let keys = [
+            ("team", true),
+            ("example.com/team", true),
+            ("app.kubernetes.io/name", true),
+            ("A_b.c-9", true),
+            ("Not A Key!", false),
+            ("", false),
+            ("-team", false),
+            ("team-", false),
+            ("Example.com/team", false),
+            ("example.com/", false),
+            ("/team", false),
+            ("a/b/c", false),
+            (long.as_str(), false),
+        ];
+        for (key, ok) in keys {
+            assert_eq!(is_label_key(key), ok, "key {key:?}");
+        }
+        let values = [
+            ("", true),
+            ("web", true),
+            ("v1.2_x-y", true),
+            ("with space", false),
+            ("-x", false),
+            ("a/b", false),
+            (long.as_str(), false),
+        ];
+        for (value, ok) in values {
+            assert_eq!(is_label_value(value), ok, "value {value:?}");
+        }
+        let selecting = |labels: &[(&str, &str)], expression: Option<(&str, &str)>| Targets {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                ),
+                match_expressions: expression.map(|(key, value)| {
+                    vec![LabelSelectorRequirement {
+                        key: key.into(),
+                        operator: "In".into(),
+                        values: Some(vec![value.into()]),
+                    }]
+                }),
+            }),
+            ..Default::default()
+        };
+        let plan_of = |t: &Targets| {
+            plan(
+                t,
+                "certs",
+                "tls",
+                "tls",
+                &cluster(),
+                &TargetPolicy::default(),
+            )
+            .map_err(|e| e.to_string())
+        };
+        let err = plan_of(&selecting(&[("Not A Key!", "x")], None)).unwrap_err();
+        assert!(err.contains("\"Not A Key!\" is not a label key"), "{err}");
+        let err = plan_of(&selecting(&[("tls", "not a value")], None)).unwrap_err();
+        assert!(err.contains("is not a label value"), "{err}");
+        assert!(plan_of(&selecting(&[], Some(("Not A Key!", "x")))).is_err());
+        assert!(plan_of(&selecting(&[], Some(("tls", "a b")))).is_err());
+        assert!(plan_of(&selecting(&[("tls", "wildcard")], Some(("team", "web")))).is_ok());
     }
 
     #[test]

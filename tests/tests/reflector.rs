@@ -679,8 +679,13 @@ async fn a_foreign_secret_is_a_conflict_and_stays_untouched() {
     assert!(message.contains("not managed"), "{message}");
     let note = wait_event(&client, &src.name, "wildcard", "Conflict", "").await;
     assert!(note.contains(&taken.name), "{note}");
-    wait_metric(&controller, "reflector_conflicts", 1.0).await;
-    wait_metric(&controller, "reflector_copies_managed", 1.0).await;
+    wait_metric(&controller, "reflector_conflicts{kind=\"secret\"}", 1.0).await;
+    wait_metric(
+        &controller,
+        "reflector_copies_managed{kind=\"secret\"}",
+        1.0,
+    )
+    .await;
 
     // A source change proceeds elsewhere; the foreign Secret stays byte for byte.
     set_source(&client, &src.name, "tls", v2).await;
@@ -724,8 +729,13 @@ async fn a_foreign_secret_is_a_conflict_and_stays_untouched() {
     );
     assert_eq!(now.data, Some(data(&[("password", "hunter2")])));
     // The conflicts gauge forgets a reflector that is gone.
-    wait_metric(&controller, "reflector_conflicts", 0.0).await;
-    wait_metric(&controller, "reflector_copies_managed", 0.0).await;
+    wait_metric(&controller, "reflector_conflicts{kind=\"secret\"}", 0.0).await;
+    wait_metric(
+        &controller,
+        "reflector_copies_managed{kind=\"secret\"}",
+        0.0,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -766,7 +776,7 @@ async fn hand_edits_are_restored_and_deleted_copies_recreated() {
 
     // Labels and annotations another tool (e.g. a mutating webhook) adds are left alone: no fight,
     // not even a write that changes nothing.
-    let updated = "reflections_total{result=\"updated\"}";
+    let updated = "reflections_total{kind=\"secret\",result=\"updated\"}";
     wait_metric(&controller, updated, 1.0).await; // the data restored above
     let tagged = copies
         .patch(
@@ -1601,7 +1611,12 @@ async fn immutable_and_type_changes_replace_the_copies() {
     let replaced = wait_copy(&client, &target.name, "tls", two).await;
     assert_ne!(uid(&replaced), uid(&first), "replaced, not updated");
     assert_eq!(replaced.immutable, Some(true));
-    wait_metric(&controller, "reflections_total{result=\"replaced\"}", 1.0).await;
+    wait_metric(
+        &controller,
+        "reflections_total{kind=\"secret\",result=\"replaced\"}",
+        1.0,
+    )
+    .await;
     assert_no_leak(&client, &src.name, "wildcard", &controller, &[one, two]).await;
 
     // Recreated with another type (and mutable): replaced again, with the new type.
@@ -1612,7 +1627,12 @@ async fn immutable_and_type_changes_replace_the_copies() {
     assert_ne!(uid(&retyped), uid(&replaced), "replaced, not updated");
     assert_eq!(retyped.type_.as_deref(), Some("kubernetes.io/tls"));
     assert_eq!(retyped.immutable, None);
-    wait_metric(&controller, "reflections_total{result=\"replaced\"}", 1.0).await;
+    wait_metric(
+        &controller,
+        "reflections_total{kind=\"secret\",result=\"replaced\"}",
+        1.0,
+    )
+    .await;
     wait_status(
         &client,
         &src.name,

@@ -9,7 +9,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use pack::{Pack, PackSpec, PackStatus};
-pub use reflector::{SecretReflector, SecretReflectorSpec, SecretReflectorStatus};
+pub use reflector::{
+    ConfigMapReflector, ConfigMapReflectorSpec, ReflectorSpec, ReflectorStatus, SecretReflector,
+    SecretReflectorSpec, SecretReflectorStatus,
+};
 pub use repository::{
     ClusterPackRepository, ClusterPackRepositorySpec, ClusterPackRepositoryStatus,
 };
@@ -28,6 +31,10 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
             ClusterPackRepository::crd(),
         ),
         ("k8s.kubit.ir_secretreflectors.yaml", SecretReflector::crd()),
+        (
+            "k8s.kubit.ir_configmapreflectors.yaml",
+            ConfigMapReflector::crd(),
+        ),
     ]
 }
 

@@ -3,7 +3,10 @@
 
 use super::*;
 use common::{
-    crd::reflector::{SecretReflectorSpec, SourceReference, Targets},
+    crd::{
+        SecretReflector,
+        reflector::{SecretReflectorSpec, SourceReference, Targets},
+    },
     testing::{ApiRequest, ApiServer},
 };
 use k8s_openapi::{
@@ -18,7 +21,8 @@ use kube::{
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
-use crate::{copy::REFLECTOR_ANNOTATION, targets::TargetPolicy};
+use crate::{copy::REFLECTOR_ANNOTATION, metrics::ReflectorMetrics, targets::TargetPolicy};
+use k8s_openapi::api::core::v1::Secret;
 
 const SOURCE: &str = "/api/v1/namespaces/certs/secrets/src";
 const COPY: &str = "/api/v1/namespaces/apps/secrets/src";
@@ -69,7 +73,7 @@ fn source() -> Secret {
 
 /// A Context over `client` whose caches hold namespaces `certs` and `apps`, no copies and no other
 /// SecretReflector.
-fn context(client: Client) -> Context {
+fn context(client: Client) -> Context<Secret> {
     let (namespaces, mut writer) = reflector::store::<PartialObjectMeta<Namespace>>();
     for name in ["certs", "apps"] {
         let ns = ObjectMeta {
@@ -94,7 +98,7 @@ fn context(client: Client) -> Context {
                 instance: None,
             },
         ),
-        metrics: ReflectorMetrics::register(&mut registry),
+        metrics: ReflectorMetrics::register(&mut registry).for_kind("secret"),
         reconciles: ReconcileMetrics::register(&mut registry, "reflector"),
         namespaces,
         copies: reflector::store().0,
