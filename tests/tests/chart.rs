@@ -69,7 +69,10 @@ fn container_args(deployment: &Value) -> Vec<String> {
 fn crds_of(component: &str) -> &'static [&'static str] {
     match component {
         "pack-controller" => &["clusterpackrepositories.k8s.kubit.ir", "packs.k8s.kubit.ir"],
-        "reflector-controller" => &["secretreflectors.k8s.kubit.ir"],
+        "reflector-controller" => &[
+            "configmapreflectors.k8s.kubit.ir",
+            "secretreflectors.k8s.kubit.ir",
+        ],
         _ => &[],
     }
 }
@@ -248,6 +251,87 @@ fn every_combination_of_controllers_lints_and_renders_only_what_it_enables() {
 /// Remove an entry when the binary learns the flag (this test then keeps it learned).
 const PENDING_FLAGS: &[(&str, &str)] = &[];
 
+/// Each reflector kind on its own: its CRD, its `--kinds` entry and RBAC on its objects only; none is
+/// refused with a message.
+#[test]
+fn each_reflector_kind_is_enabled_on_its_own_with_rbac_for_it_only() {
+    let cases = [
+        (true, true, "--kinds=secret,configmap"),
+        (true, false, "--kinds=secret"),
+        (false, true, "--kinds=configmap"),
+    ];
+    for (secrets, configmaps, flag) in cases {
+        let sets = vec![
+            "packController.enabled=false".to_owned(),
+            "redeployController.enabled=false".to_owned(),
+            format!("reflectorController.kinds.secrets={secrets}"),
+            format!("reflectorController.kinds.configMaps={configmaps}"),
+        ];
+        let docs = template("po", "pack-operator", &sets).unwrap();
+        let crds: BTreeSet<String> = of_kind(&docs, "CustomResourceDefinition")
+            .iter()
+            .map(|d| name(d).to_owned())
+            .collect();
+        let mut want = BTreeSet::new();
+        if secrets {
+            want.insert("secretreflectors.k8s.kubit.ir".to_owned());
+        }
+        if configmaps {
+            want.insert("configmapreflectors.k8s.kubit.ir".to_owned());
+        }
+        assert_eq!(crds, want, "{sets:?}");
+        let deployment = of_kind(&docs, "Deployment")[0].clone();
+        assert!(
+            container_args(&deployment).contains(&flag.to_owned()),
+            "{sets:?}"
+        );
+        let role = of_kind(&docs, "ClusterRole")
+            .into_iter()
+            .find(|r| name(r).ends_with("reflector-controller"))
+            .unwrap()
+            .clone();
+        let resources: BTreeSet<String> = role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["resources"].as_array().cloned().unwrap_or_default())
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .collect();
+        for (on, names) in [
+            (
+                secrets,
+                ["secrets", "secretreflectors", "secretreflectors/status"],
+            ),
+            (
+                configmaps,
+                [
+                    "configmaps",
+                    "configmapreflectors",
+                    "configmapreflectors/status",
+                ],
+            ),
+        ] {
+            for n in names {
+                assert_eq!(
+                    resources.contains(n),
+                    on,
+                    "{n} with {sets:?}: {resources:?}"
+                );
+            }
+        }
+    }
+    let none = [
+        "reflectorController.kinds.secrets=false",
+        "reflectorController.kinds.configMaps=false",
+    ]
+    .map(String::from);
+    let err = template("po", "pack-operator", &none).unwrap_err();
+    assert!(
+        err.to_string().contains("turn on secrets or configMaps"),
+        "{err}"
+    );
+}
+
 #[test]
 fn every_flag_the_chart_passes_is_one_the_binary_knows() {
     let all = enable_only(&[
@@ -328,8 +412,8 @@ fn chart_crds_and_admission_policies_are_those_of_deploy() {
     }
     assert_eq!(
         sources.len(),
-        3 + 4,
-        "3 CRDs and 2 policies with their bindings in deploy/"
+        4 + 4,
+        "4 CRDs and 2 policies with their bindings in deploy/"
     );
     for source in sources {
         let (k, n) = (kind(&source).to_owned(), name(&source).to_owned());
@@ -1456,8 +1540,14 @@ async fn reflector_controller_with_the_chart_rbac_reflects_and_never_touches_wor
     let ns = env.namespace("chart-rf").await;
     let target = env.namespace("chart-rf-to").await;
     let release = format!("rf-{}", random_suffix());
-    let (kubeconfig, _guard) =
-        chart_service_account(&release, &ns.name, "reflector-controller", &[]).await;
+    // Only the Secret kind on: the chart grants nothing on ConfigMaps then (asserted at the end).
+    let (kubeconfig, _guard) = chart_service_account(
+        &release,
+        &ns.name,
+        "reflector-controller",
+        &["reflectorController.kinds.configMaps=false"],
+    )
+    .await;
     let admin = env.client().await;
 
     // The main scenario with the chart's rights: a copy is made, follows its source, and is removed
