@@ -1,5 +1,7 @@
-//! What the benchmarks share: reading a controller process's memory and CPU from /proc, and summarising
-//! samples.
+//! What the benchmarks share: reading a controller process's memory and CPU from /proc, summarising
+//! samples, and generating a large Helm repository index.
+
+use std::fmt::Write as _;
 
 /// (resident set, its high-water mark) of process `pid`, in KiB; 0 when unreadable.
 pub fn rss_kib(pid: u32) -> (u64, u64) {
@@ -45,6 +47,48 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// A Helm repository `index.yaml` of `versions` chart versions spread over `charts` charts (at least one),
+/// shaped as `helm repo index` writes it: each entry has a description, keywords, a maintainer, a unique
+/// SHA-256 digest, `created` and a relative URL, about 245 bytes each (100,000 versions ≈ 24 MB). No archive
+/// exists for any of them: the index alone is what the memory case of `pack-bench` measures.
+pub fn generated_index(versions: usize, charts: usize) -> String {
+    let charts = charts.max(1);
+    let mut text = String::with_capacity(versions * 240 + 64);
+    text.push_str("apiVersion: v1\nentries:\n");
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    // splitmix64: distinct, reproducible digests without a hashing dependency.
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    for chart in 0..charts {
+        let count = versions / charts + usize::from(chart < versions % charts);
+        let _ = writeln!(text, "  chart-{chart}:");
+        for v in 0..count {
+            let (major, minor, patch) = (v / 10_000, v / 100 % 100, v % 100);
+            let _ = write!(
+                text,
+                "  - created: \"2024-05-{:02}T10:{:02}:{:02}Z\"\n    description: Bench chart\n    \
+                 digest: {:016x}{:016x}{:016x}{:016x}\n    keywords: [bench]\n    \
+                 maintainers: [{{name: ops}}]\n    urls: [chart-{chart}-{major}.{minor}.{patch}.tgz]\n    \
+                 version: {major}.{minor}.{patch}\n",
+                v % 28 + 1,
+                v / 60 % 60,
+                v % 60,
+                next(),
+                next(),
+                next(),
+                next(),
+            );
+        }
+    }
+    text.push_str("generated: \"2024-05-03T10:11:12Z\"\n");
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +100,24 @@ mod tests {
         assert!(percentile(&[], 0.5).is_nan());
         let (rss, hwm) = rss_kib(std::process::id());
         assert!(rss > 0 && hwm >= rss);
+    }
+
+    #[test]
+    fn the_generated_index_has_every_version_once_at_about_245_bytes_each() {
+        let text = generated_index(1000, 7);
+        assert!(text.starts_with("apiVersion: v1\nentries:\n  chart-0:\n"));
+        assert_eq!(text.matches("\n    version: ").count(), 1000);
+        assert_eq!(text.matches("\n  chart-").count(), 7);
+        let per_entry = text.len() / 1000;
+        assert!(
+            (220..270).contains(&per_entry),
+            "{per_entry} bytes per entry"
+        );
+        let digests: std::collections::HashSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("    digest: "))
+            .collect();
+        assert_eq!(digests.len(), 1000);
+        assert!(digests.iter().all(|d| d.len() == 64));
     }
 }

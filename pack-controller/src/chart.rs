@@ -345,6 +345,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_archive_the_server_does_not_have_says_the_repository_is_inconsistent() {
+        let app = axum::Router::new().route(
+            "/index.yaml",
+            axum::routing::get(|| async { "apiVersion: v1\nentries: {}\n" }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let dir = temp_dir("gone");
+        let cache = ChartCache::new(HttpFetcher::new(), dir.clone());
+        let r = resolution(&url, Some("00".repeat(32)));
+        let err = cache
+            .archive(&ChartSource::new(FetchRequest::new(url.clone())), &r)
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "ChartDownloadFailed");
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!(
+                "cannot download chart genpack 0.1.0 from {url}/charts/genpack-0.1.0.tgz: GET "
+            )) && message.contains(
+                "HTTP 404 Not Found; the repository index lists this chart archive but \
+                                     the server does not have it: the repository is inconsistent"
+            ),
+            "{message}"
+        );
+        // Not the hint of a wrong spec.url: the index was read from it.
+        assert!(!message.contains("spec.url"), "{message}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
     async fn unreachable_archive_names_the_url() {
         let dir = temp_dir("down");
         let cache = ChartCache::new(HttpFetcher::new(), dir.clone());

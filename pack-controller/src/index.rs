@@ -25,7 +25,7 @@ mod source;
 
 pub use cache::{CachedRepository, IndexCache};
 pub(crate) use error::redact_url_text;
-pub use error::{IndexError, RedactedString};
+pub use error::{HttpTarget, IndexError, RedactedString};
 pub use http::{
     CacheValidators, DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_INDEX_BYTES, FetchOutcome, FetchRequest,
     HttpFetcher,

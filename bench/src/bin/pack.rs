@@ -12,15 +12,26 @@
 //! 3. the overhead of one Pack install over a bare `helm upgrade --install` of the same chart archive with
 //!    the same values, measured `--repeat` times each (medians) and given as a ratio.
 //!
+//! With `--index-versions N` it measures instead what a large repository index costs the controller: a
+//! generated `index.yaml` of N chart versions (over `--index-charts` charts, about 245 bytes per entry as
+//! `helm repo index` writes them, no archives) is served without `ETag`/`Last-Modified`, so every refresh
+//! downloads and parses it in full; one ClusterPackRepository refreshes it every `--index-interval`, no
+//! Pack exists. Reports the controller's RSS before the repository exists, at rest after the first fetch,
+//! after each of `--index-refreshes` refreshes, and its high-water mark (VmHWM: the peak of the whole run).
+//!
 //!   cargo run --release -p bench --bin pack-bench -- [--packs 100 --steady-seconds 300]
+//!   cargo run --release -p bench --bin pack-bench -- --index-versions 100000
 
 #![allow(clippy::print_stdout)] // a benchmark prints its figures
 
-use std::time::{Duration, Instant};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use common::crd::{Pack, pack::PackState};
+use common::crd::{ClusterPackRepository, Pack, pack::PackState};
 use e2e::{
     cluster::ControlPlane,
     controller::ControllerProcess,
@@ -55,6 +66,22 @@ struct Args {
     /// Installs timed for the overhead ratio (each way).
     #[arg(long, default_value_t = 5)]
     repeat: usize,
+    /// Measure the memory of a repository index of this many chart versions instead (no Packs).
+    #[arg(long)]
+    index_versions: Option<usize>,
+    /// Charts the versions of `--index-versions` are spread over.
+    #[arg(long, default_value_t = 100)]
+    index_charts: usize,
+    /// Refreshes of that index measured after the first fetch (the server sends no ETag: each one
+    /// downloads and parses the whole index).
+    #[arg(long, default_value_t = 10)]
+    index_refreshes: usize,
+    /// spec.interval of the repository of `--index-versions`.
+    #[arg(long, default_value = "10s")]
+    index_interval: String,
+    /// The pack-controller binary (default: target/release/pack-controller), e.g. to compare builds.
+    #[arg(long)]
+    controller_binary: Option<PathBuf>,
 }
 
 fn values(i: usize) -> serde_json::Value {
@@ -104,7 +131,165 @@ async fn wait_applied(api: &Api<Pack>, n: usize, timeout: Duration) -> anyhow::R
     }
 }
 
-use bench::{cpu_seconds, percentile, rss_kib};
+use bench::{cpu_seconds, generated_index, mib, percentile, rss_kib};
+
+/// The repository's `status.lastFetchTime` once it serves an index of `versions` versions.
+async fn last_fetch(
+    repos: &Api<ClusterPackRepository>,
+    name: &str,
+    versions: usize,
+) -> Option<String> {
+    let repo = repos.get(name).await.ok()?;
+    let status = repo.status?;
+    (status.versions == Some(versions as i64))
+        .then_some(status.last_fetch_time)
+        .flatten()
+}
+
+/// Waits until the repository's `lastFetchTime` differs from `previous` (a fetch completed: the index is
+/// parsed and in the cache before the status is written).
+async fn wait_fetch(
+    repos: &Api<ClusterPackRepository>,
+    name: &str,
+    versions: usize,
+    previous: Option<&str>,
+    controller: &ControllerProcess,
+) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Some(time) = last_fetch(repos, name, versions).await
+            && Some(time.as_str()) != previous
+        {
+            return Ok(time);
+        }
+        if Instant::now() > deadline {
+            let status = repos.get(name).await.ok().and_then(|r| r.status);
+            bail!(
+                "repository {name} not fetched (again) within 300 s; status {status:?}\n{}",
+                controller.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The memory case: one large index, fetched and refreshed, no Packs.
+async fn index_memory(
+    args: &Args,
+    versions: usize,
+    dir: &std::path::Path,
+    plane: &ControlPlane,
+    client: &kube::Client,
+) -> anyhow::Result<()> {
+    // ChartServer removes the parent of what it serves when dropped.
+    let repo_dir = dir.join("index").join("repo");
+    std::fs::create_dir_all(&repo_dir)?;
+    let text = generated_index(versions, args.index_charts);
+    let bytes = text.len();
+    std::fs::write(repo_dir.join("index.yaml"), text)?;
+    // Serves files as they are, without ETag or Last-Modified: no refresh can be a 304.
+    let server = ChartServer::start(repo_dir).await;
+
+    let binary = controller_binary(args)?;
+    let work = dir.join("work");
+    let controller_args = [
+        "--lease-namespace=bench-packs".to_owned(),
+        "--log-level=info".to_owned(),
+        format!("--helm-binary={}", tools::tool("helm")?.display()),
+        format!("--work-dir={}", work.display()),
+    ];
+    let controller_args: Vec<&str> = controller_args.iter().map(String::as_str).collect();
+    let controller =
+        ControllerProcess::start_path(&plane.kubeconfig, &binary, "pack-bench", &controller_args)
+            .context("start pack-controller")?;
+    let pid = controller.pid();
+    // Leading and idle before the repository exists.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while controller
+        .metric("pack_operator_leader")
+        .await
+        .ok()
+        .flatten()
+        != Some(1.0)
+    {
+        if Instant::now() > deadline {
+            bail!(
+                "pack-controller not leading after 60 s:\n{}",
+                controller.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = rss_kib(pid).0;
+
+    let name = "bench-index";
+    create_repository_with_interval(client, name, &server.url, &args.index_interval).await;
+    let repos: Api<ClusterPackRepository> = Api::all(client.clone());
+    let started = Instant::now();
+    let mut fetched = wait_fetch(&repos, name, versions, None, &controller).await?;
+    let first_fetch = started.elapsed();
+    // Between two fetches: the first fetch's temporaries are gone, the next fetch has not started.
+    let settle = Duration::from_secs(3);
+    tokio::time::sleep(settle).await;
+    let (at_rest, hwm_first) = rss_kib(pid);
+    let mut after = Vec::with_capacity(args.index_refreshes);
+    for _ in 0..args.index_refreshes {
+        fetched = wait_fetch(&repos, name, versions, Some(&fetched), &controller).await?;
+        tokio::time::sleep(settle).await;
+        after.push(rss_kib(pid).0);
+    }
+    let (last, hwm) = rss_kib(pid);
+
+    println!(
+        "pack-controller ({}), index of {versions} versions over {} charts, {:.1} MB ({bytes} bytes), \
+         no ETag, interval {}",
+        binary.display(),
+        args.index_charts.max(1),
+        bytes as f64 / 1e6,
+        args.index_interval
+    );
+    println!(
+        "controller RSS: {:.1} MiB idle before the repository; first fetch took {:.1} s; {:.1} MiB at rest \
+         after it (high-water mark {:.1} MiB then)",
+        mib(idle),
+        first_fetch.as_secs_f64(),
+        mib(at_rest),
+        mib(hwm_first)
+    );
+    let series: Vec<String> = after.iter().map(|k| format!("{:.1}", mib(*k))).collect();
+    println!(
+        "  after each of {} refreshes ({} s after the status says it was fetched): {} MiB",
+        args.index_refreshes,
+        settle.as_secs(),
+        series.join(", ")
+    );
+    println!(
+        "  at rest {:.1} MiB, after {} refreshes {:.1} MiB (growth {:+.1} MiB), peak (VmHWM) {:.1} MiB",
+        mib(at_rest),
+        args.index_refreshes,
+        mib(last),
+        mib(last) - mib(at_rest),
+        mib(hwm)
+    );
+    drop(controller);
+    drop(server);
+    Ok(())
+}
+
+fn controller_binary(args: &Args) -> anyhow::Result<PathBuf> {
+    let binary = args
+        .controller_binary
+        .clone()
+        .unwrap_or_else(|| tools::workspace_root().join("target/release/pack-controller"));
+    if !binary.exists() {
+        bail!(
+            "{} is missing: `cargo build --release -p pack-controller` first (make bench-pack does)",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -118,16 +303,16 @@ async fn main() -> anyhow::Result<()> {
             .create(&PostParams::default(), &obj)
             .await?;
     }
+    if let Some(versions) = args.index_versions {
+        let result = index_memory(&args, versions, &dir, &plane, &client).await;
+        drop(plane);
+        let _ = std::fs::remove_dir_all(&dir);
+        return result;
+    }
     let server = ChartServer::with_versions("pack-bench", &["1.0.0"]).await;
     create_repository_with_interval(&client, "bench", &server.url, &args.repository_interval).await;
 
-    let binary = tools::workspace_root().join("target/release/pack-controller");
-    if !binary.exists() {
-        bail!(
-            "{} is missing: `cargo build --release -p pack-controller` first (make bench does)",
-            binary.display()
-        );
-    }
+    let binary = controller_binary(&args)?;
     let helm = tools::tool("helm")?;
     let work = dir.join("work");
     let controller_args = [

@@ -192,6 +192,7 @@ mod tests {
         let validators = CacheValidators {
             etag: Some("\"v1\"".into()),
             last_modified: None,
+            digest: None,
         };
         assert!(
             cache

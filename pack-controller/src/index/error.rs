@@ -21,11 +21,13 @@ pub enum IndexError {
         message: String,
     },
     /// The server answered with an HTTP error status (401, 404, 500, ...).
-    #[error("GET {url} answered HTTP {status}{}{}", status_text(.status), http_hint(.status))]
+    #[error("GET {url} answered HTTP {status}{}{}", status_text(.status), http_hint(.status, *.target))]
     Http {
         status: u16,
-        /// The index URL with user info removed and any query shown as `?<redacted>`.
+        /// The URL with user info removed and any query shown as `?<redacted>`.
         url: String,
+        /// What was fetched: the fix of a 404 depends on it.
+        target: HttpTarget,
     },
     /// The TLS handshake failed (unknown CA, expired or mismatched certificate, not a TLS server), or the
     /// custom CA could not be loaded.
@@ -59,6 +61,15 @@ pub enum IndexError {
     /// The fetch was cut short from inside the process (shutdown).
     #[error("fetching the repository index was interrupted: {0}")]
     Interrupted(String),
+}
+
+/// What a GET fetched, for the hint of a failure: `spec.url` names the index, the index names the archives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpTarget {
+    /// `<spec.url>/index.yaml`.
+    Index,
+    /// A chart archive URL as the repository index lists it.
+    Archive,
 }
 
 impl IndexError {
@@ -112,7 +123,13 @@ fn status_text(status: &u16) -> String {
         .unwrap_or_default()
 }
 
-fn http_hint(status: &u16) -> &'static str {
+fn http_hint(status: &u16, target: HttpTarget) -> &'static str {
+    // spec.url is right (the index was read from it): the index names an archive that is not there.
+    if target == HttpTarget::Archive && matches!(status, 404 | 410) {
+        return "; the repository index lists this chart archive but the server does not have it: the \
+                repository is inconsistent; republish the chart archive, or regenerate the index \
+                (helm repo index) where the repository is published";
+    }
     match status {
         401 => {
             "; the repository wants credentials: check the username and password of spec.secretRef"
@@ -192,5 +209,49 @@ pub(crate) fn redact_url_text(url: &str) -> String {
             Some((_, rest)) => format!("<redacted>@{rest}"),
             None => url.to_owned(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_404_hint_names_the_fix_of_what_was_fetched() {
+        let http = |status, target| {
+            IndexError::Http {
+                status,
+                url: "https://h/repo/x".into(),
+                target,
+            }
+            .to_string()
+        };
+        // The index: spec.url is wrong.
+        assert_eq!(
+            http(404, HttpTarget::Index),
+            "GET https://h/repo/x answered HTTP 404 Not Found; spec.url must be the repository URL, the \
+             directory that holds index.yaml (not the URL of index.yaml itself)"
+        );
+        // An archive the index lists: spec.url is right, the repository is inconsistent.
+        for status in [404, 410] {
+            let message = http(status, HttpTarget::Archive);
+            assert!(
+                message.ends_with(
+                    "; the repository index lists this chart archive but the server does not have it: \
+                     the repository is inconsistent; republish the chart archive, or regenerate the \
+                     index (helm repo index) where the repository is published"
+                ),
+                "{message}"
+            );
+            assert!(!message.contains("spec.url"), "{message}");
+        }
+        // Other statuses have the same fix whatever was fetched.
+        for status in [401, 403, 503] {
+            assert_eq!(
+                http(status, HttpTarget::Index),
+                http(status, HttpTarget::Archive)
+            );
+        }
+        assert!(http(401, HttpTarget::Archive).contains("spec.secretRef"));
     }
 }

@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use tracing::debug;
 use url::Url;
 
-use super::error::{IndexError, RedactedString, redact_url, redact_url_text};
+use super::error::{HttpTarget, IndexError, RedactedString, redact_url, redact_url_text};
 use super::parse::{RepositoryIndex, index_url, parse_with_base, repository_base};
 
 /// Default cap on the size of a fetched index (50 MiB, as Flux's `--helm-index-max-size`).
@@ -44,6 +44,10 @@ pub struct CacheValidators {
     pub etag: Option<String>,
     /// The `Last-Modified` response header, sent back as `If-Modified-Since`.
     pub last_modified: Option<String>,
+    /// SHA-256 (lowercase hex) of the index bytes these validators came with. For a server that sends
+    /// neither header, a body with this digest is the same index and is not parsed again
+    /// ([`FetchOutcome::NotModified`]): parsing is what costs memory and CPU, downloading is cheap.
+    pub digest: Option<String>,
 }
 
 impl CacheValidators {
@@ -57,10 +61,11 @@ impl CacheValidators {
         CacheValidators {
             etag: text(ETAG),
             last_modified: text(LAST_MODIFIED),
+            digest: None,
         }
     }
 
-    /// Whether there is anything to send.
+    /// Whether there is nothing to send (the digest is not sent: it is compared on arrival).
     pub fn is_empty(&self) -> bool {
         self.etag.is_none() && self.last_modified.is_none()
     }
@@ -179,16 +184,24 @@ impl HttpFetcher {
         let base = repository_base(&req.url)?;
         let url = index_url(&base)?;
         let client = self.client(req.ca_pem.as_deref())?;
+        let same_digest = previous.and_then(|v| v.digest.as_deref());
         let previous = previous.filter(|v| !v.is_empty());
 
-        let download = download(&client, &url, req, previous);
+        let download = download(&client, &url, req, previous, HttpTarget::Index);
         let downloaded = tokio::time::timeout(req.timeout, download)
             .await
             .map_err(|_| IndexError::Timeout { after: req.timeout })??;
-        let Some((body, validators)) = downloaded else {
+        let Some((body, mut validators)) = downloaded else {
             debug!(url = %redact_url(&url), "repository index not modified");
             return Ok(FetchOutcome::NotModified);
         };
+        // The same bytes again (a server without ETag or Last-Modified): nothing to parse.
+        let digest = format!("{:x}", Sha256::digest(&body));
+        if same_digest == Some(digest.as_str()) {
+            debug!(url = %redact_url(&url), bytes = body.len(), "repository index unchanged (same digest)");
+            return Ok(FetchOutcome::NotModified);
+        }
+        validators.digest = Some(digest);
 
         let _slot = self
             .inner
@@ -236,9 +249,12 @@ impl HttpFetcher {
                 req.basic_auth = None;
             }
             let client = self.client(req.ca_pem.as_deref())?;
-            let downloaded = tokio::time::timeout(req.timeout, download(&client, &url, &req, None))
-                .await
-                .map_err(|_| IndexError::Timeout { after: req.timeout })??;
+            let downloaded = tokio::time::timeout(
+                req.timeout,
+                download(&client, &url, &req, None, HttpTarget::Archive),
+            )
+            .await
+            .map_err(|_| IndexError::Timeout { after: req.timeout })??;
             Ok(downloaded.map(|(body, _)| body).unwrap_or_default())
         }
         .await;
@@ -301,6 +317,7 @@ async fn download(
     url: &Url,
     req: &FetchRequest,
     previous: Option<&CacheValidators>,
+    target: HttpTarget,
 ) -> Result<Option<(Vec<u8>, CacheValidators)>, IndexError> {
     let mut request = client.get(url.clone()).timeout(req.timeout);
     if let Some((user, password)) = &req.basic_auth {
@@ -328,6 +345,7 @@ async fn download(
         return Err(IndexError::Http {
             status: status.as_u16(),
             url: redact_url(url),
+            target,
         });
     }
     let too_large = || IndexError::TooLarge {
@@ -551,6 +569,7 @@ mod tests {
         let stale = CacheValidators {
             etag: Some("\"index-v0\"".into()),
             last_modified: None,
+            digest: None,
         };
         fetched(
             fetcher
@@ -568,6 +587,44 @@ mod tests {
                 (Some("\"index-v0\"".into()), None),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn the_same_bytes_from_a_server_without_validators_are_not_parsed_again() {
+        let version = Arc::new(AtomicUsize::new(1));
+        let served = version.clone();
+        let app = Router::new().route(
+            "/repo/index.yaml",
+            get(move || {
+                let v = served.load(Ordering::SeqCst);
+                async move {
+                    format!(
+                        "apiVersion: v1\nentries:\n  genpack:\n  - version: 0.{v}.0\n    urls: [g.tgz]\n"
+                    )
+                }
+            }),
+        );
+        let url = serve(app).await;
+        let fetcher = HttpFetcher::new();
+        let (index, validators) = fetched(fetcher.fetch_index(&request(&url), None).await.unwrap());
+        // No header to send, only the digest to compare.
+        assert!(validators.is_empty());
+        assert_eq!(validators.digest.as_deref(), Some(index.digest.as_str()));
+        let again = fetcher
+            .fetch_index(&request(&url), Some(&validators))
+            .await
+            .unwrap();
+        assert!(matches!(again, FetchOutcome::NotModified), "{again:?}");
+        // Other bytes: parsed.
+        version.store(2, Ordering::SeqCst);
+        let (index, next) = fetched(
+            fetcher
+                .fetch_index(&request(&url), Some(&validators))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(index.chart("genpack").unwrap()[0].version, "0.2.0");
+        assert_ne!(next.digest, validators.digest);
     }
 
     #[tokio::test]
@@ -660,7 +717,11 @@ mod tests {
             .await
             .unwrap_err();
         match &err {
-            IndexError::Http { status, url: shown } => {
+            IndexError::Http {
+                status,
+                url: shown,
+                target: HttpTarget::Index,
+            } => {
                 assert_eq!(*status, 404);
                 assert_eq!(*shown, format!("{url}/index.yaml/index.yaml"));
             }

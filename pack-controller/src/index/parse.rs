@@ -11,11 +11,14 @@
 //!   or token URLs, as Helm does), but only on the repository's own host. Credentials written into `spec.url`
 //!   (`https://user:pass@h/`) are used for the index request but never copied into chart URLs, which may end
 //!   up in status and Events; the chart download applies the repository's credentials itself.
-//! * **Memory**: only `version`, `urls`, `digest`, `appVersion` and `created` of each chart version are kept;
-//!   everything else (descriptions, maintainers, icons, dependencies, annotations, ...) is skipped by serde
-//!   without being built. An index that starts with `{` is read with `serde_json`, which streams; YAML is read
-//!   with `serde_yaml`, which holds the document's events while parsing (a few times the file size), which
-//!   is why the [`HttpFetcher`](super::HttpFetcher) parses one index at a time.
+//! * **Memory**: only what resolution and download need is kept: `version`, `urls` and `digest` of each chart
+//!   version; everything else (descriptions, maintainers, icons, dependencies, annotations, `created`,
+//!   `appVersion`, ...) is skipped by serde without being built. Both parsers stream: YAML through
+//!   `serde-saphyr` (events are pulled one at a time, no document tree and no event list is held), an index
+//!   that starts with `{` through `serde_json`. Each chart version becomes its [`ChartVersionEntry`] as soon
+//!   as it is read (URLs resolved, digest normalised), so no raw copy of the index is held beside the
+//!   result: parsing holds the bytes, the entries built so far and one entry in flight. A 24.7 MB index of
+//!   100,000 versions parses within 96 MiB of process RSS (docs/pack.md, "Index memory").
 //! * **Digests**: [`RepositoryIndex::digest`] is the lowercase hex SHA-256 of the fetched bytes (a changed file
 //!   is a new digest). Chart digests are kept as lowercase hex with a `sha256:` prefix removed; a malformed
 //!   one is kept as written, so the download's digest check fails loudly instead of being skipped.
@@ -27,7 +30,7 @@ use std::fmt;
 
 use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use sha2::{Digest as _, Sha256};
 use url::Url;
 
@@ -42,10 +45,6 @@ pub struct ChartVersionEntry {
     pub urls: Vec<String>,
     /// SHA-256 of the chart archive, lowercase hex, when the index has one.
     pub digest: Option<String>,
-    /// `appVersion` of the chart, as written.
-    pub app_version: Option<String>,
-    /// When the chart version was packaged, as written (RFC 3339 in indexes written by Helm).
-    pub created: Option<String>,
 }
 
 /// The parsed index of one repository: chart name → versions, in index order. Not `Clone` on purpose:
@@ -100,7 +99,8 @@ pub fn parse_index(bytes: &[u8], base_url: &str) -> Result<RepositoryIndex, Inde
 }
 
 pub(super) fn parse_with_base(bytes: &[u8], base: &Url) -> Result<RepositoryIndex, IndexError> {
-    let raw = parse_document(bytes)?;
+    let resolver = UrlResolver::new(base);
+    let raw = parse_document(bytes, &resolver)?;
     if raw
         .api_version
         .as_deref()
@@ -112,35 +112,22 @@ pub(super) fn parse_with_base(bytes: &[u8], base: &Url) -> Result<RepositoryInde
                 .into(),
         });
     }
-    let Some(entries) = raw.entries else {
+    let Some(charts) = raw.entries else {
         return Err(IndexError::NotAnIndex {
             detail: "it has no `entries`; a Helm index lists its charts under `entries`".into(),
         });
     };
-    let resolver = UrlResolver::new(base);
-    let charts = entries
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(name, versions)| {
-            let mut versions: Vec<ChartVersionEntry> = versions
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|raw| raw.into_entry(&resolver))
-                .collect();
-            versions.shrink_to_fit();
-            (name, versions)
-        })
-        .collect();
     Ok(RepositoryIndex {
-        charts,
+        charts: charts.unwrap_or_default(),
         digest: format!("{:x}", Sha256::digest(bytes)),
         fetched_at: Timestamp::now(),
     })
 }
 
-fn parse_document(bytes: &[u8]) -> Result<RawIndex, IndexError> {
+fn parse_document(bytes: &[u8], resolver: &UrlResolver<'_>) -> Result<RawIndex, IndexError> {
     let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let start = text.iter().position(|b| !b.is_ascii_whitespace());
+    let seed = DocumentSeed { resolver };
     let document = match start.map(|i| text[i]) {
         Some(b'<') => {
             return Err(IndexError::NotAnIndex {
@@ -151,10 +138,10 @@ fn parse_document(bytes: &[u8]) -> Result<RawIndex, IndexError> {
             });
         }
         // JSON (what `helm repo index --json` writes) streams through serde_json; a YAML flow mapping that is
-        // not JSON falls back to serde_yaml, whose error is the one reported.
-        Some(b'{') => match serde_json::from_slice::<Document>(text) {
+        // not JSON falls back to the YAML parser, whose error is the one reported.
+        Some(b'{') => match parse_json(text, seed) {
             Ok(document) => document,
-            Err(json) if json.is_syntax() || json.is_eof() => parse_yaml(text)?,
+            Err(json) if json.is_syntax() || json.is_eof() => parse_yaml(text, seed)?,
             Err(json) => {
                 return Err(IndexError::Parse {
                     line: (json.line() > 0).then_some(json.line()),
@@ -162,7 +149,7 @@ fn parse_document(bytes: &[u8]) -> Result<RawIndex, IndexError> {
                 });
             }
         },
-        _ => parse_yaml(text)?,
+        _ => parse_yaml(text, seed)?,
     };
     match document {
         Document::Index(raw) => Ok(raw),
@@ -174,9 +161,39 @@ fn parse_document(bytes: &[u8]) -> Result<RawIndex, IndexError> {
     }
 }
 
-fn parse_yaml(text: &[u8]) -> Result<Document, IndexError> {
-    serde_yaml::from_slice::<Document>(text).map_err(|e| {
-        let line = e.location().map(|l| l.line());
+fn parse_json(text: &[u8], seed: DocumentSeed<'_, '_>) -> Result<Document, serde_json::Error> {
+    let mut deserializer = serde_json::Deserializer::from_slice(text);
+    let document = seed.deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(document)
+}
+
+/// The YAML parser's settings: its budgets grow with the input, which `--max-index-size` already caps (an
+/// index of 100,000 versions is millions of events, past the defaults made for configuration files);
+/// every node and event costs at least a byte of input. The alias limits keep their defaults: they are
+/// what stops an alias bomb.
+fn yaml_options(len: usize) -> serde_saphyr::Options {
+    let scaled = len.saturating_mul(2).saturating_add(1024);
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_events = budget.max_events.max(scaled);
+    budget.max_nodes = budget.max_nodes.max(scaled);
+    budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(scaled);
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    // The message goes to status: the line is enough, no quoted snippet of the index.
+    options.with_snippet = false;
+    options
+}
+
+fn parse_yaml(text: &[u8], seed: DocumentSeed<'_, '_>) -> Result<Document, IndexError> {
+    serde_saphyr::with_deserializer_from_slice_with_options(text, yaml_options(text.len()), |de| {
+        seed.deserialize(de)
+    })
+    .map_err(|e| {
+        let line = e
+            .location()
+            .and_then(|l| usize::try_from(l.line()).ok())
+            .filter(|l| *l > 0);
         let mut message = e.to_string();
         if let Some(line) = line
             && !message.contains(&format!("line {line}"))
@@ -193,23 +210,54 @@ enum Document {
     Other(&'static str),
 }
 
-impl<'de> Deserialize<'de> for Document {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(DocumentVisitor)
+/// Reads the whole document; chart versions are resolved against the repository as they are read.
+#[derive(Clone, Copy)]
+struct DocumentSeed<'r, 'b> {
+    resolver: &'r UrlResolver<'b>,
+}
+
+impl<'de> DeserializeSeed<'de> for DocumentSeed<'_, '_> {
+    type Value = Document;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Document, D::Error> {
+        deserializer.deserialize_any(self)
     }
 }
 
-struct DocumentVisitor;
-
-impl<'de> Visitor<'de> for DocumentVisitor {
+impl<'de> Visitor<'de> for DocumentSeed<'_, '_> {
     type Value = Document;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a Helm repository index (a mapping with `apiVersion` and `entries`)")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Document, A::Error> {
-        RawIndex::deserialize(de::value::MapAccessDeserializer::new(map)).map(Document::Index)
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Document, A::Error> {
+        let mut raw = RawIndex {
+            api_version: None,
+            entries: None,
+        };
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::ApiVersion => {
+                    if raw.api_version.is_some() {
+                        return Err(de::Error::duplicate_field("apiVersion"));
+                    }
+                    raw.api_version = Some(map.next_value::<Option<String>>()?.unwrap_or_default());
+                }
+                Key::Entries => {
+                    if raw.entries.is_some() {
+                        return Err(de::Error::duplicate_field("entries"));
+                    }
+                    raw.entries = Some(map.next_value_seed(ChartsSeed {
+                        resolver: self.resolver,
+                    })?);
+                }
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Document::Index(raw))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Document, A::Error> {
@@ -254,20 +302,142 @@ impl<'de> Visitor<'de> for DocumentVisitor {
     }
 }
 
-type RawEntries = BTreeMap<String, Option<Vec<RawChartVersion>>>;
+/// Chart name → its versions, as kept.
+type Charts = BTreeMap<String, Vec<ChartVersionEntry>>;
 
-/// The kept part of an index; serde skips every other field without building it.
-#[derive(Deserialize)]
+/// The kept part of an index.
 struct RawIndex {
-    #[serde(default, rename = "apiVersion")]
     api_version: Option<String>,
     /// `None`: no `entries` key (not an index); `Some(None)`: `entries:` with no value (an empty repository).
-    #[serde(default, deserialize_with = "present")]
-    entries: Option<Option<RawEntries>>,
+    entries: Option<Option<Charts>>,
 }
 
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
-    T::deserialize(d).map(Some)
+/// A key of the index's top mapping; every other key's value is skipped without being built.
+enum Key {
+    ApiVersion,
+    Entries,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "apiVersion" => Key::ApiVersion,
+                    "entries" => Key::Entries,
+                    _ => Key::Other,
+                })
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Key, E> {
+                Ok(Key::Other)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Key, E> {
+                Ok(Key::Other)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Key, E> {
+                Ok(Key::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Key, E> {
+                Ok(Key::Other)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Key, E> {
+                Ok(Key::Other)
+            }
+        }
+        deserializer.deserialize_any(KeyVisitor)
+    }
+}
+
+/// `entries`: null (an empty repository) or a mapping chart name → versions.
+struct ChartsSeed<'r, 'b> {
+    resolver: &'r UrlResolver<'b>,
+}
+
+impl<'de> DeserializeSeed<'de> for ChartsSeed<'_, '_> {
+    type Value = Option<Charts>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ChartsSeed<'_, '_> {
+    type Value = Option<Charts>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map of chart names to lists of chart versions")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut charts = Charts::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let versions = map.next_value_seed(VersionsSeed {
+                resolver: self.resolver,
+            })?;
+            charts.insert(name, versions);
+        }
+        Ok(Some(charts))
+    }
+}
+
+/// The versions of one chart: null or a list; each entry is trimmed to a [`ChartVersionEntry`] as it is read.
+struct VersionsSeed<'r, 'b> {
+    resolver: &'r UrlResolver<'b>,
+}
+
+impl<'de> DeserializeSeed<'de> for VersionsSeed<'_, '_> {
+    type Value = Vec<ChartVersionEntry>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for VersionsSeed<'_, '_> {
+    type Value = Vec<ChartVersionEntry>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of chart versions")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut versions = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(raw) = seq.next_element::<RawChartVersion>()? {
+            versions.extend(raw.into_entry(self.resolver));
+        }
+        versions.shrink_to_fit();
+        Ok(versions)
+    }
 }
 
 #[derive(Deserialize)]
@@ -278,10 +448,6 @@ struct RawChartVersion {
     urls: Option<Vec<String>>,
     #[serde(default)]
     digest: Option<String>,
-    #[serde(default, rename = "appVersion")]
-    app_version: Option<String>,
-    #[serde(default)]
-    created: Option<String>,
 }
 
 impl RawChartVersion {
@@ -298,8 +464,6 @@ impl RawChartVersion {
             version,
             urls,
             digest: self.digest.and_then(normalize_digest),
-            app_version: self.app_version,
-            created: self.created,
         })
     }
 }
@@ -512,23 +676,15 @@ serverInfo:
                     "https://charts.example.com/kubit-packs/charts/genpack-0.2.0.tgz".into()
                 ],
                 digest: Some(DIGEST_A.into()),
-                app_version: Some("1.16.0".into()),
-                created: Some("2024-05-02T10:11:12.123456789Z".into()),
             }
         );
-        // `sha256:` prefix removed and lowercased; an unquoted `1.10` stays `1.10`, not the float 1.1.
+        // `sha256:` prefix removed and lowercased.
         assert_eq!(genpack[1].version, "0.1.0");
         assert_eq!(
             genpack[1].urls,
             ["https://charts.example.com/kubit-packs/genpack-0.1.0.tgz"]
         );
         assert_eq!(genpack[1].digest.as_deref(), Some(DIGEST_B));
-        assert_eq!(genpack[1].app_version.as_deref(), Some("1.10"));
-        assert_eq!(
-            genpack[1].created.as_deref(),
-            Some("2024-04-01T09:00:00.5+02:00")
-        );
-        assert_eq!(genpack[2].app_version.as_deref(), Some("1.10"));
         assert_eq!(
             genpack[2].urls,
             ["https://charts.example.com/archive/genpack-0.3.0-rc.1.tgz"]
@@ -777,7 +933,8 @@ serverInfo:
                 "apiVersion: v1\nentries:\n  a:\n  - version: 1.0.0\n    urls: [a.tgz\n  b: []\n",
                 6,
             ),
-            ("apiVersion: v1\nentries:\n  a:\n  - version: \"1.0.0\n", 5),
+            // An unclosed quote: the line where it opens.
+            ("apiVersion: v1\nentries:\n  a:\n  - version: \"1.0.0\n", 4),
             ("apiVersion: v1\nentries:\n  a:\n\t- version: 1.0.0\n", 4),
             (
                 "apiVersion: v1\nentries:\n  a:\n  - version: 1.0.0\n    urls: a.tgz\n",
