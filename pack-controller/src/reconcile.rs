@@ -575,38 +575,49 @@ async fn uninstall(ctx: &Context, pack: &Pack) -> Result<Option<Duration>, Error
             Ok(None)
         }
         Err(HelmError::Cancelled) => Err(Error::Cancelled),
-        Err(e) => {
-            let version = next.applied_version.clone();
-            status::push_history(
-                &mut next,
-                status::attempt(
-                    "Uninstall",
-                    version.as_deref(),
-                    None,
-                    Err(e.to_string()),
-                    started.elapsed(),
-                ),
-            );
-            next = status::remove_failed(next, &e.to_string(), generation);
-            let retry = plan::backoff(next.failures.unwrap_or(1));
-            let message = conditions::find(&next.conditions, conditions::READY)
-                .map(|c| c.message.clone())
-                .unwrap_or_default();
-            warn!("{message}");
-            write_status(ctx, &stored, &next).await?;
-            publish(
-                ctx,
-                pack,
-                EventType::Warning,
-                status::UNINSTALL_FAILED,
-                "Uninstall",
-                // Without the retry time the message has: one error, one Event series.
-                &status::remove_failed_note(&e.to_string()),
-            )
-            .await;
-            Err(Error::Uninstall { source: e, retry })
-        }
+        Err(e) => Err(uninstall_failed(ctx, pack, &stored, next, e, started.elapsed()).await?),
     }
+}
+
+/// Reports a failed `helm uninstall` on the Pack (status with the next try, one Event series per error)
+/// and returns it as [`Error::Uninstall`] with its retry.
+async fn uninstall_failed(
+    ctx: &Context,
+    pack: &Pack,
+    stored: &Pack,
+    mut next: PackStatus,
+    e: HelmError,
+    took: Duration,
+) -> Result<Error, Error> {
+    let version = next.applied_version.clone();
+    status::push_history(
+        &mut next,
+        status::attempt(
+            "Uninstall",
+            version.as_deref(),
+            None,
+            Err(e.to_string()),
+            took,
+        ),
+    );
+    next = status::remove_failed(next, &e.to_string(), stored.metadata.generation);
+    let retry = plan::backoff(next.failures.unwrap_or(1));
+    let message = conditions::find(&next.conditions, conditions::READY)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    warn!("{message}");
+    write_status(ctx, stored, &next).await?;
+    publish(
+        ctx,
+        pack,
+        EventType::Warning,
+        status::UNINSTALL_FAILED,
+        "Uninstall",
+        // Without the retry time the message has: one error, one Event series.
+        &status::remove_failed_note(&e.to_string()),
+    )
+    .await;
+    Ok(Error::Uninstall { source: e, retry })
 }
 
 /// Reads the objects `spec.valuesFrom` names (one GET each, in list order; nothing is cached, and each

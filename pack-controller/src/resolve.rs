@@ -305,7 +305,7 @@ pub fn secret_forms(
 }
 
 /// The length of `value` as compact JSON (`serde_json::to_vec`), counted without allocating it.
-pub(crate) fn serialized_len(value: &Value) -> usize {
+pub(crate) fn serialized_len(value: &impl serde::Serialize) -> usize {
     struct Count(usize);
     impl io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -317,7 +317,7 @@ pub(crate) fn serialized_len(value: &Value) -> usize {
         }
     }
     let mut count = Count(0);
-    // Serializing a `Value` into a writer that never fails cannot fail.
+    // Serializing values (a `Value` or its map) into a writer that never fails cannot fail.
     let _ = serde_json::to_writer(&mut count, value);
     count.0
 }

@@ -176,31 +176,8 @@ impl Merge {
     ) -> Result<(), ValuesFromError> {
         let kind = r.kind.as_str();
         let key = r.key();
-        let (resource_version, bytes) = match fetched {
-            Fetched::Missing if r.optional => return Ok(()),
-            Fetched::Missing => {
-                return Err(ValuesFromError::ObjectNotFound {
-                    index,
-                    kind,
-                    name: r.name.clone(),
-                    namespace: self.namespace.clone(),
-                });
-            }
-            Fetched::Found {
-                resource_version,
-                value,
-            } => (resource_version, value),
-        };
-        let Some(bytes) = bytes else {
-            if r.optional {
-                return Ok(());
-            }
-            return Err(ValuesFromError::KeyNotFound {
-                index,
-                kind,
-                name: r.name.clone(),
-                key: key.to_owned(),
-            });
+        let Some((resource_version, bytes)) = self.present(index, r, fetched)? else {
+            return Ok(());
         };
         let invalid = |problem: String| ValuesFromError::Invalid {
             index,
@@ -231,28 +208,7 @@ impl Merge {
                 set_path(&mut self.done.values, &segments, Value::String(text));
             }
             None => {
-                let doc: Value = serde_yaml::from_str(&text).map_err(|e| {
-                    // The error's text can quote the content: only where it is.
-                    invalid(match e.location() {
-                        Some(l) => format!(
-                            "is not valid YAML (line {} column {})",
-                            l.line(),
-                            l.column()
-                        ),
-                        None => "is not valid YAML".to_owned(),
-                    })
-                })?;
-                let doc = match doc {
-                    Value::Object(m) => m,
-                    // An empty document adds nothing.
-                    Value::Null => Map::new(),
-                    other => {
-                        return Err(invalid(format!(
-                            "holds {}, not a YAML map of values (set `targetPath` to use its text as one value)",
-                            type_name(&other)
-                        )));
-                    }
-                };
+                let doc = document(&text).map_err(invalid)?;
                 if secret {
                     leaf_strings(&Value::Object(doc.clone()), &mut self.done.secret_strings);
                 }
@@ -264,7 +220,8 @@ impl Merge {
             name: r.name.clone(),
             resource_version,
         });
-        let size = crate::resolve::serialized_len(&Value::Object(self.done.values.clone()));
+        // Measured in place: no copy of the values merged so far.
+        let size = crate::resolve::serialized_len(&self.done.values);
         if size > self.limit {
             return Err(ValuesFromError::TooLarge {
                 size_at_least: size,
@@ -273,6 +230,41 @@ impl Merge {
             });
         }
         Ok(())
+    }
+
+    /// The resourceVersion and bytes of entry `index`'s key, None when an optional object or key is
+    /// missing, an error when a required one is.
+    fn present(
+        &self,
+        index: usize,
+        r: &ValuesReference,
+        fetched: Fetched,
+    ) -> Result<Option<(String, Vec<u8>)>, ValuesFromError> {
+        let (resource_version, bytes) = match fetched {
+            Fetched::Missing if r.optional => return Ok(None),
+            Fetched::Missing => {
+                return Err(ValuesFromError::ObjectNotFound {
+                    index,
+                    kind: r.kind.as_str(),
+                    name: r.name.clone(),
+                    namespace: self.namespace.clone(),
+                });
+            }
+            Fetched::Found {
+                resource_version,
+                value,
+            } => (resource_version, value),
+        };
+        match bytes {
+            Some(bytes) => Ok(Some((resource_version, bytes))),
+            None if r.optional => Ok(None),
+            None => Err(ValuesFromError::KeyNotFound {
+                index,
+                kind: r.kind.as_str(),
+                name: r.name.clone(),
+                key: r.key().to_owned(),
+            }),
+        }
     }
 
     /// The merged values.
@@ -348,6 +340,28 @@ fn parse_target_path(path: &str) -> Result<Vec<String>, &'static str> {
         return Err("a key between dots is empty");
     }
     Ok(segments)
+}
+
+/// A key's text as a YAML map of values (empty for an empty document); the problem otherwise, told
+/// without quoting the content.
+fn document(text: &str) -> Result<Map<String, Value>, String> {
+    let doc: Value = serde_yaml::from_str(text).map_err(|e| match e.location() {
+        // The error's text can quote the content: only where it is.
+        Some(l) => format!(
+            "is not valid YAML (line {} column {})",
+            l.line(),
+            l.column()
+        ),
+        None => "is not valid YAML".to_owned(),
+    })?;
+    match doc {
+        Value::Object(m) => Ok(m),
+        Value::Null => Ok(Map::new()),
+        other => Err(format!(
+            "holds {}, not a YAML map of values (set `targetPath` to use its text as one value)",
+            type_name(&other)
+        )),
+    }
 }
 
 /// Sets `value` at `path` of `values`, making maps on the way (replacing what is not a map).
