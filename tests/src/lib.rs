@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod controller;
 pub mod events;
 pub mod packs;
+pub mod reflectors;
 pub mod static_files;
 pub mod tools;
 pub mod wait;

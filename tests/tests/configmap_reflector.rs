@@ -7,8 +7,9 @@ use std::{collections::BTreeMap, time::Duration};
 use common::crd::{ConfigMapReflector, SecretReflector};
 use e2e::{
     TestEnv,
-    controller::{ControllerProcess, parse_sample},
+    controller::ControllerProcess,
     events::wait_event,
+    reflectors::{self, POLL, WAIT, state, wait_metric},
     test_env, wait,
 };
 use k8s_openapi::{
@@ -23,23 +24,10 @@ use serde_json::json;
 
 const ACCEPT_LABEL: &str = "pack-operator.k8s.kubit.ir/accept-reflections";
 const REFLECT_FROM: &str = "pack-operator.k8s.kubit.ir/reflect-from";
-const WAIT: Duration = Duration::from_secs(30);
-const POLL: Duration = Duration::from_millis(100);
-
 fn start_controller(env: &TestEnv, ns: &str, extra: &[String]) -> ControllerProcess {
-    let mut args = vec![
-        "--kinds=configmap".to_owned(),
-        format!("--namespace={ns}"),
-        format!("--lease-namespace={ns}"),
-        "--lease-name=cm-reflector".to_owned(),
-        "--lease-duration=3s".to_owned(),
-        "--renew-deadline=2s".to_owned(),
-        "--retry-period=500ms".to_owned(),
-    ];
+    let mut args = vec!["--kinds=configmap".to_owned()];
     args.extend(extra.iter().cloned());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ControllerProcess::start(env, "reflector-controller", ns, &args)
-        .expect("start reflector-controller")
+    reflectors::start_controller(env, ns, "cm-reflector", &args)
 }
 
 async fn patch_namespace(client: &Client, ns: &str, metadata: serde_json::Value) {
@@ -149,14 +137,9 @@ async fn wait_absent(client: &Client, ns: &str, name: &str) {
 }
 
 async fn get_reflector(client: &Client, ns: &str, name: &str) -> Option<ConfigMapReflector> {
-    Api::<ConfigMapReflector>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-        .unwrap()
+    reflectors::get_reflector(client, ns, name).await
 }
 
-/// Waits until the status lists exactly `targets` (`namespace=State`), `summary` and Ready
-/// `status/reason`.
 async fn wait_status(
     client: &Client,
     ns: &str,
@@ -165,54 +148,7 @@ async fn wait_status(
     summary: &str,
     ready: &str,
 ) -> ConfigMapReflector {
-    let mut want = targets.to_vec();
-    want.sort();
-    wait::until(
-        &format!("status of {name}: {want:?} {summary} Ready={ready}"),
-        WAIT,
-        POLL,
-        || async {
-            let Some(r) = get_reflector(client, ns, name).await else {
-                return Err((vec!["gone".to_owned()], String::new(), String::new()));
-            };
-            let status = r.status.clone().unwrap_or_default();
-            let seen: (Vec<String>, String, String) = (
-                status
-                    .targets
-                    .iter()
-                    .map(|t| format!("{}={}", t.namespace, t.state))
-                    .collect(),
-                status.summary.clone().unwrap_or_default(),
-                status
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == "Ready")
-                    .map(|c| format!("{}/{}", c.status, c.reason))
-                    .unwrap_or_default(),
-            );
-            if seen.0 == want && seen.1 == summary && seen.2 == ready {
-                Ok(Some(r))
-            } else {
-                Err(seen)
-            }
-        },
-    )
-    .await
-}
-
-fn state(ns: &str, state: &str) -> String {
-    format!("{ns}={state}")
-}
-
-async fn wait_metric(controller: &ControllerProcess, sample: &str, want: f64) {
-    wait::until(&format!("{sample} = {want}"), WAIT, POLL, || async {
-        let (_, body) = controller.get("/metrics").await.unwrap();
-        match parse_sample(&body, &format!("pack_operator_{sample}")).unwrap_or(0.0) {
-            v if v == want => Ok(Some(())),
-            v => Err(v),
-        }
-    })
-    .await
+    reflectors::wait_status(client, ns, name, targets, summary, ready).await
 }
 
 async fn wait_gone(client: &Client, ns: &str, name: &str) {

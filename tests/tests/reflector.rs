@@ -8,8 +8,9 @@ use common::crd::SecretReflector;
 use e2e::{
     TestEnv,
     cluster::TestNamespace,
-    controller::{ControllerProcess, parse_sample},
+    controller::ControllerProcess,
     events::{events_for, events_of, wait_event},
+    reflectors::{self, POLL, WAIT, metric, state, wait_metric},
     test_env, wait,
 };
 use k8s_openapi::{
@@ -26,22 +27,8 @@ const REFLECTOR_ANNOTATION: &str = "pack-operator.k8s.kubit.ir/reflector";
 const MANAGED_LABEL: &str = "pack-operator.k8s.kubit.ir/reflector-namespace";
 const ACCEPT_LABEL: &str = "pack-operator.k8s.kubit.ir/accept-reflections";
 const REFLECT_FROM: &str = "pack-operator.k8s.kubit.ir/reflect-from";
-const WAIT: Duration = Duration::from_secs(30);
-const POLL: Duration = Duration::from_millis(100);
-
 fn start_controller(env: &TestEnv, ns: &str, extra: &[String]) -> ControllerProcess {
-    let mut args = vec![
-        format!("--namespace={ns}"),
-        format!("--lease-namespace={ns}"),
-        "--lease-name=reflector".to_owned(),
-        "--lease-duration=3s".to_owned(),
-        "--renew-deadline=2s".to_owned(),
-        "--retry-period=500ms".to_owned(),
-    ];
-    args.extend(extra.iter().cloned());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ControllerProcess::start(env, "reflector-controller", ns, &args)
-        .expect("start reflector-controller")
+    reflectors::start_controller(env, ns, "reflector", extra)
 }
 
 /// A target namespace labelled `labels`.
@@ -186,31 +173,9 @@ async fn wait_absent(client: &Client, ns: &str, name: &str) {
 }
 
 async fn get_reflector(client: &Client, ns: &str, name: &str) -> Option<SecretReflector> {
-    Api::<SecretReflector>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-        .unwrap()
+    reflectors::get_reflector(client, ns, name).await
 }
 
-/// Target states as `namespace=State` strings, the summary, and Ready's status/reason.
-fn describe(r: &SecretReflector) -> (Vec<String>, String, String) {
-    let status = r.status.clone().unwrap_or_default();
-    let targets = status
-        .targets
-        .iter()
-        .map(|t| format!("{}={}", t.namespace, t.state))
-        .collect();
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| format!("{}/{}", c.status, c.reason))
-        .unwrap_or_default();
-    (targets, status.summary.unwrap_or_default(), ready)
-}
-
-/// Waits until the status lists exactly `targets` (sorted `namespace=State`), `summary` and Ready
-/// `status/reason`.
 async fn wait_status(
     client: &Client,
     ns: &str,
@@ -219,29 +184,7 @@ async fn wait_status(
     summary: &str,
     ready: &str,
 ) -> SecretReflector {
-    let mut want_targets = targets.to_vec();
-    want_targets.sort();
-    wait::until(
-        &format!("status of {name}: {want_targets:?} {summary} Ready={ready}"),
-        WAIT,
-        POLL,
-        || async {
-            let Some(r) = get_reflector(client, ns, name).await else {
-                return Err((vec!["gone".to_owned()], String::new(), String::new()));
-            };
-            let seen = describe(&r);
-            if seen.0 == want_targets && seen.1 == summary && seen.2 == ready {
-                Ok(Some(r))
-            } else {
-                Err(seen)
-            }
-        },
-    )
-    .await
-}
-
-fn state(ns: &str, state: &str) -> String {
-    format!("{ns}={state}")
+    reflectors::wait_status(client, ns, name, targets, summary, ready).await
 }
 
 /// Asserts that none of `values` (Secret data the test wrote), raw or base64-encoded as in a
@@ -275,22 +218,6 @@ async fn assert_no_leak(
             );
         }
     }
-}
-
-/// The value of `pack_operator_<sample>` on the controller's /metrics (0 when absent).
-async fn metric(controller: &ControllerProcess, sample: &str) -> f64 {
-    let (_, body) = controller.get("/metrics").await.unwrap();
-    parse_sample(&body, &format!("pack_operator_{sample}")).unwrap_or(0.0)
-}
-
-async fn wait_metric(controller: &ControllerProcess, sample: &str, want: f64) {
-    wait::until(&format!("{sample} = {want}"), WAIT, POLL, || async {
-        match metric(controller, sample).await {
-            v if v == want => Ok(Some(())),
-            v => Err(v),
-        }
-    })
-    .await
 }
 
 fn uid(s: &Secret) -> String {
