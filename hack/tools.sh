@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds (once) and prints the directory of the pinned test tools: kube-apiserver, kube-controller-manager,
-# kubectl, etcd and helm, each from its Go module. The binaries live in a cache outside the checkout, keyed by
+# kubectl, etcd, helm and registry (CNCF Distribution, the OCI registry of the e2e tests), each from its Go module. The binaries live in a cache outside the checkout, keyed by
 # version, so every clone and every run on this machine reuses them; a warm call only checks that they run.
 #
 #   hack/tools.sh            build what is missing, print the bin directory
@@ -12,9 +12,12 @@ set -euo pipefail
 K8S_VERSION=v1.36.3   # k8s.io/kubernetes; staging modules at v0.36.3 (tests/tools/k8s/go.mod)
 ETCD_VERSION=v3.6.8   # the etcd kube-apiserver v1.36.3 is built against (tests/tools/etcd/go.mod)
 HELM_VERSION=v4.3.1   # helm.sh/helm/v4 (tests/tools/helm/go.mod)
+REGISTRY_VERSION=v3.0.0   # github.com/distribution/distribution/v3 (tests/tools/registry/go.mod)
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${PACK_OPERATOR_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pack-operator/tools}
+# The registry joined later: it is not in the directory name, so an existing cache only builds it (the warm
+# check below still pins its version).
 bin="$cache/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
 
 if [[ "${1:-}" == "--print" ]]; then echo "$bin"; exit 0; fi
@@ -76,8 +79,16 @@ build_helm() {
   mv "$bin/helm.tmp" "$bin/helm"
 }
 
+build_registry() {
+  (cd "$root/tests/tools/registry" && nice go build \
+    -ldflags "-s -w -X github.com/distribution/distribution/v3/version.version=$REGISTRY_VERSION" \
+    -o "$bin/registry.tmp" github.com/distribution/distribution/v3/cmd/registry)
+  mv "$bin/registry.tmp" "$bin/registry"
+}
+
 [[ -x "$bin/etcd" ]] || { log "building etcd $ETCD_VERSION (first run only, ~2 min)"; timed etcd build_etcd; }
 [[ -x "$bin/helm" ]] || { log "building helm $HELM_VERSION (first run only, ~3 min)"; timed helm build_helm; }
+[[ -x "$bin/registry" ]] || { log "building registry $REGISTRY_VERSION (first run only, ~2 min)"; timed registry build_registry; }
 if [[ ! -x "$bin/kube-apiserver" || ! -x "$bin/kube-controller-manager" || ! -x "$bin/kubectl" ]]; then
   log "building kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION (first run only: ~20-30 min on 2 cores)"
   timed kube-apiserver build_k8s
@@ -95,4 +106,5 @@ check kube-controller-manager "$K8S_VERSION" "$bin/kube-controller-manager" --ve
 check kubectl "$K8S_VERSION" "$bin/kubectl" version --client
 check etcd "${ETCD_VERSION#v}" "$bin/etcd" --version
 check helm "$HELM_VERSION" "$bin/helm" version --short
+check registry "$REGISTRY_VERSION" "$bin/registry" --version
 echo "$bin"
