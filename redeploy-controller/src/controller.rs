@@ -20,6 +20,7 @@ use common::{
 use futures::{StreamExt, channel::mpsc};
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, StatefulSet},
+    batch::v1::CronJob,
     core::v1::{ConfigMap, Secret},
 };
 use kube::{
@@ -70,6 +71,7 @@ pub async fn run(
     let deployments = workload_controller::<Deployment>(&client, &namespace, cc.clone());
     let statefulsets = workload_controller::<StatefulSet>(&client, &namespace, cc.clone());
     let daemonsets = workload_controller::<DaemonSet>(&client, &namespace, cc.clone());
+    let cronjobs = workload_controller::<CronJob>(&client, &namespace, cc.clone());
     // Packs are watched only where their CRD is installed (the chart can install this controller
     // alone): a watch of a missing API would never sync, and the controller would never be ready.
     let packs = if pack_api_served(&client).await {
@@ -85,6 +87,7 @@ pub async fn run(
         deployments: deployments.store(),
         statefulsets: statefulsets.store(),
         daemonsets: daemonsets.store(),
+        cronjobs: cronjobs.store(),
     };
     report_ready_when_synced(
         &leading,
@@ -118,10 +121,11 @@ pub async fn run(
     );
 
     let stop = leading.stop.clone();
-    let controllers = futures::future::join4(
+    let controllers = futures::future::join5(
         run_workload_controller(deployments, woken.deployment, &leading, ctx.clone()),
         run_workload_controller(statefulsets, woken.statefulset, &leading, ctx.clone()),
         run_workload_controller(daemonsets, woken.daemonset, &leading, ctx.clone()),
+        run_workload_controller(cronjobs, woken.cronjob, &leading, ctx.clone()),
         run_pack_controller(packs, woken.pack, &leading, namespace, cc, ctx),
     );
     tokio::select! {
@@ -155,6 +159,7 @@ fn report_ready_when_synced(
             store_synced(&stores.deployments).await
                 && store_synced(&stores.statefulsets).await
                 && store_synced(&stores.daemonsets).await
+                && store_synced(&stores.cronjobs).await
                 && match &packs {
                     Some(packs) => store_synced(packs).await,
                     None => true,
@@ -297,6 +302,7 @@ struct Wakers {
     deployment: mpsc::UnboundedSender<ObjectRef<PartialObjectMeta<Deployment>>>,
     statefulset: mpsc::UnboundedSender<ObjectRef<PartialObjectMeta<StatefulSet>>>,
     daemonset: mpsc::UnboundedSender<ObjectRef<PartialObjectMeta<DaemonSet>>>,
+    cronjob: mpsc::UnboundedSender<ObjectRef<PartialObjectMeta<CronJob>>>,
     pack: mpsc::UnboundedSender<ObjectRef<PartialObjectMeta<Pack>>>,
 }
 
@@ -305,6 +311,7 @@ struct Woken {
     deployment: mpsc::UnboundedReceiver<ObjectRef<PartialObjectMeta<Deployment>>>,
     statefulset: mpsc::UnboundedReceiver<ObjectRef<PartialObjectMeta<StatefulSet>>>,
     daemonset: mpsc::UnboundedReceiver<ObjectRef<PartialObjectMeta<DaemonSet>>>,
+    cronjob: mpsc::UnboundedReceiver<ObjectRef<PartialObjectMeta<CronJob>>>,
     pack: mpsc::UnboundedReceiver<ObjectRef<PartialObjectMeta<Pack>>>,
 }
 
@@ -313,18 +320,21 @@ impl Wakers {
         let (deployment, deployment_rx) = mpsc::unbounded();
         let (statefulset, statefulset_rx) = mpsc::unbounded();
         let (daemonset, daemonset_rx) = mpsc::unbounded();
+        let (cronjob, cronjob_rx) = mpsc::unbounded();
         let (pack, pack_rx) = mpsc::unbounded();
         (
             Wakers {
                 deployment,
                 statefulset,
                 daemonset,
+                cronjob,
                 pack,
             },
             Woken {
                 deployment: deployment_rx,
                 statefulset: statefulset_rx,
                 daemonset: daemonset_rx,
+                cronjob: cronjob_rx,
                 pack: pack_rx,
             },
         )
@@ -344,6 +354,10 @@ impl Wakers {
                 .is_ok(),
             WorkloadKind::DaemonSet => self
                 .daemonset
+                .unbounded_send(ObjectRef::new(name).within(ns))
+                .is_ok(),
+            WorkloadKind::CronJob => self
+                .cronjob
                 .unbounded_send(ObjectRef::new(name).within(ns))
                 .is_ok(),
             WorkloadKind::Pack => self

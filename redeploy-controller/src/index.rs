@@ -9,6 +9,7 @@ pub enum WorkloadKind {
     Deployment,
     StatefulSet,
     DaemonSet,
+    CronJob,
     Pack,
 }
 
@@ -18,6 +19,7 @@ impl WorkloadKind {
             WorkloadKind::Deployment => "Deployment",
             WorkloadKind::StatefulSet => "StatefulSet",
             WorkloadKind::DaemonSet => "DaemonSet",
+            WorkloadKind::CronJob => "CronJob",
             WorkloadKind::Pack => "Pack",
         }
     }

@@ -19,6 +19,7 @@ pub mod index;
 pub mod limiter;
 pub mod metrics;
 pub mod outcome;
+pub mod podrefs;
 pub mod reconcile;
 pub mod state;
 

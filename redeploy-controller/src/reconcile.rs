@@ -11,16 +11,13 @@ use std::{
 };
 
 use common::{
-    annotation::{WATCH_TO_REDEPLOY, WatchKind, WatchTarget, parse_watch_targets},
-    crd::Pack,
-    events::Recorder,
-    metrics::ReconcileMetrics,
-    sync::lock,
+    annotation::WatchKind, crd::Pack, events::Recorder, metrics::ReconcileMetrics, sync::lock,
 };
 use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, Deployment, StatefulSet},
-        core::v1::{ConfigMap, ObjectReference, Secret},
+        batch::v1::CronJob,
+        core::v1::{ConfigMap, ObjectReference, PodSpec, Secret},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -40,9 +37,11 @@ use crate::{
     limiter::RateLimiter,
     metrics::RedeployMetrics,
     outcome::{Outcome, report},
+    podrefs::{Watched, union},
     state::{
-        ABSENT, CONFIG_HASH_ANNOTATION, HASHES_ANNOTATION, Hashes, PACK_CONFIG_HASH_ANNOTATION,
-        Plan, combined_hash, content_hash, decide, delay, parse_recorded, plan,
+        ABSENT, CONFIG_HASH_ANNOTATION, HASHES_ANNOTATION, Hashes, InvalidAnnotation,
+        PACK_CONFIG_HASH_ANNOTATION, Plan, WatchRequest, combined_hash, content_hash, decide,
+        parse_recorded, plan, watch_request,
     },
 };
 
@@ -65,6 +64,9 @@ impl Error {
     }
 }
 
+/// Per watched object: the resourceVersion read, and the hash per set of keys used at it.
+pub(crate) type HashCache = HashMap<SourceKey, (String, BTreeMap<String, String>)>;
+
 /// State shared by every reconcile.
 pub struct Context {
     client: Client,
@@ -74,8 +76,9 @@ pub struct Context {
     /// When a pending change was first seen, per workload (memory only: after a restart the change is
     /// seen again from the record on the workload, and waits one full delay).
     pending: Mutex<HashMap<WorkloadKey, Instant>>,
-    /// Hash of each watched object at a resourceVersion; invalidated by the source watches.
-    pub(crate) hashes: Mutex<HashMap<SourceKey, (String, String)>>,
+    /// Hashes of each watched object at a resourceVersion, per set of keys used (`""`: every key);
+    /// invalidated by the source watches.
+    pub(crate) hashes: Mutex<HashCache>,
     /// Invalid annotation values already reported, so each gets one Event.
     reported_invalid: Mutex<HashMap<WorkloadKey, String>>,
     recorder: Recorder,
@@ -91,6 +94,7 @@ pub struct WorkloadStores {
     pub deployments: Store<PartialObjectMeta<Deployment>>,
     pub statefulsets: Store<PartialObjectMeta<StatefulSet>>,
     pub daemonsets: Store<PartialObjectMeta<DaemonSet>>,
+    pub cronjobs: Store<PartialObjectMeta<CronJob>>,
 }
 
 impl Context {
@@ -133,6 +137,9 @@ impl Watcher for StatefulSet {
 impl Watcher for DaemonSet {
     const KIND: WorkloadKind = WorkloadKind::DaemonSet;
 }
+impl Watcher for CronJob {
+    const KIND: WorkloadKind = WorkloadKind::CronJob;
+}
 impl Watcher for Pack {
     const KIND: WorkloadKind = WorkloadKind::Pack;
 }
@@ -169,47 +176,47 @@ async fn reconcile_workload(
     ctx: &Context,
 ) -> Result<Action, Error> {
     let annotations = meta.annotations.clone().unwrap_or_default();
-    let Some(targets) = watch_targets(ctx, key, &annotations, reference).await else {
+    let Some(request) = read_request(ctx, key, &annotations, reference).await else {
         return Ok(Action::await_change());
     };
-    let sources = track(ctx, key, &targets);
-    let current = current_hashes(ctx, &targets, &sources).await?;
+    let watched = watched_objects(ctx, key, &request).await?;
+    let sources = track(ctx, key, &watched);
+    let current = current_hashes(ctx, &watched, &sources).await?;
     let recorded = parse_recorded(annotations.get(HASHES_ANNOTATION).map(String::as_str));
     let pending_since = lock(&ctx.pending).get(key).copied();
     let plan = plan(
         decide(recorded.as_ref(), &current),
         pending_since,
-        delay(&annotations, ctx.settings.delay),
+        request.delay,
         Instant::now(),
     );
     let outcome = execute(ctx, key, plan, &current).await?;
     Ok(publish_outcome(ctx, key, reference, outcome).await)
 }
 
-/// What the workload's annotation names, or `None` (the workload forgotten) when it has no annotation
-/// or an invalid one; an invalid value is reported once (a Warning Event and a metric).
-async fn watch_targets(
+/// What the workload's annotations ask for, or `None` (the workload forgotten) when they ask for
+/// nothing or one is invalid; an invalid value is reported once (a Warning Event and a metric).
+async fn read_request(
     ctx: &Context,
     key: &WorkloadKey,
     annotations: &BTreeMap<String, String>,
     reference: &ObjectReference,
-) -> Option<Vec<WatchTarget>> {
-    let Some(value) = annotations.get(WATCH_TO_REDEPLOY) else {
-        forget(key, ctx);
-        return None;
-    };
-    let e = match parse_watch_targets(value) {
-        Ok(targets) => {
+) -> Option<WatchRequest> {
+    let InvalidAnnotation { seen, message } = match watch_request(annotations, ctx.settings.delay) {
+        Ok(request) => {
             lock(&ctx.reported_invalid).remove(key);
-            return Some(targets);
+            if request.is_none() {
+                forget(key, ctx);
+            }
+            return request;
         }
         Err(e) => e,
     };
     forget(key, ctx);
     let first_report = lock(&ctx.reported_invalid)
-        .insert(key.clone(), value.clone())
+        .insert(key.clone(), seen.clone())
         .as_deref()
-        != Some(value);
+        != Some(seen.as_str());
     if first_report {
         ctx.metrics
             .invalid_annotations
@@ -217,19 +224,74 @@ async fn watch_targets(
                 kind: key.kind.as_str().into(),
             })
             .inc();
-        warn!(workload = %key, error = %e, "invalid watch-to-redeploy annotation; not acting on it");
-        publish(ctx, reference, EventType::Warning, "InvalidAnnotation", format!(
-            "{e}. Nothing is watched until it is fixed; a valid value looks like: configmap/my-config, secret/my-secret"
-        )).await;
+        warn!(workload = %key, error = %message, "invalid redeploy annotation; not acting on it");
+        publish(
+            ctx,
+            reference,
+            EventType::Warning,
+            "InvalidAnnotation",
+            message,
+        )
+        .await;
     }
     None
 }
 
-/// Records in the index that `key` watches `targets` (so their changes wake it); their source keys.
-fn track(ctx: &Context, key: &WorkloadKey, targets: &[WatchTarget]) -> Vec<SourceKey> {
-    let sources: Vec<SourceKey> = targets
+/// The explicit list, plus (auto discovery) what the pod templates reference: the workload's own, or
+/// those of every workload of a Pack's release. Templates are read when needed, never cached, so auto
+/// mode keeps no more in memory than the explicit list.
+async fn watched_objects(
+    ctx: &Context,
+    key: &WorkloadKey,
+    request: &WatchRequest,
+) -> Result<Vec<Watched>, Error> {
+    let mut specs = vec![];
+    if request.auto {
+        let workloads = match key.kind {
+            WorkloadKind::Pack => release_workloads(ctx, &key.namespace, &key.name),
+            kind => vec![(kind, key.name.clone())],
+        };
+        for (kind, name) in workloads {
+            specs.extend(pod_spec(ctx, kind, &key.namespace, &name).await?);
+        }
+    }
+    Ok(union(&request.explicit, &specs))
+}
+
+/// The pod spec of a workload's template (`None` when it is gone).
+async fn pod_spec(
+    ctx: &Context,
+    kind: WorkloadKind,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<PodSpec>, Error> {
+    let c = ctx.client.clone();
+    Ok(match kind {
+        WorkloadKind::Deployment => Api::<Deployment>::namespaced(c, namespace)
+            .get_opt(name)
+            .await?
+            .and_then(|w| w.spec?.template.spec),
+        WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(c, namespace)
+            .get_opt(name)
+            .await?
+            .and_then(|w| w.spec?.template.spec),
+        WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(c, namespace)
+            .get_opt(name)
+            .await?
+            .and_then(|w| w.spec?.template.spec),
+        WorkloadKind::CronJob => Api::<CronJob>::namespaced(c, namespace)
+            .get_opt(name)
+            .await?
+            .and_then(|w| w.spec.job_template.spec?.template.spec),
+        WorkloadKind::Pack => None,
+    })
+}
+
+/// Records in the index that `key` watches `watched` (so their changes wake it); their source keys.
+fn track(ctx: &Context, key: &WorkloadKey, watched: &[Watched]) -> Vec<SourceKey> {
+    let sources: Vec<SourceKey> = watched
         .iter()
-        .map(|t| SourceKey::of(&key.namespace, t))
+        .map(|w| SourceKey::of(&key.namespace, &w.target))
         .collect();
     let mut index = lock(&ctx.index);
     index.set(key, sources.clone());
@@ -241,12 +303,12 @@ fn track(ctx: &Context, key: &WorkloadKey, targets: &[WatchTarget]) -> Vec<Sourc
 
 async fn current_hashes(
     ctx: &Context,
-    targets: &[WatchTarget],
+    watched: &[Watched],
     sources: &[SourceKey],
 ) -> Result<Hashes, Error> {
     let mut current = Hashes::new();
-    for (target, source) in targets.iter().zip(sources) {
-        current.insert(target.to_string(), source_hash(ctx, target, source).await?);
+    for (w, source) in watched.iter().zip(sources) {
+        current.insert(w.to_string(), source_hash(ctx, w, source).await?);
     }
     Ok(current)
 }
@@ -343,17 +405,27 @@ async fn publish(
     common::events::publish(&ctx.recorder, reference, type_, reason, "Redeploy", &note).await;
 }
 
-/// The content hash of a watched object (or `absent`), from the cache when its resourceVersion is
-/// unchanged, else read from the API server. Secret data is hashed and dropped at once.
+/// The content hash of a watched object (or `absent`) over the keys it is watched for, from the cache
+/// when its resourceVersion is unchanged, else read from the API server. Secret data is hashed and
+/// dropped at once.
 async fn source_hash(
     ctx: &Context,
-    target: &WatchTarget,
+    watched: &Watched,
     source: &SourceKey,
 ) -> Result<String, Error> {
-    if let Some((_, hash)) = lock(&ctx.hashes).get(source) {
+    let selection = watched.keys.as_ref().map(|k| {
+        let k: Vec<&str> = k.iter().map(String::as_str).collect();
+        k.join(",")
+    });
+    let selection = selection.unwrap_or_default();
+    if let Some(hash) = lock(&ctx.hashes)
+        .get(source)
+        .and_then(|(_, by_keys)| by_keys.get(&selection))
+    {
         return Ok(hash.clone());
     }
-    let (rv, hash) = match target.kind {
+    let used = |key: &str| watched.keys.as_ref().is_none_or(|keys| keys.contains(key));
+    let (rv, hash) = match watched.target.kind {
         WatchKind::ConfigMap => {
             let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &source.namespace);
             match api.get_opt(&source.name).await? {
@@ -362,8 +434,13 @@ async fn source_hash(
                     let data = cm.data.unwrap_or_default();
                     let binary = cm.binary_data.unwrap_or_default();
                     let hash = content_hash(
-                        data.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
-                        binary.iter().map(|(k, v)| (k.as_str(), v.0.as_slice())),
+                        data.iter()
+                            .filter(|(k, _)| used(k))
+                            .map(|(k, v)| (k.as_str(), v.as_bytes())),
+                        binary
+                            .iter()
+                            .filter(|(k, _)| used(k))
+                            .map(|(k, v)| (k.as_str(), v.0.as_slice())),
                     );
                     (cm.metadata.resource_version, hash)
                 }
@@ -375,15 +452,26 @@ async fn source_hash(
                 None => (None, ABSENT.to_owned()),
                 Some(secret) => {
                     let data = secret.data.unwrap_or_default();
-                    let hash =
-                        content_hash(data.iter().map(|(k, v)| (k.as_str(), v.0.as_slice())), []);
+                    let hash = content_hash(
+                        data.iter()
+                            .filter(|(k, _)| used(k))
+                            .map(|(k, v)| (k.as_str(), v.0.as_slice())),
+                        [],
+                    );
                     (secret.metadata.resource_version, hash)
                 }
             }
         }
     };
     if let Some(rv) = rv {
-        lock(&ctx.hashes).insert(source.clone(), (rv, hash.clone()));
+        let mut hashes = lock(&ctx.hashes);
+        let entry = hashes
+            .entry(source.clone())
+            .or_insert_with(|| (rv.clone(), BTreeMap::new()));
+        if entry.0 != rv {
+            *entry = (rv, BTreeMap::new());
+        }
+        entry.1.insert(selection, hash.clone());
     }
     Ok(hash)
 }
@@ -431,6 +519,10 @@ async fn patch_workload(
             .patch(name, &pp, &p)
             .await
             .map(drop)?,
+        WorkloadKind::CronJob => Api::<CronJob>::namespaced(c, ns)
+            .patch(name, &pp, &p)
+            .await
+            .map(drop)?,
         WorkloadKind::Pack => Api::<Pack>::namespaced(c, ns)
             .patch(name, &pp, &p)
             .await
@@ -455,12 +547,11 @@ async fn rollout(ctx: &Context, key: &WorkloadKey, current: &Hashes) -> Result<R
             return Ok(Rollout::Paused);
         }
         let mut patch = record_patch(current);
-        patch["spec"] = json!({ "template": { "metadata": { "annotations": { CONFIG_HASH_ANNOTATION: config_hash } } } });
+        patch["spec"] = template_patch(key.kind, CONFIG_HASH_ANNOTATION, &config_hash);
         patch_workload(ctx, key, &patch).await?;
         return Ok(Rollout::Done(vec![key.name.clone()]));
     }
     // A Pack: its release's workloads, found by Helm's ownership annotations.
-    let template = json!({ "spec": { "template": { "metadata": { "annotations": { PACK_CONFIG_HASH_ANNOTATION: config_hash } } } } });
     let mut rolled = vec![];
     for (kind, name) in release_workloads(ctx, &key.namespace, &key.name) {
         let child = WorkloadKey {
@@ -473,12 +564,24 @@ async fn rollout(ctx: &Context, key: &WorkloadKey, current: &Hashes) -> Result<R
             info!(workload = %child, "paused; not redeployed with its Pack");
             continue;
         }
-        patch_workload(ctx, &child, &template).await?;
+        let patch =
+            json!({ "spec": template_patch(kind, PACK_CONFIG_HASH_ANNOTATION, &config_hash) });
+        patch_workload(ctx, &child, &patch).await?;
         rolled.push(format!("{}/{name}", kind.as_str()));
     }
     // Recorded after the children: a crash in between repeats the same (idempotent) template patches.
     record(ctx, key, current).await?;
     Ok(Rollout::Done(rolled))
+}
+
+/// The `spec` part of a rollout: the pod template's annotation; a CronJob's is its Jobs' template, so
+/// the next Job runs with the new configuration and running Jobs are left alone.
+fn template_patch(kind: WorkloadKind, annotation: &str, config_hash: &str) -> serde_json::Value {
+    let template = json!({ "metadata": { "annotations": { annotation: config_hash } } });
+    match kind {
+        WorkloadKind::CronJob => json!({ "jobTemplate": { "spec": { "template": template } } }),
+        _ => json!({ "template": template }),
+    }
 }
 
 fn release_workloads(ctx: &Context, namespace: &str, release: &str) -> Vec<(WorkloadKind, String)> {
@@ -523,6 +626,13 @@ fn release_workloads(ctx: &Context, namespace: &str, release: &str) -> Vec<(Work
         release,
         &mut out,
     );
+    of(
+        &ctx.stores.cronjobs,
+        WorkloadKind::CronJob,
+        namespace,
+        release,
+        &mut out,
+    );
     out.sort();
     out
 }
@@ -538,7 +648,10 @@ async fn deployment_paused(ctx: &Context, namespace: &str, name: &str) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::testing::{ApiRequest, ApiServer};
+    use common::{
+        annotation::WATCH_TO_REDEPLOY,
+        testing::{ApiRequest, ApiServer},
+    };
     use kube::{
         core::PartialObjectMetaExt,
         runtime::{events::Reporter, reflector, watcher},
@@ -579,6 +692,7 @@ mod tests {
             deployments: reflector::store().0,
             statefulsets: reflector::store().0,
             daemonsets: reflector::store().0,
+            cronjobs: reflector::store().0,
         }
     }
 

@@ -8,8 +8,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::cli::parse_duration;
+use common::{
+    annotation::{WATCH_TO_REDEPLOY, WatchTarget, parse_watch_targets},
+    cli::parse_duration,
+};
 use sha2::{Digest, Sha256};
+
+use crate::podrefs::{AUTO_ANNOTATION, parse_auto};
 
 /// Annotation on the workload's metadata holding `{"configmap/name": "sha256:…", "secret/x": "absent"}`.
 pub const HASHES_ANNOTATION: &str = "pack-operator.k8s.kubit.ir/watched-hashes";
@@ -151,12 +156,69 @@ pub fn plan(
     }
 }
 
-/// The workload's own delay ([`DELAY_ANNOTATION`]), else `default`; an unreadable value counts as none.
-pub fn delay(annotations: &BTreeMap<String, String>, default: Duration) -> Duration {
-    annotations
-        .get(DELAY_ANNOTATION)
-        .and_then(|d| parse_duration(d).ok())
-        .unwrap_or(default)
+/// What a workload's annotations ask for: the explicit list, auto discovery, and the delay.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WatchRequest {
+    /// `watch-to-redeploy` (whole objects).
+    pub explicit: Vec<WatchTarget>,
+    /// `watch-to-redeploy-auto: "true"`: also what the pod template references.
+    pub auto: bool,
+    /// `redeploy-delay`, else the controller's default.
+    pub delay: Duration,
+}
+
+/// An annotation whose value is invalid: nothing is acted on until it is fixed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct InvalidAnnotation {
+    /// `annotation=value`, so a workload is reported once per bad value.
+    pub seen: String,
+    /// What is wrong and what to write instead (Event note, log).
+    pub message: String,
+}
+
+/// Reads the annotations: `Ok(None)` when the workload asks for nothing (no list, auto absent or
+/// `"false"`), an error naming the first invalid annotation otherwise. An invalid `redeploy-delay` is
+/// an error too, not the default: a typo must not go unnoticed (the admission policy refuses it).
+pub fn watch_request(
+    annotations: &BTreeMap<String, String>,
+    default_delay: Duration,
+) -> Result<Option<WatchRequest>, InvalidAnnotation> {
+    let invalid = |name: &str, value: &str, message: String| InvalidAnnotation {
+        seen: format!("{name}={value}"),
+        message: format!("{message}. Nothing is watched until it is fixed"),
+    };
+    let explicit = match annotations.get(WATCH_TO_REDEPLOY) {
+        None => vec![],
+        Some(v) => parse_watch_targets(v).map_err(|e| {
+            invalid(
+                WATCH_TO_REDEPLOY,
+                v,
+                format!("{e}. A valid value looks like: configmap/my-config, secret/my-secret"),
+            )
+        })?,
+    };
+    let auto = match annotations.get(AUTO_ANNOTATION) {
+        None => false,
+        Some(v) => parse_auto(v).map_err(|e| invalid(AUTO_ANNOTATION, v, e))?,
+    };
+    if explicit.is_empty() && !auto {
+        return Ok(None);
+    }
+    let delay = match annotations.get(DELAY_ANNOTATION) {
+        None => default_delay,
+        Some(v) => parse_duration(v).map_err(|e| {
+            invalid(
+                DELAY_ANNOTATION,
+                v,
+                format!("annotation {DELAY_ANNOTATION}: {e}"),
+            )
+        })?,
+    };
+    Ok(Some(WatchRequest {
+        explicit,
+        auto,
+        delay,
+    }))
 }
 
 #[cfg(test)]
@@ -308,16 +370,76 @@ mod tests {
     }
 
     #[test]
-    fn delays() {
+    fn watch_requests() {
         let default = Duration::from_secs(5);
-        let with = |v: &str| BTreeMap::from([(DELAY_ANNOTATION.to_owned(), v.to_owned())]);
-        assert_eq!(delay(&BTreeMap::new(), default), default);
-        assert_eq!(delay(&with("30s"), default), Duration::from_secs(30));
-        assert_eq!(delay(&with("0s"), default), Duration::ZERO);
+        let with = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let req = |pairs: &[(&str, &str)]| watch_request(&with(pairs), default);
+        let cm = WatchTarget {
+            kind: common::annotation::WatchKind::ConfigMap,
+            name: "a".into(),
+        };
+        assert_eq!(req(&[]), Ok(None));
+        assert_eq!(req(&[(AUTO_ANNOTATION, "false")]), Ok(None));
         assert_eq!(
-            delay(&with("soon"), default),
-            default,
-            "unreadable: the default"
+            req(&[(DELAY_ANNOTATION, "abc")]),
+            Ok(None),
+            "a delay alone asks for nothing"
         );
+        let ok = |explicit: Vec<WatchTarget>, auto, delay| {
+            Ok(Some(WatchRequest {
+                explicit,
+                auto,
+                delay,
+            }))
+        };
+        assert_eq!(
+            req(&[(WATCH_TO_REDEPLOY, "configmap/a")]),
+            ok(vec![cm.clone()], false, default)
+        );
+        assert_eq!(
+            req(&[(AUTO_ANNOTATION, "true"), (DELAY_ANNOTATION, "30s")]),
+            ok(vec![], true, Duration::from_secs(30))
+        );
+        assert_eq!(
+            req(&[
+                (WATCH_TO_REDEPLOY, "configmap/a"),
+                (AUTO_ANNOTATION, "true"),
+                (DELAY_ANNOTATION, "0s")
+            ]),
+            ok(vec![cm], true, Duration::ZERO)
+        );
+        // (annotations, the annotation blamed, what the message says)
+        type Bad<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let bad: Vec<Bad> = vec![
+            (
+                &[(WATCH_TO_REDEPLOY, "configmap/A")],
+                WATCH_TO_REDEPLOY,
+                "configmap/my-config",
+            ),
+            (
+                &[(AUTO_ANNOTATION, "yes")],
+                AUTO_ANNOTATION,
+                "\"true\" or \"false\"",
+            ),
+            (
+                &[(AUTO_ANNOTATION, "true"), (DELAY_ANNOTATION, "abc")],
+                DELAY_ANNOTATION,
+                "invalid duration \"abc\"",
+            ),
+        ];
+        for (pairs, annotation, says) in bad {
+            let e = req(pairs).unwrap_err();
+            assert!(e.seen.starts_with(annotation), "{pairs:?}: {e:?}");
+            assert!(e.message.contains(says), "{pairs:?}: {e:?}");
+            assert!(
+                e.message.ends_with("Nothing is watched until it is fixed"),
+                "{e:?}"
+            );
+        }
     }
 }
