@@ -50,6 +50,7 @@ pub async fn run<K, E, ApplyFut, CleanupFut>(
 ) -> Result<Action, Error<E>>
 where
     K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    K::DynamicType: Default,
     E: std::error::Error + 'static,
     ApplyFut: Future<Output = Result<Action, E>>,
     CleanupFut: Future<Output = Result<Cleanup, E>>,
@@ -57,6 +58,7 @@ where
     let index = obj.finalizers().iter().position(|f| f == finalizer);
     let deleting = obj.meta().deletion_timestamp.is_some();
     let name = obj.meta().name.clone().ok_or(Error::UnnamedObject)?;
+    let namespace = obj.meta().namespace.clone();
     match (index, deleting) {
         (Some(_), false) => apply(obj).await.map_err(Error::ApplyFailed),
         (Some(i), true) => match cleanup(obj).await.map_err(Error::CleanupFailed)? {
@@ -67,10 +69,14 @@ where
                     .await
                 {
                     // Gone already: nothing left to release.
-                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(action),
-                    Err(e) => Err(Error::RemoveFinalizer(e)),
-                    Ok(_) => Ok(action),
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(Error::RemoveFinalizer(e)),
+                    Ok(_) => {}
                 }
+                // The object goes: so do its condition series.
+                let kind = K::kind(&Default::default()).into_owned();
+                crate::condition_metrics::forget(&kind, namespace.as_deref(), &name);
+                Ok(action)
             }
         },
         (None, false) => {

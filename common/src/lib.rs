@@ -14,6 +14,7 @@
 
 pub mod annotation;
 pub mod cli;
+pub mod condition_metrics;
 pub mod conditions;
 pub mod crd;
 pub mod events;

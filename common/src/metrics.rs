@@ -157,9 +157,13 @@ impl LeaderMetrics {
         metrics
     }
 
+    /// Records whether this replica leads. One that stops leading drops its condition series: the new
+    /// leader reports the objects.
     pub fn set_leading(&self, leading: bool) {
         if leading {
             self.transitions.inc();
+        } else {
+            crate::condition_metrics::clear();
         }
         self.leader.set(i64::from(leading));
     }

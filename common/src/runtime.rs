@@ -240,6 +240,7 @@ fn base_registry(name: &str, version: &str) -> (Registry, LeaderMetrics) {
     registry.register_collector(Box::new(ProcessCollector));
     let own = prefixed(&mut registry);
     metrics::register_build_info(own, name, version);
+    crate::condition_metrics::register(own);
     let leader_metrics = LeaderMetrics::register(own);
     (registry, leader_metrics)
 }

@@ -32,7 +32,8 @@ where
 }
 
 /// Applies `new` to the status subresource of `name` unless it equals `old` (the status the object was
-/// read with): a reconcile that changes nothing writes nothing. Returns whether it wrote.
+/// read with): a reconcile that changes nothing writes nothing. Returns whether it wrote. Either way
+/// the status's conditions are reported in [`crate::condition_metrics`].
 pub async fn write<K, S>(
     api: &Api<K>,
     name: &str,
@@ -44,6 +45,9 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize + PartialEq,
 {
+    if let Ok(value) = serde_json::to_value(new) {
+        crate::condition_metrics::observe_status(&K::kind(&()), api.namespace(), name, &value);
+    }
     if old == Some(new) {
         return Ok(false);
     }

@@ -131,6 +131,12 @@ fn repository_changes(
                     }
                     Ok(watcher::Event::Delete(r)) => {
                         seen.remove(&r.name_any());
+                        // It has no finalizer: its condition series go here.
+                        common::condition_metrics::forget(
+                            &<ClusterPackRepository as kube::Resource>::kind(&()),
+                            None,
+                            &r.name_any(),
+                        );
                         Some(Ok(r))
                     }
                     Ok(watcher::Event::Init | watcher::Event::InitDone) => None,

@@ -638,8 +638,8 @@ fn pack_controller_rbac_scope_is_cluster_or_a_list_of_namespaces() {
     let text = serde_json::to_string(&of_kind(&monitored, "PrometheusRule")).unwrap();
     assert_eq!(
         text.matches("namespace=\\\"ops\\\"").count(),
-        3 * 3 + 1,
-        "three alerts per controller and PacksFailing match the release namespace: {text}"
+        3 * 3 + 2 + 1,
+        "three alerts per controller, NotReady of pack and reflector, and PacksFailing match the release namespace: {text}"
     );
 
     // Leader election off (one replica): no Lease RBAC for that controller.
