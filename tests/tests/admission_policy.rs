@@ -331,3 +331,83 @@ async fn repository_intervals_the_parser_refuses_are_refused_by_the_crd() {
         "{msg}"
     );
 }
+
+#[derive(Deserialize)]
+struct OptionCase {
+    annotation: String,
+    value: String,
+    valid: bool,
+    why: String,
+}
+
+#[tokio::test]
+async fn redeploy_options_policy_and_parsers_agree_on_the_corpus() {
+    // watch-to-redeploy-auto accepts exactly "true"/"false", redeploy-delay a duration (issue 16: "abc"
+    // was silently the default); the parsers are checked against the same corpus by
+    // redeploy-controller's podrefs::tests::option_corpus.
+    const AUTO: &str = "pack-operator.k8s.kubit.ir/watch-to-redeploy-auto";
+    const DELAY: &str = "pack-operator.k8s.kubit.ir/redeploy-delay";
+    let env = test_env();
+    let ns = env.namespace("vap-options").await;
+    let client = env.client().await;
+    label_namespace(&client, &ns.name).await;
+    install_policy(&client).await;
+    let with = |kind: &str, name: &str, annotation: &str, value: &str| {
+        let mut w = workload(kind, name, None);
+        w["metadata"]["annotations"] = json!({ annotation: value });
+        w
+    };
+    let deployments = api_for(&client, &ns.name, "Deployment");
+    wait::until(
+        "the options policy to be enforced",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            match admit(&deployments, with("Deployment", "probe", DELAY, "abc")).await {
+                Err(_) => Ok(Some(())),
+                Ok(()) => Err("redeploy-delay: abc still admitted"),
+            }
+        },
+    )
+    .await;
+    let corpus: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace_root().join("tests/corpus/redeploy-options.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let cases: Vec<OptionCase> = serde_json::from_value(corpus["cases"].clone()).unwrap();
+    let kinds = ["StatefulSet", "DaemonSet", "Pack"];
+    let mut disagreements = vec![];
+    for (i, case) in cases.iter().enumerate() {
+        let annotation = if case.annotation == "auto" {
+            AUTO
+        } else {
+            DELAY
+        };
+        for kind in ["Deployment", kinds[i % 3]] {
+            let api = api_for(&client, &ns.name, kind);
+            let verdict = admit(&api, with(kind, &format!("o{i}"), annotation, &case.value)).await;
+            if verdict.is_ok() != case.valid {
+                disagreements.push(format!(
+                    "{kind} {annotation}={:?} ({}): apiserver said {verdict:?}",
+                    case.value, case.why
+                ));
+            }
+            if let Err(msg) = &verdict {
+                assert!(
+                    msg.contains(annotation),
+                    "denial names the annotation: {msg}"
+                );
+                assert!(
+                    msg.contains("e.g.") || msg.contains("\"true\" or \"false\""),
+                    "{msg}"
+                );
+            }
+        }
+    }
+    assert!(
+        disagreements.is_empty(),
+        "apiserver and corpus disagree:\n{}",
+        disagreements.join("\n")
+    );
+}

@@ -614,3 +614,281 @@ fn helm_release(env: &TestEnv, ns: &str, verb: &str, values: &std::path::Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+const AUTO: &str = "pack-operator.k8s.kubit.ir/watch-to-redeploy-auto";
+
+/// A Deployment in auto mode (no explicit list) with `template_spec` as its pod spec.
+async fn auto_deployment(client: &Client, ns: &str, name: &str, template_spec: serde_json::Value) {
+    let mut spec = pod_spec(name);
+    spec["template"]["spec"] = template_spec;
+    create::<Deployment>(
+        client,
+        ns,
+        json!({ "metadata": { "name": name, "annotations": { AUTO: "true" } }, "spec": spec }),
+    )
+    .await;
+}
+
+async fn patch_secret(client: &Client, ns: &str, name: &str, data: serde_json::Value) {
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "stringData": data })),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn auto_rolls_for_env_from_and_a_volume_secret_not_for_an_unused_key() {
+    let env = test_env();
+    let ns = env.namespace("rd-auto").await;
+    let client = env.client().await;
+    configmap(&client, &ns.name, "env", json!({ "LEVEL": "info" })).await;
+    configmap(
+        &client,
+        &ns.name,
+        "keys",
+        json!({ "used": "1", "unused": "1" }),
+    )
+    .await;
+    create::<Secret>(
+        &client,
+        &ns.name,
+        json!({ "metadata": { "name": "tls" }, "stringData": { "tls.crt": "a" } }),
+    )
+    .await;
+    auto_deployment(
+        &client,
+        &ns.name,
+        "app",
+        json!({
+            "containers": [{ "name": "c", "image": "nginx",
+                "envFrom": [{ "configMapRef": { "name": "env" } }],
+                "env": [{ "name": "USED", "valueFrom": { "configMapKeyRef": { "name": "keys", "key": "used" } } }],
+                "volumeMounts": [{ "name": "tls", "mountPath": "/tls" }] }],
+            "volumes": [{ "name": "tls", "secret": { "secretName": "tls" } }],
+            "imagePullSecrets": [{ "name": "not-watched" }]
+        }),
+    )
+    .await;
+    let _controller = start_controller(&env, &ns.name, "rd-auto");
+    let recorded = wait_recorded::<Deployment>(&client, &ns.name, "app").await;
+    for source in ["configmap/env", "configmap/keys:used", "secret/tls"] {
+        assert!(recorded.contains(&format!("\"{source}\"")), "{recorded}");
+    }
+    assert!(!recorded.contains("not-watched"), "{recorded}");
+    wait_replicasets(&client, &ns.name, "app", 1, PATIENCE).await;
+
+    // A key the pod does not use: no rollout.
+    patch_cm(
+        &client,
+        &ns.name,
+        "keys",
+        json!({ "data": { "unused": "2" } }),
+    )
+    .await;
+    hold_replicasets(&client, &ns.name, "app", 1, DELAY + Duration::from_secs(2)).await;
+    // envFrom: every key counts.
+    patch_cm(
+        &client,
+        &ns.name,
+        "env",
+        json!({ "data": { "LEVEL": "debug" } }),
+    )
+    .await;
+    wait_replicasets(&client, &ns.name, "app", 2, PATIENCE).await;
+    // A Secret mounted as a volume.
+    patch_secret(&client, &ns.name, "tls", json!({ "tls.crt": "b" })).await;
+    wait_replicasets(&client, &ns.name, "app", 3, PATIENCE).await;
+    // The key the pod uses.
+    patch_cm(
+        &client,
+        &ns.name,
+        "keys",
+        json!({ "data": { "used": "2" } }),
+    )
+    .await;
+    wait_replicasets(&client, &ns.name, "app", 4, PATIENCE).await;
+    hold_replicasets(&client, &ns.name, "app", 4, DELAY + Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn auto_picks_up_a_new_reference_with_a_baseline_not_a_rollout() {
+    let env = test_env();
+    let ns = env.namespace("rd-auto-new").await;
+    let client = env.client().await;
+    configmap(&client, &ns.name, "one", json!({ "a": "1" })).await;
+    configmap(&client, &ns.name, "two", json!({ "b": "1" })).await;
+    let container = |from: serde_json::Value| json!({ "containers": [{ "name": "c", "image": "nginx", "envFrom": from }] });
+    auto_deployment(
+        &client,
+        &ns.name,
+        "app",
+        container(json!([{ "configMapRef": { "name": "one" } }])),
+    )
+    .await;
+    let _controller = start_controller(&env, &ns.name, "rd-auto-new");
+    wait_recorded::<Deployment>(&client, &ns.name, "app").await;
+    wait_replicasets(&client, &ns.name, "app", 1, PATIENCE).await;
+
+    // The template starts using `two`: the template change is itself a rollout (2 ReplicaSets); the
+    // controller only records `two`'s baseline.
+    let api = Api::<Deployment>::namespaced(client.clone(), &ns.name);
+    let template = container(json!([
+        { "configMapRef": { "name": "one" } },
+        { "configMapRef": { "name": "two" } }
+    ]));
+    api.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "template": { "spec": template } } })),
+    )
+    .await
+    .unwrap();
+    wait::until(
+        "configmap/two recorded",
+        PATIENCE,
+        Duration::from_millis(100),
+        || async {
+            let d = api.get("app").await.map_err(|e| e.to_string())?;
+            let hashes = d.metadata.annotations.unwrap_or_default().remove(HASHES);
+            match hashes {
+                Some(h) if h.contains("\"configmap/two\"") => Ok(Some(())),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    hold_replicasets(&client, &ns.name, "app", 2, DELAY + Duration::from_secs(2)).await;
+    // From then on, `two` is watched.
+    patch_cm(&client, &ns.name, "two", json!({ "data": { "b": "2" } })).await;
+    wait_replicasets(&client, &ns.name, "app", 3, PATIENCE).await;
+}
+
+#[tokio::test]
+async fn invalid_auto_or_delay_values_warn_and_are_not_acted_on() {
+    let env = test_env();
+    let ns = env.namespace("rd-auto-invalid").await;
+    let client = env.client().await;
+    configmap(&client, &ns.name, "cfg", json!({ "a": "1" })).await;
+    let api = Api::<Deployment>::namespaced(client.clone(), &ns.name);
+    let cases = [
+        ("bad-auto", json!({ AUTO: "yes" }), AUTO),
+        (
+            "bad-delay",
+            json!({ AUTO: "true", "pack-operator.k8s.kubit.ir/redeploy-delay": "abc" }),
+            "redeploy-delay",
+        ),
+    ];
+    for (name, annotations, _) in &cases {
+        let mut spec = pod_spec(name);
+        spec["template"]["spec"]["containers"][0]["envFrom"] =
+            json!([{ "configMapRef": { "name": "cfg" } }]);
+        let bad: Deployment = serde_json::from_value(json!({
+            "metadata": { "name": name, "annotations": annotations }, "spec": spec
+        }))
+        .unwrap();
+        // Objects that got in without the admission policy (retry while a binding propagates).
+        wait::until(
+            "the invalid Deployment to be created",
+            PATIENCE,
+            Duration::from_millis(250),
+            || async {
+                api.create(&PostParams::default(), &bad)
+                    .await
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await;
+    }
+    let controller = start_controller(&env, &ns.name, "rd-auto-invalid");
+    for (name, _, annotation) in &cases {
+        let note = wait_event(&client, &ns.name, name, "InvalidAnnotation", "").await;
+        assert!(
+            note.contains(annotation) && note.contains("Nothing is watched"),
+            "{note}"
+        );
+    }
+    let flagged = wait::until(
+        "invalid-annotation metric",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            match controller
+                .metric("pack_operator_invalid_annotations_total{kind=\"Deployment\"}")
+                .await
+            {
+                Ok(Some(v)) if v >= 2.0 => Ok(Some(v)),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(flagged, 2.0);
+    patch_cm(&client, &ns.name, "cfg", json!({ "data": { "a": "2" } })).await;
+    for (name, _, _) in &cases {
+        wait_replicasets(&client, &ns.name, name, 1, PATIENCE).await;
+        hold_replicasets(&client, &ns.name, name, 1, DELAY + Duration::from_secs(1)).await;
+        let d = api.get(name).await.unwrap();
+        assert!(
+            !d.metadata.annotations.unwrap().contains_key(HASHES),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cronjob_job_template_changes_for_its_next_job() {
+    use k8s_openapi::api::batch::v1::CronJob;
+    const CONFIG_HASH: &str = "pack-operator.k8s.kubit.ir/config-hash";
+    let env = test_env();
+    let ns = env.namespace("rd-cron").await;
+    let client = env.client().await;
+    configmap(&client, &ns.name, "cfg", json!({ "a": "1" })).await;
+    create::<CronJob>(
+        &client,
+        &ns.name,
+        json!({
+            "metadata": { "name": "nightly", "annotations": { AUTO: "true" } },
+            "spec": { "schedule": "0 3 * * *", "suspend": true, "jobTemplate": { "spec": { "template": { "spec": {
+                "restartPolicy": "Never",
+                "containers": [{ "name": "c", "image": "busybox",
+                    "env": [{ "name": "A", "valueFrom": { "configMapKeyRef": { "name": "cfg", "key": "a" } } }] }]
+            } } } } }
+        }),
+    )
+    .await;
+    let _controller = start_controller(&env, &ns.name, "rd-cron");
+    let recorded = wait_recorded::<CronJob>(&client, &ns.name, "nightly").await;
+    assert!(recorded.contains("\"configmap/cfg:a\""), "{recorded}");
+    let api = Api::<CronJob>::namespaced(client.clone(), &ns.name);
+    let template_hash = |c: CronJob| {
+        c.spec
+            .job_template
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .and_then(|mut a| a.remove(CONFIG_HASH))
+    };
+    assert_eq!(template_hash(api.get("nightly").await.unwrap()), None);
+    patch_cm(&client, &ns.name, "cfg", json!({ "data": { "a": "2" } })).await;
+    wait::until(
+        "the job template's config hash",
+        PATIENCE,
+        Duration::from_millis(100),
+        || async {
+            let c = api.get("nightly").await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(template_hash(c))
+        },
+    )
+    .await;
+    let c = api.get("nightly").await.unwrap();
+    assert_eq!(
+        c.spec.suspend,
+        Some(true),
+        "only the job template is patched"
+    );
+}
