@@ -1,10 +1,11 @@
-//! redeploy-controller: rolls out Deployments, StatefulSets, DaemonSets (and the workloads of Packs)
-//! annotated `pack-operator.k8s.kubit.ir/watch-to-redeploy` when a ConfigMap or Secret they name
-//! changes.
+//! redeploy-controller: rolls out Deployments, StatefulSets, DaemonSets, CronJobs (and the workloads of
+//! Packs) annotated `pack-operator.k8s.kubit.ir/watch-to-redeploy` when a ConfigMap or Secret they name
+//! changes, or annotated `watch-to-redeploy-auto: "true"` when one their pod template uses changes.
 //!
 //! Modules, in the order a change travels through them:
 //! - `controller` (wiring: the watches, the per-kind `Controller`s and what wakes a reconcile, `run`,
 //!   `Settings`),
+//! - `podrefs` (pure: what a pod template references, and which keys, for auto discovery),
 //! - `index` (which workload watches what: whom a ConfigMap/Secret event wakes),
 //! - `reconcile` (one workload reconcile: read the annotation and hashes, decide, execute — record the
 //!   hashes, roll out — and report),
