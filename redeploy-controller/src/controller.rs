@@ -21,7 +21,7 @@ use futures::{StreamExt, channel::mpsc};
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, StatefulSet},
     batch::v1::CronJob,
-    core::v1::{ConfigMap, Secret},
+    core::v1::{ConfigMap, Namespace, Secret},
 };
 use kube::{
     Api, Client, Resource,
@@ -40,6 +40,7 @@ use crate::{
     index::{WorkloadKey, WorkloadKind},
     metrics::RedeployMetrics,
     reconcile::{Context, WorkloadStores, error_policy, reconcile},
+    scope::NamespaceScope,
 };
 
 /// Tunables (from flags).
@@ -53,6 +54,8 @@ pub struct Settings {
     pub burst: u32,
     /// Reconciles at once, per workload kind.
     pub concurrency: u16,
+    /// The namespaces acted on (`--namespace` list, `--namespace-selector`).
+    pub scope: NamespaceScope,
 }
 
 /// How often a controller started without the Pack CRD looks for it again.
@@ -83,11 +86,18 @@ pub async fn run(
         );
         None
     };
+    let (namespace_labels, namespace_events) = if settings.scope.needs_labels() {
+        let (store, events) = namespace_watch(&client);
+        (Some(store), Some(events))
+    } else {
+        (None, None)
+    };
     let stores = WorkloadStores {
         deployments: deployments.store(),
         statefulsets: statefulsets.store(),
         daemonsets: daemonsets.store(),
         cronjobs: cronjobs.store(),
+        namespaces: namespace_labels,
     };
     report_ready_when_synced(
         &leading,
@@ -105,7 +115,9 @@ pub async fn run(
     ));
 
     let (wakers, woken) = Wakers::new();
-    let sources = futures::future::join(
+    let namespaces = wake_on_namespace_changes(namespace_events, ctx.clone(), wakers.clone());
+    let sources = futures::future::join3(
+        namespaces,
         watch_sources(
             scoped::<PartialObjectMeta<ConfigMap>>(&client, &namespace),
             WatchKind::ConfigMap,
@@ -292,6 +304,51 @@ async fn watch_sources<S>(
         }
         for w in watchers {
             wake.wake(&w);
+        }
+    }
+}
+
+/// The namespaces' metadata (labels), for `--namespace-selector`: a store, and the stream that fills it.
+fn namespace_watch(
+    client: &Client,
+) -> (
+    Store<PartialObjectMeta<Namespace>>,
+    futures::stream::BoxStream<'static, PartialObjectMeta<Namespace>>,
+) {
+    let (reader, writer) = kube::runtime::reflector::store();
+    let api = Api::<PartialObjectMeta<Namespace>>::all(client.clone());
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|ns: &mut PartialObjectMeta<Namespace>| {
+            ns.metadata.managed_fields = None;
+            ns.metadata.annotations = None;
+        })
+        .reflect(writer)
+        .applied_objects()
+        .filter_map(|r| std::future::ready(r.ok()))
+        .boxed();
+    (reader, stream)
+}
+
+/// Wakes the workloads of a namespace whose labels changed, so one that enters the selector is
+/// baselined and one that leaves it is forgotten (Packs are looked at again at their next change).
+async fn wake_on_namespace_changes(
+    events: Option<futures::stream::BoxStream<'static, PartialObjectMeta<Namespace>>>,
+    ctx: Arc<Context>,
+    wake: Wakers,
+) {
+    let Some(mut events) = events else {
+        return std::future::pending().await;
+    };
+    let mut admitted = std::collections::HashMap::<String, bool>::new();
+    while let Some(ns) = events.next().await {
+        let name = ns.metadata.name.clone().unwrap_or_default();
+        let now = ctx.admits(&name);
+        if admitted.insert(name.clone(), now) == Some(now) {
+            continue;
+        }
+        for key in ctx.workloads_in(&name) {
+            wake.wake(&key);
         }
     }
 }

@@ -17,7 +17,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, Deployment, StatefulSet},
         batch::v1::CronJob,
-        core::v1::{ConfigMap, ObjectReference, PodSpec, Secret},
+        core::v1::{ConfigMap, Namespace, ObjectReference, PodSpec, Secret},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -95,6 +95,8 @@ pub struct WorkloadStores {
     pub statefulsets: Store<PartialObjectMeta<StatefulSet>>,
     pub daemonsets: Store<PartialObjectMeta<DaemonSet>>,
     pub cronjobs: Store<PartialObjectMeta<CronJob>>,
+    /// Namespace metadata, only with `--namespace-selector`.
+    pub namespaces: Option<Store<PartialObjectMeta<Namespace>>>,
 }
 
 impl Context {
@@ -119,6 +121,66 @@ impl Context {
             reconciles,
             stores,
         }
+    }
+}
+
+impl Context {
+    /// Whether workloads in `namespace` are acted on ([`crate::scope`]).
+    pub(crate) fn admits(&self, namespace: &str) -> bool {
+        let ns = self
+            .stores
+            .namespaces
+            .as_ref()
+            .and_then(|s| s.get(&kube::runtime::reflector::ObjectRef::new(namespace)));
+        let labels = ns
+            .as_ref()
+            .map(|n| n.metadata.labels.clone().unwrap_or_default());
+        self.settings.scope.admits(namespace, labels.as_ref())
+    }
+
+    /// The cached workloads (not Packs) of `namespace`.
+    pub(crate) fn workloads_in(&self, namespace: &str) -> Vec<WorkloadKey> {
+        let kinds = [
+            WorkloadKind::Deployment,
+            WorkloadKind::StatefulSet,
+            WorkloadKind::DaemonSet,
+            WorkloadKind::CronJob,
+        ];
+        kinds
+            .into_iter()
+            .flat_map(|kind| {
+                names_in(&self.stores, kind, namespace)
+                    .into_iter()
+                    .map(move |name| WorkloadKey {
+                        kind,
+                        namespace: namespace.to_owned(),
+                        name,
+                    })
+            })
+            .collect()
+    }
+}
+
+/// Names of the cached workloads of `kind` in `namespace`.
+fn names_in(stores: &WorkloadStores, kind: WorkloadKind, namespace: &str) -> Vec<String> {
+    fn of<K>(store: &Store<PartialObjectMeta<K>>, namespace: &str) -> Vec<String>
+    where
+        K: Resource<DynamicType = ()> + Clone,
+        PartialObjectMeta<K>: Resource<DynamicType = ()> + Clone,
+    {
+        store
+            .state()
+            .iter()
+            .filter(|o| o.namespace().as_deref() == Some(namespace))
+            .map(|o| o.name_any())
+            .collect()
+    }
+    match kind {
+        WorkloadKind::Deployment => of(&stores.deployments, namespace),
+        WorkloadKind::StatefulSet => of(&stores.statefulsets, namespace),
+        WorkloadKind::DaemonSet => of(&stores.daemonsets, namespace),
+        WorkloadKind::CronJob => of(&stores.cronjobs, namespace),
+        WorkloadKind::Pack => vec![],
     }
 }
 
@@ -175,6 +237,10 @@ async fn reconcile_workload(
     reference: &ObjectReference,
     ctx: &Context,
 ) -> Result<Action, Error> {
+    if !ctx.admits(&key.namespace) {
+        forget(key, ctx);
+        return Ok(Action::await_change());
+    }
     let annotations = meta.annotations.clone().unwrap_or_default();
     let Some(request) = read_request(ctx, key, &annotations, reference).await else {
         return Ok(Action::await_change());
@@ -669,6 +735,7 @@ mod tests {
             rate: 2.0,
             burst: 20,
             concurrency: 1,
+            scope: Default::default(),
         };
         let recorder = Recorder::new(
             client.clone(),
@@ -693,6 +760,7 @@ mod tests {
             statefulsets: reflector::store().0,
             daemonsets: reflector::store().0,
             cronjobs: reflector::store().0,
+            namespaces: None,
         }
     }
 

@@ -892,3 +892,51 @@ async fn cronjob_job_template_changes_for_its_next_job() {
         "only the job template is patched"
     );
 }
+
+#[tokio::test]
+async fn namespace_list_and_selector_scope_what_is_acted_on() {
+    use k8s_openapi::api::core::v1::Namespace;
+    const SCOPE: &str = "pack-operator-e2e/redeploy-scope";
+    let env = test_env();
+    let ns = env.namespace("rd-scope").await;
+    let client = env.client().await;
+    configmap(&client, &ns.name, "cfg", json!({ "a": "1" })).await;
+    deployment(&client, &ns.name, "app", "configmap/cfg", 1).await;
+    // Two names: the controller watches cluster-wide and filters; the selector must hold too.
+    let args = [
+        format!("--namespace={},{}-elsewhere", ns.name, ns.name),
+        format!("--namespace-selector={SCOPE}=on"),
+        format!("--lease-namespace={}", ns.name),
+        "--lease-name=redeploy".to_owned(),
+        format!("--delay={}s", DELAY.as_secs()),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _controller = ControllerProcess::start(&env, "redeploy-controller", "rd-scope", &args)
+        .expect("start redeploy-controller");
+    wait_replicasets(&client, &ns.name, "app", 1, PATIENCE).await;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
+    let recorded = || async {
+        let d = deployments.get("app").await.unwrap();
+        d.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(HASHES)
+    };
+    // Not selected: nothing recorded, a change rolls nothing.
+    patch_cm(&client, &ns.name, "cfg", json!({ "data": { "a": "2" } })).await;
+    hold_replicasets(&client, &ns.name, "app", 1, DELAY + Duration::from_secs(2)).await;
+    assert!(!recorded().await, "nothing recorded outside the scope");
+    // Labelled into the selector: the workload is baselined (no rollout), then watched.
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &ns.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": { SCOPE: "on" } } })),
+        )
+        .await
+        .unwrap();
+    wait_recorded::<Deployment>(&client, &ns.name, "app").await;
+    hold_replicasets(&client, &ns.name, "app", 1, DELAY + Duration::from_secs(1)).await;
+    patch_cm(&client, &ns.name, "cfg", json!({ "data": { "a": "3" } })).await;
+    wait_replicasets(&client, &ns.name, "app", 2, PATIENCE).await;
+}
