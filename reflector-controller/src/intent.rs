@@ -62,7 +62,12 @@ pub enum Intent {
 pub enum SyncPlan<'a, K> {
     /// Nothing is copied. `keep_copies`: the copies made before stay (an invalid spec, until it is
     /// fixed) or go (copies follow their source: a deleted or refused source takes them along).
-    Blocked { why: Blocked, keep_copies: bool },
+    /// `targets`: the namespaces a copy would go to once unblocked (the N of `0/N`).
+    Blocked {
+        why: Blocked,
+        keep_copies: bool,
+        targets: usize,
+    },
     /// Copy `source` as each target's intent says.
     Copy {
         source: &'a K,
@@ -75,6 +80,14 @@ impl<K> SyncPlan<'_, K> {
         match self {
             SyncPlan::Blocked { why, .. } => Some(why),
             SyncPlan::Copy { .. } => None,
+        }
+    }
+
+    /// How many targets a blocked plan would copy into (0 for a plan that copies: its outcomes count).
+    pub fn blocked_targets(&self) -> usize {
+        match self {
+            SyncPlan::Blocked { targets, .. } => *targets,
+            SyncPlan::Copy { .. } => 0,
         }
     }
 
@@ -110,6 +123,20 @@ pub fn decide<'a, K: Reflected>(
     let key = key_of(reflector);
     let spec = K::spec(reflector);
     let source_name = &spec.source.name;
+    let planned = targets::plan(
+        &spec.targets,
+        &key.namespace,
+        source_name,
+        target_name(spec),
+        namespaces,
+        policy,
+    );
+    // A blocked reflector still shows how many targets it has (0/N, not 0/0): those `desired` counts.
+    let copies = |plan: &BTreeMap<String, Placement>| {
+        let desired = |p: &&Placement| matches!(p, Placement::Copy | Placement::NamespaceNotFound);
+        plan.values().filter(desired).count()
+    };
+    let targets = planned.as_ref().map(copies).unwrap_or_default();
     let Some(source) = source else {
         return SyncPlan::Blocked {
             why: Blocked::SourceNotFound(format!(
@@ -118,6 +145,7 @@ pub fn decide<'a, K: Reflected>(
                 key.namespace
             )),
             keep_copies: false,
+            targets,
         };
     };
     // A source that another controller would fight over in every target namespace is refused, and
@@ -126,21 +154,16 @@ pub fn decide<'a, K: Reflected>(
         return SyncPlan::Blocked {
             why: Blocked::SourceTypeUnsupported(why),
             keep_copies: false,
+            targets,
         };
     }
-    let plan = match targets::plan(
-        &spec.targets,
-        &key.namespace,
-        source_name,
-        target_name(spec),
-        namespaces,
-        policy,
-    ) {
+    let plan = match planned {
         Ok(plan) => plan,
         Err(e) => {
             return SyncPlan::Blocked {
                 why: Blocked::InvalidSpec(e.to_string()),
                 keep_copies: true,
+                targets: 0,
             };
         }
     };
@@ -287,6 +310,13 @@ mod tests {
             Some(Blocked::SourceNotFound(_))
         ));
         assert_eq!(missing.keep(), Some(BTreeSet::new()));
+        // Still counted: the status shows 0/N, N the targets it would copy into.
+        let two = reflector("a", 100, &["apps", "gone"]);
+        assert_eq!(
+            decide::<Secret>(&two, None, &all, &policy, no_rivals).blocked_targets(),
+            2,
+            "apps, and gone (named, counted as desired until it exists)"
+        );
 
         let token = secret(Some("kubernetes.io/service-account-token"));
         let refused = decide(&r, Some(&token), &all, &policy, no_rivals);
@@ -295,6 +325,7 @@ mod tests {
             Some(Blocked::SourceTypeUnsupported(_))
         ));
         assert_eq!(refused.keep(), Some(BTreeSet::new()));
+        assert_eq!(refused.blocked_targets(), 1);
 
         let mut invalid = r.clone();
         invalid.spec.targets.namespace_selector = Some(LabelSelector {
@@ -309,6 +340,7 @@ mod tests {
         let blocked = decide(&invalid, Some(&source), &all, &policy, no_rivals);
         assert!(matches!(blocked.blocked(), Some(Blocked::InvalidSpec(_))));
         assert_eq!(blocked.keep(), None, "copies stay until the spec is fixed");
+        assert_eq!(blocked.blocked_targets(), 0, "no targets known from an invalid spec");
     }
 
     #[test]

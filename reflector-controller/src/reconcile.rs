@@ -173,7 +173,8 @@ async fn sync<K: Reflected>(reflector: &K::Reflector, ctx: &Context<K>) -> Resul
         || rivals(ctx, reflector, target_name(spec), &namespaces),
     );
     let outcome = execute(ctx, reflector, &plan, &namespaces).await;
-    report_sync(ctx, reflector, plan.blocked(), &outcome).await
+    let blocked = plan.blocked().map(|b| (b, plan.blocked_targets()));
+    report_sync(ctx, reflector, blocked, &outcome).await
 }
 
 /// What happened at one target, for status, Events and metrics.
@@ -298,7 +299,7 @@ async fn delete_unwanted<K: Reflected>(
 async fn report_sync<K: Reflected>(
     ctx: &Context<K>,
     reflector: &K::Reflector,
-    blocked: Option<&Blocked>,
+    blocked: Option<(&Blocked, usize)>,
     outcome: &SyncOutcome,
 ) -> Result<Action, Error> {
     let key = key_of(reflector);

@@ -60,27 +60,42 @@ pub enum Blocked {
     SourceTypeUnsupported(String),
 }
 
-/// Builds the status from the outcomes, keeping condition transition times from `old`.
-pub fn build(
-    old: &ReflectorStatus,
-    generation: Option<i64>,
-    blocked: Option<&Blocked>,
-    outcomes: &[TargetOutcome],
-) -> ReflectorStatus {
-    let desired = outcomes.iter().filter(|o| o.state.desired()).count();
-    let count = |s: TargetState| outcomes.iter().filter(|o| o.state == s).count();
-    let synced = count(TargetState::Synced);
-    let conflicts = count(TargetState::Conflict);
-    let errors = count(TargetState::Error);
-    let missing = count(TargetState::NamespaceNotFound);
-    // Not desired, so they leave Ready alone; said in its message, since the reflector's author
-    // likely expects those copies and must ask the namespaces' owners.
-    let not_consented = match count(TargetState::NotConsented) {
-        0 => String::new(),
-        n => format!("; {n} namespace(s) have not consented to copies from this namespace"),
-    };
+/// Target counts of one sync.
+struct Counts {
+    desired: usize,
+    synced: usize,
+    conflicts: usize,
+    errors: usize,
+    missing: usize,
+    not_consented: usize,
+}
 
-    let (ready, reason, message): (bool, &str, String) = match blocked {
+impl Counts {
+    /// `blocked_targets`: a blocked sync has no outcomes; `desired` is the targets it would have.
+    fn of(outcomes: &[TargetOutcome], blocked_targets: usize) -> Self {
+        let count = |s: TargetState| outcomes.iter().filter(|o| o.state == s).count();
+        Counts {
+            desired: outcomes.iter().filter(|o| o.state.desired()).count() + blocked_targets,
+            synced: count(TargetState::Synced),
+            conflicts: count(TargetState::Conflict),
+            errors: count(TargetState::Error),
+            missing: count(TargetState::NamespaceNotFound),
+            not_consented: count(TargetState::NotConsented),
+        }
+    }
+}
+
+/// The Ready condition's status, reason and message.
+fn ready(blocked: Option<&Blocked>, c: &Counts) -> (bool, &'static str, String) {
+    let Counts {
+        desired,
+        synced,
+        conflicts,
+        errors,
+        missing,
+        ..
+    } = *c;
+    let (ready, reason, message) = match blocked {
         Some(Blocked::SourceNotFound(m)) => (false, "SourceNotFound", m.clone()),
         Some(Blocked::InvalidSpec(m)) => (false, "InvalidSpec", m.clone()),
         Some(Blocked::SourceTypeUnsupported(m)) => (false, "SourceTypeUnsupported", m.clone()),
@@ -103,37 +118,47 @@ pub fn build(
         ),
         None => (true, "Synced", format!("{synced}/{desired} targets synced")),
     };
-    let message = message + &not_consented;
+    // Not desired, so they leave Ready alone; said in its message, since the reflector's author
+    // likely expects those copies and must ask the namespaces' owners.
+    let not_consented = match c.not_consented {
+        0 => String::new(),
+        n => format!("; {n} namespace(s) have not consented to copies from this namespace"),
+    };
+    (ready, reason, message + &not_consented)
+}
+
+/// Builds the status from the outcomes, keeping condition transition times from `old`. `blocked`: why
+/// nothing was copied, with the number of targets the reflector would copy into.
+pub fn build(
+    old: &ReflectorStatus,
+    generation: Option<i64>,
+    blocked: Option<(&Blocked, usize)>,
+    outcomes: &[TargetOutcome],
+) -> ReflectorStatus {
+    let counts = Counts::of(outcomes, blocked.map_or(0, |(_, n)| n));
+    let blocked = blocked.map(|(b, _)| b);
+    let (ready, reason, message) = ready(blocked, &counts);
     let mut conds: Vec<Condition> = old.conditions.clone();
+    let set = |conds: &mut Vec<Condition>, kind: &str, on: bool, reason: &str| {
+        if on {
+            conditions::set(
+                conds,
+                conditions::new(kind, true, reason, &message, generation),
+            );
+        } else {
+            conditions::remove(conds, kind);
+        }
+    };
     conditions::set(
         &mut conds,
         conditions::new(conditions::READY, ready, reason, &message, generation),
     );
     // Stalled: nothing changes until someone acts (source, spec or a conflicting Secret).
-    let stalled = blocked.is_some() || conflicts > 0;
-    if stalled {
-        conditions::set(
-            &mut conds,
-            conditions::new(conditions::STALLED, true, reason, &message, generation),
-        );
-    } else {
-        conditions::remove(&mut conds, conditions::STALLED);
-    }
+    let stalled = blocked.is_some() || counts.conflicts > 0;
+    set(&mut conds, conditions::STALLED, stalled, reason);
     // Reconciling: a retry is scheduled.
-    if errors > 0 && blocked.is_none() {
-        conditions::set(
-            &mut conds,
-            conditions::new(
-                conditions::RECONCILING,
-                true,
-                "Retrying",
-                &message,
-                generation,
-            ),
-        );
-    } else {
-        conditions::remove(&mut conds, conditions::RECONCILING);
-    }
+    let retrying = counts.errors > 0 && blocked.is_none();
+    set(&mut conds, conditions::RECONCILING, retrying, "Retrying");
     let mut targets: Vec<TargetStatus> = outcomes
         .iter()
         .map(|o| TargetStatus {
@@ -146,7 +171,7 @@ pub fn build(
     ReflectorStatus {
         observed_generation: generation,
         conditions: conds,
-        summary: Some(format!("{synced}/{desired}")),
+        summary: Some(format!("{}/{}", counts.synced, counts.desired)),
         targets,
     }
 }
@@ -234,7 +259,8 @@ mod tests {
                 "source missing",
                 Some(Blocked::SourceNotFound("Secret certs/tls not found".into())),
                 vec![],
-                "0/0",
+                // The 3 targets it would copy into (the test passes 3 for every blocked case).
+                "0/3",
                 "False",
                 "SourceNotFound",
                 true,
@@ -245,7 +271,7 @@ mod tests {
                     "Secret certs/token is of type kubernetes.io/service-account-token".into(),
                 )),
                 vec![],
-                "0/0",
+                "0/3",
                 "False",
                 "SourceTypeUnsupported",
                 true,
@@ -253,7 +279,12 @@ mod tests {
             ("no targets", None, vec![], "0/0", "True", "Synced", false),
         ];
         for (what, blocked, outcomes, summary, status, reason, stalled) in cases {
-            let s = build(&Default::default(), Some(3), blocked.as_ref(), &outcomes);
+            let s = build(
+                &Default::default(),
+                Some(3),
+                blocked.as_ref().map(|b| (b, 3)),
+                &outcomes,
+            );
             assert_eq!(s.summary.as_deref(), Some(summary), "{what}");
             assert_eq!(ready(&s), (status.to_owned(), reason.to_owned()), "{what}");
             assert_eq!(

@@ -454,7 +454,7 @@ async fn kube_root_ca_and_owned_configmaps_are_refused_as_sources() {
             &src.name,
             &name.replace('.', "-"),
             &[],
-            "0/0",
+            "0/1",
             "False/SourceTypeUnsupported",
         )
         .await;

@@ -1137,7 +1137,7 @@ async fn deleted_source_removes_copies_and_recreated_source_restores_them() {
     let client = env.client().await;
     let src = env.namespace("refl-srcdel").await;
     let target = namespace(&env, "refl-srcdel-t", &[]).await;
-    let _controller = start_controller(&env, &src.name, &[]);
+    let controller = start_controller(&env, &src.name, &[]);
     // An immutable source: its copies are immutable too.
     create_secret(
         &client,
@@ -1167,11 +1167,21 @@ async fn deleted_source_removes_copies_and_recreated_source_restores_them() {
         &src.name,
         "wildcard",
         &[],
-        "0/0",
+        // Its one target still counts while the source is missing.
+        "0/1",
         "False/SourceNotFound",
     )
     .await;
     wait_event(&client, &src.name, "wildcard", "SourceNotFound", "").await;
+    // The condition metric says so: Ready is False (1), not True (0).
+    let ready = |status: &str| {
+        format!(
+            "condition{{kind=\"SecretReflector\",name=\"wildcard\",namespace=\"{}\",type=\"Ready\",status=\"{status}\"}}",
+            src.name
+        )
+    };
+    wait_metric(&controller, &ready("False"), 1.0).await;
+    assert_eq!(metric(&controller, &ready("True")).await, 0.0);
 
     // Recreated with other data (and now mutable, Opaque): the copy comes back as it is now.
     create_secret(
@@ -1191,6 +1201,37 @@ async fn deleted_source_removes_copies_and_recreated_source_restores_them() {
         &[state(&target.name, "Synced")],
         "1/1",
         "True/Synced",
+    )
+    .await;
+    wait_metric(&controller, &ready("True"), 1.0).await;
+    assert_eq!(metric(&controller, &ready("False")).await, 0.0);
+
+    // Deleted: its series go (none stays behind at 0).
+    Api::<SecretReflector>::namespaced(client.clone(), &src.name)
+        .delete("wildcard", &DeleteParams::default())
+        .await
+        .unwrap();
+    let series = format!(
+        "kind=\"SecretReflector\",name=\"wildcard\",namespace=\"{}\"",
+        src.name
+    );
+    wait::until(
+        "the reflector's condition series are gone",
+        WAIT,
+        POLL,
+        || async {
+            let (_, body) = controller.get("/metrics").await.unwrap();
+            let left: Vec<String> = body
+                .lines()
+                .filter(|l| l.contains(&series))
+                .map(str::to_owned)
+                .collect();
+            if left.is_empty() {
+                Ok(Some(()))
+            } else {
+                Err(left)
+            }
+        },
     )
     .await;
 }
@@ -1428,7 +1469,7 @@ async fn service_account_token_sources_are_refused() {
         &src.name,
         "token",
         &[],
-        "0/0",
+        "0/1",
         "False/SourceTypeUnsupported",
     )
     .await;
