@@ -295,6 +295,11 @@ fn pack_controller(client: &Client, settings: &Settings, cache: &IndexCache) -> 
                     .unwrap_or_default()
             },
         )
+        .reconcile_on(readiness_wakeups(
+            client,
+            &settings.namespaces,
+            store.clone(),
+        ))
         .reconcile_on(index_changes(cache, store))
         .reconcile_on(sources.wakeups(client, &settings.namespaces))
 }
@@ -456,6 +461,83 @@ where
             .touched_objects()
             .boxed()
     }))
+}
+
+/// The kinds whose changes wake a Pack waiting for its release's objects (`spec.wait`); custom
+/// resources are read again on a short requeue instead.
+pub const WAKING_KINDS: [&str; 6] = [
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "Job",
+    "PersistentVolumeClaim",
+    "Service",
+];
+
+/// Helm's annotations on every object of a release.
+const RELEASE_NAME: &str = "meta.helm.sh/release-name";
+const RELEASE_NAMESPACE: &str = "meta.helm.sh/release-namespace";
+
+/// `spec.wait`: a change of a Deployment, StatefulSet, DaemonSet, Job, PVC or Service of a release
+/// ([`WAKING_KINDS`], by Helm's `meta.helm.sh/release-*` annotations) wakes its Pack while the Pack waits
+/// (`Progressing` after Helm, or `NotReady`). Metadata-only watches (a status change bumps the
+/// resourceVersion), nothing cached; the reconcile reads the objects it checks.
+fn readiness_wakeups(
+    client: &Client,
+    namespaces: &[String],
+    store: Store<Pack>,
+) -> impl futures::Stream<Item = ObjectRef<Pack>> + Send + 'static {
+    use k8s_openapi::api::{
+        apps::v1::{DaemonSet, Deployment, StatefulSet},
+        batch::v1::Job,
+        core::v1::{PersistentVolumeClaim, Service},
+    };
+    fn release_of<K>(o: Result<PartialObjectMeta<K>, watcher::Error>) -> Option<(String, String)> {
+        let o = o.ok()?;
+        let a = o.metadata.annotations.as_ref()?;
+        Some((
+            a.get(RELEASE_NAMESPACE)?.clone(),
+            a.get(RELEASE_NAME)?.clone(),
+        ))
+    }
+    let streams = vec![
+        metadata_changes::<Deployment>(client, namespaces, None)
+            .map(release_of)
+            .boxed(),
+        metadata_changes::<StatefulSet>(client, namespaces, None)
+            .map(release_of)
+            .boxed(),
+        metadata_changes::<DaemonSet>(client, namespaces, None)
+            .map(release_of)
+            .boxed(),
+        metadata_changes::<Job>(client, namespaces, None)
+            .map(release_of)
+            .boxed(),
+        metadata_changes::<PersistentVolumeClaim>(client, namespaces, None)
+            .map(release_of)
+            .boxed(),
+        metadata_changes::<Service>(client, namespaces, None)
+            .map(release_of)
+            .boxed(),
+    ];
+    futures::stream::select_all(streams).filter_map(move |release| {
+        let pack = release.and_then(|(ns, name)| {
+            let r = ObjectRef::<Pack>::new(&name).within(&ns);
+            store.get(&r).filter(|p| waits(p)).map(|_| r)
+        });
+        std::future::ready(pack)
+    })
+}
+
+/// Whether `pack` waits for its release's objects now (`spec.wait`, and `Progressing` or `NotReady`).
+fn waits(pack: &Pack) -> bool {
+    use common::crd::pack::PackState;
+    let Some(status) = pack.status.as_ref().filter(|_| pack.spec.wait) else {
+        return false;
+    };
+    status.state == Some(PackState::Progressing)
+        || conditions::find(&status.conditions, conditions::READY)
+            .is_some_and(|c| c.reason == crate::status::NOT_READY)
 }
 
 /// This process's cache got another index of a repository: its Packs (a newer matching version upgrades

@@ -72,7 +72,17 @@ pub async fn apply(ctx: &Context, a: &Apply<'_>) -> Result<Outcome, Error> {
         .filter(|r| r.is_deployed() && a.pack.spec.rollback_on_failure && helm_refused)
         .map(|r| r.revision);
     let rollback = match rollback_to {
-        Some(to) => Some(rollback(ctx, a, &ns, &name, to).await?),
+        Some(to) => Some(
+            rollback(
+                ctx,
+                a.identity,
+                &a.resolution.secret_strings,
+                &ns,
+                &name,
+                to,
+            )
+            .await?,
+        ),
         None => None,
     };
     let mut error = e.to_string();
@@ -87,17 +97,19 @@ pub async fn apply(ctx: &Context, a: &Apply<'_>) -> Result<Outcome, Error> {
     })
 }
 
-async fn rollback(
+/// Rolls release `name` back to revision `to` (after a failed upgrade, or a readiness timeout of
+/// `spec.wait`), as `identity`. `redact`: the strings of the Pack's values from Secrets.
+pub async fn rollback(
     ctx: &Context,
-    a: &Apply<'_>,
+    identity: Option<&Identity>,
+    redact: &[String],
     ns: &str,
     name: &str,
     to: i64,
 ) -> Result<RollbackOutcome, Error> {
     let started = Instant::now();
     // Only what came from Secrets is secret (the older values restored are unknown here; see docs/pack.md).
-    let redact = &a.resolution.secret_strings;
-    let as_user = a.identity.map(Identity::username);
+    let as_user = identity.map(Identity::username);
     match ctx
         .helm
         .rollback(ns, name, to, as_user.as_deref(), redact, &ctx.stop)

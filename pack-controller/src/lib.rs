@@ -6,10 +6,12 @@
 //!   indexes into the shared cache).
 //! - **Decisions (pure)** — `resolve` (a Pack's chart and constraint against a cached index), `versions`
 //!   (chart version constraints), `values_from` (merging `spec.valuesFrom`), `vars` (`{{ vars.NAME }}` substitution), `plan` (the release digest,
-//!   what to do — nothing, install, upgrade, recover, wait — and the `Outcome` of doing it).
+//!   what to do — nothing, install, upgrade, recover, wait — and the `Outcome` of doing it), `readiness`
+//!   (kstatus rules: which objects of a release are checked for `spec.wait`, and whether one is ready).
 //! - **Execution** — `reconcile` (one reconcile: resolve, decide, act, report; deletion), `execute`
 //!   (running a planned install/upgrade, rollback and stuck-release recovery into an `Outcome`), `helm`
-//!   (the Helm CLI driver), `identity` (the ServiceAccount a Pack's Helm operations run as), `release` (Helm's release Secrets), `chart` (chart archive download, digest
+//!   (the Helm CLI driver), `identity` (the ServiceAccount a Pack's Helm operations run as), `observe` (reading a release's
+//!   manifest and objects for `spec.wait`), `release` (Helm's release Secrets), `chart` (chart archive download, digest
 //!   check and disk cache), `index` (index.yaml parsing, the HTTP fetcher, the shared cache, and the one
 //!   place a kind of chart source is chosen).
 //! - **Status and reporting** — `status` (pure: the Pack's status and Event for each outcome), `error`
@@ -23,12 +25,15 @@ pub mod helm;
 pub mod identity;
 pub mod index;
 pub mod metrics;
+pub mod observe;
 pub mod plan;
+pub mod readiness;
 pub mod reconcile;
 pub mod release;
 pub mod repository;
 pub mod resolve;
 pub mod status;
+pub mod readiness;
 pub mod values_from;
 pub mod vars;
 pub mod versions;

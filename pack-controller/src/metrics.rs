@@ -93,7 +93,8 @@ impl HelmMetrics {
     }
 }
 
-/// Packs by summary state (`Applied`, `ApplyFailed`, `Removing`, `RemoveFailed`, `Invalid`, `Pending` for
+/// Packs by summary state (`Applied`, `Progressing`, `NotResolved`, `ApplyFailed`, `Removing`,
+/// `RemoveFailed`, `Invalid`, `Pending` for
 /// none yet), counted over the Packs this process reconciled.
 #[derive(Clone, Debug)]
 pub struct PackStates {
@@ -105,6 +106,8 @@ pub fn state_name(state: Option<PackState>) -> &'static str {
     match state {
         None => "Pending",
         Some(PackState::Applied) => "Applied",
+        Some(PackState::Progressing) => "Progressing",
+        Some(PackState::NotResolved) => "NotResolved",
         Some(PackState::ApplyFailed) => "ApplyFailed",
         Some(PackState::Removing) => "Removing",
         Some(PackState::RemoveFailed) => "RemoveFailed",

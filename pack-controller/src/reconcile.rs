@@ -34,13 +34,16 @@ use tracing::{debug, info, warn};
 
 use crate::{
     chart::ChartCache,
+    controller,
     error::Error,
     execute,
     helm::{Helm, HelmError},
     identity::Identity,
     index::IndexCache,
     metrics::PackStates,
+    observe,
     plan::{self, Facts, Plan, REQUESTED_AT, ReleaseDigest},
+    readiness,
     release::{self, PACK_LABEL, ReleaseRecord},
     repository::FIELD_MANAGER,
     resolve::{self, RepositoryLookup, Resolution, ResolveError},
@@ -55,6 +58,10 @@ pub const FINALIZER: &str = "pack-operator.k8s.kubit.ir/helm-release";
 const WARM_UP: Duration = Duration::from_secs(2);
 
 /// State shared by every reconcile.
+/// `spec.wait`: how often a custom resource that is not ready yet is read again (custom resources are
+/// not watched; the built-in kinds are, see [`controller::WAKING_KINDS`]).
+const CUSTOM_RESOURCE_RECHECK: Duration = Duration::from_secs(10);
+
 pub struct Context {
     pub client: Client,
     pub cache: IndexCache,
@@ -298,19 +305,8 @@ async fn apply_release(
     if recover && let Some(r) = t.record {
         execute::recover_stuck(ctx, pack, identity.as_ref(), &mut next, r).await?;
     }
-    let verb = if install {
-        "Installing"
-    } else {
-        "Upgrading to"
-    };
-    next = status::progressing(
-        next,
-        format!(
-            "{verb} chart {} {}",
-            t.resolution.chart, t.resolution.version
-        ),
-        pack.metadata.generation,
-    );
+    let message = status::progress_message(install, next.applied_version.as_deref(), t.resolution);
+    next = status::progressing(next, message, pack.metadata.generation);
     write_status(ctx, pack, &next).await?;
     let apply = execute::Apply {
         pack,
@@ -336,7 +332,11 @@ async fn apply_release(
         .then(|| t.record.map_or(0, |r| r.revision)),
         generation: pack.metadata.generation,
     };
-    report(ctx, pack, status::after_apply(next, &attempted, &outcome)).await
+    let mut outcome_report = status::after_apply(next, &attempted, &outcome);
+    if pack.spec.wait && matches!(outcome, plan::Outcome::Applied { .. }) {
+        outcome_report = status::awaiting_objects(outcome_report, pack.metadata.generation);
+    }
+    report(ctx, pack, outcome_report).await
 }
 
 /// When the ServiceAccount `pack` runs as does not exist: reports it (`Ready=False`
@@ -408,6 +408,9 @@ async fn hold(
 ) -> Result<Action, Error> {
     let (pack, generation) = (t.pack, t.pack.metadata.generation);
     let requeue = match decision {
+        Plan::UpToDate if pack.spec.wait && !status::ready_at(&next, t.digest, generation) => {
+            return wait_for_objects(ctx, t, next).await;
+        }
         Plan::UpToDate => {
             let revision = t.record.map_or(0, |r| r.revision);
             next = status::applied(
@@ -451,6 +454,127 @@ async fn hold(
     };
     write_status(ctx, pack, &next).await?;
     Ok(Action::requeue(requeue))
+}
+
+/// How long `spec.wait` waits: `spec.timeout`, or the controller's `--helm-timeout`.
+fn wait_timeout(pack: &Pack, ctx: &Context) -> Duration {
+    pack.spec
+        .timeout
+        .as_deref()
+        .and_then(|t| common::cli::parse_duration(t).ok())
+        .unwrap_or(ctx.helm.config().timeout)
+}
+
+/// `spec.wait` of a deployed release not yet found ready: reads its objects (as the Pack's
+/// ServiceAccount) and reports them ready (`Applied`), still waiting (`Progressing`, looked at again
+/// when one of them changes), or, past the timeout, `ApplyFailed`/`NotReady` (rolled back with
+/// `rollbackOnFailure`). No Helm process runs, except that rollback.
+async fn wait_for_objects(
+    ctx: &Context,
+    t: &Target<'_>,
+    next: PackStatus,
+) -> Result<Action, Error> {
+    let (pack, generation, name) = (t.pack, t.pack.metadata.generation, t.pack.name_any());
+    let Some(record) = t.record else {
+        return Ok(Action::requeue(WARM_UP));
+    };
+    let identity = Identity::of(pack, ctx.default_service_account.as_deref());
+    let client = match &identity {
+        Some(i) => i.client(&ctx.config)?,
+        None => ctx.client.clone(),
+    };
+    let ns = namespace(pack);
+    let objects = observe::checked_objects(&client, &ns, record).await?;
+    let unready = observe::not_ready(&client, &ns, &objects).await?;
+    if unready.is_empty() {
+        let was_waiting = next.state == Some(PackState::Progressing);
+        let next = status::applied(
+            next,
+            t.resolution,
+            t.digest,
+            record.revision,
+            &name,
+            generation,
+        );
+        write_status(ctx, pack, &next).await?;
+        if was_waiting {
+            let note = format!("the release's {} checked objects are ready", objects.len());
+            info!("{note}");
+            publish(ctx, pack, EventType::Normal, "Ready", "Wait", &note).await;
+        }
+        return Ok(Action::requeue(jitter(ctx.resync)));
+    }
+    let timeout = wait_timeout(pack, ctx);
+    let elapsed = status::wait_started(&next, t.digest)
+        .and_then(|at| {
+            Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(at)).ok()
+        })
+        .unwrap_or_default();
+    let summary = readiness::summary(&unready);
+    if elapsed < timeout {
+        let message = format!(
+            "waiting for {} of {} objects to be ready (spec.wait, timeout {}s): {summary}",
+            unready.len(),
+            objects.len(),
+            timeout.as_secs()
+        );
+        write_status(ctx, pack, &status::waiting(next, message, generation)).await?;
+        // The watches of the built-in kinds wake the Pack; custom resources are looked at again.
+        let custom = unready
+            .iter()
+            .any(|(o, _)| !controller::WAKING_KINDS.contains(&o.kind.as_str()));
+        let again = if custom {
+            CUSTOM_RESOURCE_RECHECK
+        } else {
+            ctx.resync
+        };
+        return Ok(Action::requeue((timeout - elapsed).min(again)));
+    }
+    if status::timed_out_at(&next, t.digest) {
+        write_status(ctx, pack, &next).await?;
+        return Ok(Action::requeue(jitter(ctx.resync)));
+    }
+    not_ready_after_timeout(ctx, t, next, identity.as_ref(), &summary, timeout).await
+}
+
+/// `spec.wait` timed out: rolls back with `rollbackOnFailure` and reports `ApplyFailed`/`NotReady`.
+async fn not_ready_after_timeout(
+    ctx: &Context,
+    t: &Target<'_>,
+    next: PackStatus,
+    identity: Option<&Identity>,
+    summary: &str,
+    timeout: Duration,
+) -> Result<Action, Error> {
+    let pack = t.pack;
+    let message = format!(
+        "the release's objects were not ready within {}s (spec.wait): {summary}",
+        timeout.as_secs()
+    );
+    let target = status::rollback_target(&next, t.digest).filter(|_| pack.spec.rollback_on_failure);
+    let rollback = match &target {
+        Some((to, _)) => Some(
+            execute::rollback(
+                ctx,
+                identity,
+                &t.resolution.secret_strings,
+                &namespace(pack),
+                &pack.name_any(),
+                *to,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let restored = target.and_then(|(_, version)| version);
+    let report_ = status::not_ready(
+        next,
+        t.digest,
+        message,
+        rollback.as_ref().map(|r| (r, restored)),
+        pack.metadata.generation,
+    );
+    report(ctx, pack, report_).await
 }
 
 fn not_owned_message(name: &str, ns: &str) -> String {

@@ -135,15 +135,7 @@ pub async fn mark_failed(
 /// `info.description` = `description`. Pure, so it is tested without a cluster.
 pub fn set_status(encoded: &[u8], status: &str, description: &str) -> Result<Vec<u8>, String> {
     let engine = base64::engine::general_purpose::STANDARD;
-    let gz = engine
-        .decode(encoded.trim_ascii())
-        .map_err(|e| format!("not base64: {e}"))?;
-    let mut json = Vec::new();
-    flate2::read::GzDecoder::new(gz.as_slice())
-        .read_to_end(&mut json)
-        .map_err(|e| format!("not gzip: {e}"))?;
-    let mut release: serde_json::Value =
-        serde_json::from_slice(&json).map_err(|e| format!("not JSON: {e}"))?;
+    let mut release = decode(encoded)?;
     let info = release
         .get_mut("info")
         .and_then(|i| i.as_object_mut())
@@ -155,6 +147,26 @@ pub fn set_status(encoded: &[u8], status: &str, description: &str) -> Result<Vec
     gz.write_all(&json).map_err(|e| e.to_string())?;
     let gz = gz.finish().map_err(|e| e.to_string())?;
     Ok(engine.encode(gz).into_bytes())
+}
+
+/// Helm's encoded release (base64 of gzipped JSON) as JSON.
+fn decode(encoded: &[u8]) -> Result<serde_json::Value, String> {
+    let gz = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim_ascii())
+        .map_err(|e| format!("not base64: {e}"))?;
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(gz.as_slice())
+        .read_to_end(&mut json)
+        .map_err(|e| format!("not gzip: {e}"))?;
+    serde_json::from_slice(&json).map_err(|e| format!("not JSON: {e}"))
+}
+
+/// The manifest (multi-document YAML of the release's objects, hooks apart) of Helm's encoded release.
+pub fn manifest(encoded: &[u8]) -> Result<String, String> {
+    match decode(encoded)?.get("manifest") {
+        Some(serde_json::Value::String(m)) => Ok(m.clone()),
+        _ => Err("no `manifest` string".into()),
+    }
 }
 
 #[cfg(test)]
@@ -240,6 +252,7 @@ mod tests {
         assert_eq!(back["info"]["description"], "marked failed");
         assert_eq!(back["config"], release["config"]);
         assert_eq!(back["version"], 3);
+        assert!(manifest(&out).unwrap_err().contains("manifest"));
 
         assert!(
             set_status(b"%%%", "failed", "x")

@@ -31,6 +31,8 @@ pub const UNINSTALL_FAILED: &str = "UninstallFailed";
 pub const SUSPENDED: &str = "Suspended";
 pub const API_REQUEST_FAILED: &str = "KubernetesAPIError";
 pub const SERVICE_ACCOUNT_NOT_FOUND: &str = "ServiceAccountNotFound";
+/// `spec.wait`: the release's objects were not ready within `spec.timeout`.
+pub const NOT_READY: &str = "NotReady";
 
 /// The status to start from: the current one with `observedGeneration` of this spec.
 pub fn base(pack: &Pack) -> PackStatus {
@@ -63,8 +65,13 @@ pub fn resolve_failed(pack: &Pack, e: &ResolveError) -> PackStatus {
             conditions::new(conditions::STALLED, true, e.reason(), message, generation),
         );
     } else {
-        if status.state == Some(PackState::Invalid) {
-            status.state = None;
+        // Nothing handled yet (or only an invalid spec): say so in the STATUS column. Otherwise the state
+        // stays what the release last was, and READY/MESSAGE say why the spec does not resolve now.
+        if matches!(
+            status.state,
+            None | Some(PackState::Invalid | PackState::NotResolved)
+        ) {
+            status.state = Some(PackState::NotResolved);
         }
         conditions::remove(&mut status.conditions, conditions::STALLED);
     }
@@ -75,7 +82,10 @@ pub fn resolve_failed(pack: &Pack, e: &ResolveError) -> PackStatus {
 pub fn resolved(mut status: PackStatus, r: &Resolution) -> PackStatus {
     status.version = Some(r.version.clone());
     status.chart_digest = r.digest.clone();
-    if status.state == Some(PackState::Invalid) {
+    if matches!(
+        status.state,
+        Some(PackState::Invalid | PackState::NotResolved)
+    ) {
         status.state = None;
     }
     // Resumed: what the suspension said no longer holds; the outcome of this reconcile sets Ready again.
@@ -195,12 +205,24 @@ pub fn service_account_missing(
     status
 }
 
-/// A Helm operation is about to run.
+/// A Helm operation is about to run: `Progressing` in the STATUS column, `Ready=False` (nothing vouches
+/// for the release until Helm is done), `appliedVersion` still what is deployed.
 pub fn progressing(mut status: PackStatus, message: String, generation: Option<i64>) -> PackStatus {
     conditions::set(
         &mut status.conditions,
         conditions::new(
             conditions::RECONCILING,
+    status.state = Some(PackState::Progressing);
+    conditions::set(
+        &mut status.conditions,
+        conditions::new(
+            conditions::READY,
+            false,
+            PROGRESSING,
+            message.clone(),
+            generation,
+        ),
+    );
             true,
             PROGRESSING,
             message,
@@ -214,6 +236,114 @@ pub fn progressing(mut status: PackStatus, message: String, generation: Option<i
 pub fn apply_failed(
     mut status: PackStatus,
     digest: &ReleaseDigest,
+/// What the `Progressing` condition says: the target, and for an upgrade the version still deployed.
+pub fn progress_message(install: bool, deployed: Option<&str>, r: &Resolution) -> String {
+    match (install, deployed) {
+        (true, _) => format!("Installing chart {} {}", r.chart, r.version),
+        (false, None) => format!("Upgrading to chart {} {}", r.chart, r.version),
+        (false, Some(d)) if d == r.version => format!(
+            "Upgrading chart {} {} (new values or a request)",
+            r.chart, r.version
+        ),
+        (false, Some(d)) => format!(
+            "Upgrading chart {} from {d} (deployed) to {}",
+            r.chart, r.version
+        ),
+    }
+}
+
+/// `spec.wait`: the release is deployed as the Pack asks and its objects are not all ready yet.
+/// `Progressing`, `Ready=False` and `Reconciling=True` with `message` (which objects, why).
+pub fn waiting(mut status: PackStatus, message: String, generation: Option<i64>) -> PackStatus {
+    status.state = Some(PackState::Progressing);
+    for type_ in [conditions::READY, conditions::RECONCILING] {
+        let is = type_ == conditions::RECONCILING;
+        conditions::set(
+            &mut status.conditions,
+            conditions::new(type_, is, PROGRESSING, message.clone(), generation),
+        );
+    }
+    conditions::remove(&mut status.conditions, conditions::STALLED);
+    status
+}
+
+/// Whether the Pack was found `Ready` at `digest` for this `generation`: `spec.wait` checks no more.
+pub fn ready_at(status: &PackStatus, digest: &ReleaseDigest, generation: Option<i64>) -> bool {
+    status.last_applied_digest.as_deref() == Some(digest.as_str())
+        && conditions::find(&status.conditions, conditions::READY)
+            .is_some_and(|c| c.status == "True" && c.observed_generation == generation)
+}
+
+/// Whether the objects of `digest` already timed out (`ApplyFailed`/`NotReady`): reported once.
+pub fn timed_out_at(status: &PackStatus, digest: &ReleaseDigest) -> bool {
+    status.last_attempted_digest.as_deref() == Some(digest.as_str())
+        && conditions::find(&status.conditions, conditions::READY)
+            .is_some_and(|c| c.reason == NOT_READY)
+}
+
+/// The install/upgrade that deployed `digest` (newest first), and the newest successful operation
+/// before it (what a rollback returns to).
+fn applying_entry<'a>(
+    status: &'a PackStatus,
+    digest: &ReleaseDigest,
+) -> Option<(usize, &'a PackAttempt)> {
+    status.history.iter().enumerate().find(|(_, a)| {
+        matches!(a.action.as_str(), "Install" | "Upgrade")
+            && a.result == "Succeeded"
+            && a.digest.as_deref() == Some(digest.label())
+    })
+}
+
+/// When the wait for `digest`'s objects started: when its install/upgrade finished.
+pub fn wait_started(status: &PackStatus, digest: &ReleaseDigest) -> Option<Timestamp> {
+    applying_entry(status, digest)?.1.time.parse().ok()
+}
+
+/// The revision a rollback after a readiness timeout returns to: the operation deployed before the
+/// upgrade of `digest`, when that upgrade is the newest operation (the wait started with it).
+pub fn rollback_target(
+    status: &PackStatus,
+    digest: &ReleaseDigest,
+) -> Option<(i64, Option<String>)> {
+    let (at, _) = applying_entry(status, digest).filter(|(at, _)| *at == 0)?;
+    status.history[at + 1..]
+        .iter()
+        .find(|a| a.result == "Succeeded" && a.action != "Recover" && a.action != "Uninstall")
+        .and_then(|a| Some((a.revision?, a.version.clone())))
+}
+
+/// `spec.wait` timed out: `ApplyFailed`/`NotReady` with `message` (the objects and why), and the
+/// rollback after it (`spec.rollbackOnFailure`), if one ran to `restored` (its revision and version).
+pub fn not_ready(
+    mut previous: PackStatus,
+    digest: &ReleaseDigest,
+    mut message: String,
+    rollback: Option<(&RollbackOutcome, Option<String>)>,
+    generation: Option<i64>,
+) -> Report {
+    let stalled = match rollback {
+        Some((outcome, version)) => {
+            if matches!(outcome, RollbackOutcome::RolledBack { .. }) {
+                previous.applied_version = version;
+            }
+            record_rollback(&mut previous, outcome, &mut message)
+        }
+        None => false,
+    };
+    let note = message.clone();
+    let status = apply_failed(previous, digest, NOT_READY, message, stalled, generation);
+    Report {
+        status,
+        event: Announcement {
+            warning: true,
+            reason: NOT_READY,
+            action: format!("Wait {}", &digest.label()[..8]),
+            note,
+        },
+        retry: Retry::Resync,
+    }
+}
+
     reason: &str,
     message: String,
     stalled: bool,
@@ -413,6 +543,18 @@ pub fn after_apply(mut previous: PackStatus, a: &Attempted<'_>, outcome: &Outcom
 /// rollback; retried after the backoff of the spec's consecutive failures, or held after a rollback.
 fn after_failure(
     mut previous: PackStatus,
+/// [`after_apply`]'s report of a successful install/upgrade of a Pack with `spec.wait`: not `Ready`
+/// yet, its objects are checked at once (the next reconcile).
+pub fn awaiting_objects(mut report: Report, generation: Option<i64>) -> Report {
+    report.status = waiting(
+        report.status,
+        "Helm is done; checking whether the release's objects are ready (spec.wait)".into(),
+        generation,
+    );
+    report.retry = Retry::After(std::time::Duration::ZERO);
+    report
+}
+
     a: &Attempted<'_>,
     reason: &'static str,
     error: &str,
@@ -648,6 +790,59 @@ mod tests {
     fn a_repository_problem_keeps_the_release_state() {
         let mut p = pack();
         let r = resolution("0.2.0");
+    #[test]
+    fn an_unresolvable_pack_with_nothing_deployed_is_not_resolved_until_it_resolves() {
+        let mut p = pack();
+        let status = resolve_failed(
+            &p,
+            &ResolveError::RepositoryNotFound {
+                repository: "packs".into(),
+            },
+        );
+        assert_eq!(status.state, Some(PackState::NotResolved));
+        assert!(conditions::find(&status.conditions, conditions::STALLED).is_none());
+        p.status = Some(status);
+        assert_eq!(resolved(base(&p), &resolution("0.1.0")).state, None);
+    }
+
+    #[test]
+    fn while_helm_runs_the_state_is_progressing_and_names_deployed_and_target() {
+        let p = pack();
+        let r = resolution("0.2.0");
+        let old = resolution("0.1.0");
+        let d = ReleaseDigest::of("genpack", "0.1.0", Some("ab"), &json!({}));
+        let s = resolved(
+            applied(resolved(base(&p), &old), &old, &d, 1, "p", Some(3)),
+            &r,
+        );
+        let message = progress_message(false, s.applied_version.as_deref(), &r);
+        assert_eq!(
+            message,
+            "Upgrading chart genpack from 0.1.0 (deployed) to 0.2.0"
+        );
+        let s = progressing(s, message.clone(), Some(3));
+        assert_eq!(s.state, Some(PackState::Progressing));
+        assert_eq!(s.applied_version.as_deref(), Some("0.1.0"));
+        assert_eq!(s.version.as_deref(), Some("0.2.0"));
+        let ready = conditions::find(&s.conditions, conditions::READY).unwrap();
+        assert_eq!(
+            (
+                ready.status.as_str(),
+                ready.reason.as_str(),
+                ready.message.as_str()
+            ),
+            ("False", PROGRESSING, message.as_str())
+        );
+        assert_eq!(
+            progress_message(true, None, &r),
+            "Installing chart genpack 0.2.0"
+        );
+        assert_eq!(
+            progress_message(false, Some("0.2.0"), &r),
+            "Upgrading chart genpack 0.2.0 (new values or a request)"
+        );
+    }
+
         let d = ReleaseDigest::of("genpack", "0.2.0", Some("ab"), &json!({}));
         p.status = Some(applied(resolved(base(&p), &r), &r, &d, 1, "p", Some(3)));
         let status = resolve_failed(

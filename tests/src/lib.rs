@@ -15,5 +15,6 @@ pub mod reflectors;
 pub mod static_files;
 pub mod tools;
 pub mod wait;
+pub mod workloads;
 
 pub use cluster::{TestEnv, test_env};

@@ -988,9 +988,9 @@ async fn new_hook_job(
 /// Plays the Job controller (the test control plane runs none) for the hook Job Helm created after
 /// `stale` (the one a killed Helm left behind): waits for it and marks it succeeded, as the Job
 /// controller would once its Pod succeeded. Helm, waiting for the hook, then goes on.
-async fn complete_hook_job(f: &Fixture, stale: &str, controller: &ControllerProcess) {
+async fn complete_hook_job(f: &Fixture, stale: Option<&str>, controller: &ControllerProcess) {
     let jobs = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(f.client.clone(), &f.ns.name);
-    new_hook_job(f, Some(stale), controller).await;
+    new_hook_job(f, stale, controller).await;
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let condition = |type_: &str| {
         json!({"type": type_, "status": "True", "reason": "CompletionsReached",
@@ -1063,7 +1063,7 @@ async fn recovers_on_its_own(
         &format!("revision {revision} was stuck in pending-upgrade"),
     )
     .await;
-    complete_hook_job(f, stale_job, controller).await;
+    complete_hook_job(f, Some(stale_job), controller).await;
     let p = f
         .wait_state(
             "test",
@@ -1236,4 +1236,280 @@ async fn interrupted_helm_is_cancelled_cleanly_and_stuck_releases_recover() {
         assert!(!logs.contains(v.as_str()), "{v} in the controller's logs");
     }
     drop(controller);
+}
+
+/// `kubectl get pack <name> -o wide` as column name → cell. kubectl aligns every cell under its header,
+/// so a cell is the text from its header's offset to the next header's (cells may hold spaces).
+fn table_row(f: &Fixture, name: &str) -> std::collections::BTreeMap<String, String> {
+    let out = e2e::chart::kubectl(
+        &f.env.kubeconfig,
+        &["get", "pack", name, "-n", &f.ns.name, "-o", "wide"],
+        "",
+    )
+    .unwrap();
+    let mut lines = out.lines();
+    let header = lines.next().unwrap_or_default();
+    let row = lines.next().unwrap_or_default();
+    let starts: Vec<(usize, &str)> = header
+        .match_indices(|c: char| !c.is_whitespace())
+        .filter(|(i, _)| *i == 0 || header.as_bytes()[i - 1] == b' ')
+        .map(|(i, _)| (i, header[i..].split_whitespace().next().unwrap()))
+        .collect();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(n, (at, column))| {
+            let end = starts.get(n + 1).map_or(row.len(), |(next, _)| *next);
+            let cell = row.get(*at..end.min(row.len())).unwrap_or("").trim();
+            // kubectl prints <none> for a field the object does not have.
+            let cell = if cell == "<none>" { "" } else { cell };
+            (column.to_string(), cell.to_owned())
+        })
+        .collect()
+}
+
+/// Waits until `kubectl get pack <name> -o wide` shows `expected` (column → cell, MESSAGE by substring).
+async fn wait_row(
+    f: &Fixture,
+    name: &str,
+    expected: &[(&str, &str)],
+    controller: &ControllerProcess,
+) {
+    wait::until(
+        &format!("kubectl get pack {name}: {expected:?}"),
+        TIMEOUT,
+        EVERY,
+        || async {
+            let row = table_row(f, name);
+            let matches = expected.iter().all(|(column, want)| {
+                let cell = row.get(*column).map(String::as_str).unwrap_or("");
+                if *column == "MESSAGE" {
+                    cell.contains(want)
+                } else {
+                    cell == *want
+                }
+            });
+            if matches {
+                Ok(Some(()))
+            } else {
+                Err(format!("{row:?}\n{}", tail(&controller.logs(), 10)))
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_table_shows_what_is_deployed_during_an_upgrade_and_why_a_pack_does_not_resolve() {
+    let f = fixture("pack-table", &["0.1.0", "0.1.1"]).await;
+    let controller = start_pack_controller(&f.env, &f.ns.name, "pack-0", &["--helm-timeout=2m"]);
+    let mut pack = sample_pack(&f.repo.name);
+    pack["spec"]["chart"]["version"] = json!("0.1.0");
+    f.create(pack).await;
+    f.wait_state("test", PackState::Applied, "Applied", Some(1), &controller)
+        .await;
+    wait_row(
+        &f,
+        "test",
+        &[
+            ("VERSION", "0.1.0"),
+            ("TARGET", "0.1.0"),
+            ("STATUS", "Applied"),
+            ("READY", "True"),
+        ],
+        &controller,
+    )
+    .await;
+
+    // An upgrade to 0.1.1 that waits on its pre-upgrade hook Job (no Job controller here): the table
+    // shows 0.1.0 deployed, the upgrade in progress and its target.
+    let mut values = sample_values();
+    values["gonbad"]["hooks"] = json!({"preUpgradeJob": true});
+    f.patch_spec(
+        "test",
+        json!({"chart": {"version": "0.1.1"}, "values": values}),
+    )
+    .await;
+    new_hook_job(&f, None, &controller).await;
+    wait_row(
+        &f,
+        "test",
+        &[
+            ("VERSION", "0.1.0"),
+            ("TARGET", "0.1.1"),
+            ("STATUS", "Progressing"),
+            ("READY", "False"),
+            (
+                "MESSAGE",
+                "Upgrading chart genpack from 0.1.0 (deployed) to 0.1.1",
+            ),
+        ],
+        &controller,
+    )
+    .await;
+    assert_eq!(
+        wait_release_status(&f, "pending-upgrade").await["chart"],
+        "genpack-0.1.1"
+    );
+
+    // The hook completes (the test plays the Job controller): 0.1.1 is deployed and the table says so.
+    complete_hook_job(&f, None, &controller).await;
+    f.wait_state("test", PackState::Applied, "Applied", Some(2), &controller)
+        .await;
+    wait_row(
+        &f,
+        "test",
+        &[
+            ("VERSION", "0.1.1"),
+            ("STATUS", "Applied"),
+            ("READY", "True"),
+            ("MESSAGE", "revision 2"),
+        ],
+        &controller,
+    )
+    .await;
+
+    // A Pack whose version no repository has: NotResolved, and the table says why.
+    let mut missing = sample_pack(&f.repo.name);
+    missing["metadata"]["name"] = json!("missing");
+    missing["spec"]["chart"]["version"] = json!("9.9.9");
+    f.create(missing).await;
+    wait_row(
+        &f,
+        "missing",
+        &[
+            ("VERSION", ""),
+            ("STATUS", "NotResolved"),
+            ("READY", "False"),
+            ("MESSAGE", "9.9.9"),
+        ],
+        &controller,
+    )
+    .await;
+}
+
+/// One Deployment `test-web` of one replica, with image tag `tag`.
+fn one_deployment(tag: &str) -> Value {
+    json!({"gonbad": {"workloads": {"web": {
+        "kind": "deployment",
+        "replicaCount": 1,
+        "containers": {"web": {"image": {"repository": "nginx", "tag": tag}}},
+    }}}})
+}
+
+/// Waits for `state` with Ready reason `reason` and a Ready message containing `contains`; the message.
+async fn wait_message(
+    f: &Fixture,
+    state: PackState,
+    reason: &str,
+    contains: &str,
+    controller: &ControllerProcess,
+) -> String {
+    wait::until(
+        &format!("Pack test: {state:?} / {reason} / {contains:?}"),
+        TIMEOUT,
+        EVERY,
+        || async {
+            let s = f
+                .packs
+                .get("test")
+                .await
+                .unwrap()
+                .status
+                .unwrap_or_default();
+            let ready = s.conditions.iter().find(|c| c.type_ == "Ready");
+            match ready {
+                Some(r)
+                    if s.state == Some(state)
+                        && r.reason == reason
+                        && r.message.contains(contains) =>
+                {
+                    Ok(Some(r.message.clone()))
+                }
+                _ => Err(format!(
+                    "{:?} {:?}\n{}",
+                    s.state,
+                    ready.map(|r| (&r.reason, &r.message)),
+                    tail(&controller.logs(), 6)
+                )),
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_holds_ready_until_the_objects_are_ready_and_a_timeout_rolls_back() {
+    let f = fixture("pack-wait", &["0.1.0"]).await;
+    let controller = start_pack_controller(&f.env, &f.ns.name, "pack-0", &["--helm-timeout=2m"]);
+    let mut pack = sample_pack(&f.repo.name);
+    pack["spec"]["values"] = one_deployment("1");
+    pack["spec"]["wait"] = json!(true);
+    pack["spec"]["rollbackOnFailure"] = json!(true);
+    f.create(pack).await;
+
+    // Installed, but its Deployment is not available (no kubelet here): Progressing, naming it.
+    let message = wait_message(
+        &f,
+        PackState::Progressing,
+        "Progressing",
+        "Deployment/test-web (",
+        &controller,
+    )
+    .await;
+    assert!(message.contains("waiting for 1 of 1 objects"), "{message}");
+    let p = f.packs.get("test").await.unwrap();
+    let reconciling = p
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Reconciling");
+    assert_eq!(reconciling.map(|c| c.status).as_deref(), Some("True"));
+    wait_row(
+        &f,
+        "test",
+        &[("STATUS", "Progressing"), ("READY", "False")],
+        &controller,
+    )
+    .await;
+
+    // The test plays the kubelet: the Pod runs and is ready, the Deployment becomes available, and
+    // its change wakes the Pack.
+    e2e::workloads::mark_deployment_pods_ready(&f.client, &f.ns.name, "test-web").await;
+    f.wait_state("test", PackState::Applied, "Applied", Some(1), &controller)
+        .await;
+    f.wait_event("test", "Ready", "objects are ready").await;
+
+    // An upgrade whose Pod never gets ready, with a short timeout: NotReady, rolled back.
+    f.patch_spec(
+        "test",
+        json!({"values": one_deployment("2"), "timeout": "3s"}),
+    )
+    .await;
+    let message = wait_message(
+        &f,
+        PackState::ApplyFailed,
+        "NotReady",
+        "rolled back to revision 1",
+        &controller,
+    )
+    .await;
+    assert!(message.contains("Deployment/test-web ("), "{message}");
+    assert!(message.contains("not ready within 3s"), "{message}");
+    let history = f.history("test");
+    let last = history.last().unwrap();
+    assert_eq!(last["status"], "deployed", "{history:?}");
+    assert_eq!(last["revision"], 3, "{history:?}");
+    assert!(
+        last["description"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Rollback to 1"),
+        "{history:?}"
+    );
+    f.wait_event("test", "NotReady", "rolled back to revision 1")
+        .await;
+    let (s, _) = status_and_ready(f.packs.get("test").await.unwrap());
+    assert_eq!(s.history[0].action, "Rollback", "{:?}", s.history);
 }

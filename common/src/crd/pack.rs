@@ -19,11 +19,13 @@ use serde::{Deserialize, Serialize};
     category = "pack-operator",
     printcolumn = r#"{"name":"Chart","type":"string","jsonPath":".spec.chart.name"}"#,
     printcolumn = r#"{"name":"Constraint","type":"string","jsonPath":".spec.chart.version"}"#,
-    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.version"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","description":"The chart version deployed (last applied successfully)","jsonPath":".status.appliedVersion"}"#,
+    printcolumn = r#"{"name":"Target","type":"string","priority":1,"description":"The chart version the constraint resolves to","jsonPath":".status.version"}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.state"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Revision","type":"integer","priority":1,"jsonPath":".status.revision"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PackSpec {
@@ -69,6 +71,20 @@ pub struct PackSpec {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
     )]
     pub service_account_name: Option<String>,
+
+    /// After an install or upgrade, the Pack is `Ready` only once the release's objects are ready by
+    /// kstatus rules (Deployments, StatefulSets, DaemonSets, Jobs, PVCs, LoadBalancer Services, custom
+    /// resources with a `Ready` condition); until then `Ready=False` `Progressing` naming those not ready.
+    /// Past `timeout` the upgrade failed (`ApplyFailed`, reason `NotReady`) and `rollbackOnFailure`
+    /// applies. The controller checks the objects itself: waiting holds no Helm process. Default `false`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub wait: bool,
+
+    /// How long `wait` waits for the release's objects, e.g. `5m` or `1h30m` (numbers with units `ms`,
+    /// `s`, `m`, `h`). Default: the controller's `--helm-timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::cli::DURATION_PATTERN))]
+    pub timeout: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -176,7 +192,14 @@ pub enum PackState {
     Applied,
     ApplyFailed,
     Removing,
+    /// The release is deployed as the spec asks.
     RemoveFailed,
+    /// Helm is installing or upgrading the release (or a release left pending is being recovered);
+    /// `appliedVersion` is still what is deployed.
+    Progressing,
+    /// Nothing is deployed yet and the spec cannot be resolved now (repository, chart or version not
+    /// found); retried on every change of the repository.
+    NotResolved,
     Invalid,
 }
 
