@@ -40,6 +40,7 @@ use crate::{
     index::{WorkloadKey, WorkloadKind},
     metrics::RedeployMetrics,
     reconcile::{Context, WorkloadStores, error_policy, reconcile},
+    rollout_crd::{ROLLOUT_API, Rollout},
     scope::NamespaceScope,
 };
 
@@ -58,8 +59,10 @@ pub struct Settings {
     pub scope: NamespaceScope,
 }
 
-/// How often a controller started without the Pack CRD looks for it again.
+/// How often a controller started without the Pack (or Rollout) CRD looks for it again.
 const PACK_API_RECHECK: Duration = Duration::from_secs(60);
+/// Packs: `k8s.kubit.ir/v1alpha1`, resource `packs`.
+const PACK_API: (&str, &str) = ("k8s.kubit.ir/v1alpha1", "packs");
 
 /// Runs the redeploy controller until `leading.stop` is cancelled.
 pub async fn run(
@@ -75,17 +78,12 @@ pub async fn run(
     let statefulsets = workload_controller::<StatefulSet>(&client, &namespace, cc.clone());
     let daemonsets = workload_controller::<DaemonSet>(&client, &namespace, cc.clone());
     let cronjobs = workload_controller::<CronJob>(&client, &namespace, cc.clone());
-    // Packs are watched only where their CRD is installed (the chart can install this controller
-    // alone): a watch of a missing API would never sync, and the controller would never be ready.
-    let packs = if pack_api_served(&client).await {
-        Some(workload_controller::<Pack>(&client, &namespace, cc.clone()))
-    } else {
-        info!(
-            "the Pack API (packs.k8s.kubit.ir/v1alpha1) is not installed: Deployments, StatefulSets and \
-             DaemonSets are watched; Packs will be once the CRD appears (checked every {PACK_API_RECHECK:?})"
-        );
-        None
-    };
+    // Packs and Argo Rollouts are watched only where their CRD is installed (the chart can install this
+    // controller alone): a watch of a missing API would never sync, and the controller would never be
+    // ready.
+    let packs = optional_controller::<Pack>(&client, PACK_API, &namespace, cc.clone()).await;
+    let rollouts =
+        optional_controller::<Rollout>(&client, ROLLOUT_API, &namespace, cc.clone()).await;
     let (namespace_labels, namespace_events) = if settings.scope.needs_labels() {
         let (store, events) = namespace_watch(&client);
         (Some(store), Some(events))
@@ -103,6 +101,7 @@ pub async fn run(
         &leading,
         stores.clone(),
         packs.as_ref().map(Controller::store),
+        rollouts.as_ref().map(Controller::store),
     );
 
     let ctx = Arc::new(Context::new(
@@ -133,13 +132,26 @@ pub async fn run(
     );
 
     let stop = leading.stop.clone();
-    let controllers = futures::future::join5(
+    let builtin = futures::future::join4(
         run_workload_controller(deployments, woken.deployment, &leading, ctx.clone()),
         run_workload_controller(statefulsets, woken.statefulset, &leading, ctx.clone()),
         run_workload_controller(daemonsets, woken.daemonset, &leading, ctx.clone()),
         run_workload_controller(cronjobs, woken.cronjob, &leading, ctx.clone()),
-        run_pack_controller(packs, woken.pack, &leading, namespace, cc, ctx),
     );
+    let (ns, l) = (namespace, &leading);
+    let optional = futures::future::join(
+        run_optional_controller(
+            rollouts,
+            ROLLOUT_API,
+            woken.rollout,
+            l,
+            ns.clone(),
+            cc.clone(),
+            ctx.clone(),
+        ),
+        run_optional_controller(packs, PACK_API, woken.pack, l, ns, cc, ctx),
+    );
+    let controllers = futures::future::join(builtin, optional);
     tokio::select! {
         _ = controllers => {}
         _ = sources => {}
@@ -164,6 +176,7 @@ fn report_ready_when_synced(
     leading: &Leading,
     stores: WorkloadStores,
     packs: Option<Store<PartialObjectMeta<Pack>>>,
+    rollouts: Option<Store<PartialObjectMeta<Rollout>>>,
 ) {
     common::runtime::report_sync_when(
         async move {
@@ -174,6 +187,10 @@ fn report_ready_when_synced(
                 && store_synced(&stores.cronjobs).await
                 && match &packs {
                     Some(packs) => store_synced(packs).await,
+                    None => true,
+                }
+                && match &rollouts {
+                    Some(rollouts) => store_synced(rollouts).await,
                     None => true,
                 }
         },
@@ -198,31 +215,34 @@ async fn run_workload_controller<K>(
         .await;
 }
 
-/// The Pack controller, once the Pack API is served: until then, looks for it every
-/// [`PACK_API_RECHECK`].
-async fn run_pack_controller(
-    packs: Option<Controller<PartialObjectMeta<Pack>>>,
-    woken: mpsc::UnboundedReceiver<ObjectRef<PartialObjectMeta<Pack>>>,
+/// The controller of a kind served by a CRD that may be missing (Packs, Argo Rollouts), once its API is
+/// served: until then, looks for it every [`PACK_API_RECHECK`].
+async fn run_optional_controller<K>(
+    controller: Option<Controller<PartialObjectMeta<K>>>,
+    api: (&str, &str),
+    woken: mpsc::UnboundedReceiver<ObjectRef<PartialObjectMeta<K>>>,
     leading: &Leading,
     namespace: Option<String>,
     cc: kube::runtime::controller::Config,
     ctx: Arc<Context>,
-) {
+) where
+    K: crate::reconcile::Watcher<Scope = kube::core::NamespaceResourceScope>,
+{
     let (client, stop) = (&leading.client, &leading.stop);
-    let packs = match packs {
-        Some(packs) => packs,
+    let controller = match controller {
+        Some(controller) => controller,
         None => loop {
             tokio::select! {
                 () = tokio::time::sleep(PACK_API_RECHECK) => {}
                 () = stop.cancelled() => return,
             }
-            if pack_api_served(client).await {
-                info!("the Pack API is installed now: watching Packs");
-                break workload_controller::<Pack>(client, &namespace, cc);
+            if api_served(client, api).await {
+                info!("{} {} are served now: watching them", api.0, api.1);
+                break workload_controller::<K>(client, &namespace, cc);
             }
         },
     };
-    run_workload_controller(packs, woken, leading, ctx).await;
+    run_workload_controller(controller, woken, leading, ctx).await;
 }
 
 fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
@@ -360,6 +380,7 @@ struct Wakers {
     statefulset: mpsc::UnboundedSender<ObjectRef<PartialObjectMeta<StatefulSet>>>,
     daemonset: mpsc::UnboundedSender<ObjectRef<PartialObjectMeta<DaemonSet>>>,
     cronjob: mpsc::UnboundedSender<ObjectRef<PartialObjectMeta<CronJob>>>,
+    rollout: mpsc::UnboundedSender<ObjectRef<PartialObjectMeta<Rollout>>>,
     pack: mpsc::UnboundedSender<ObjectRef<PartialObjectMeta<Pack>>>,
 }
 
@@ -369,6 +390,7 @@ struct Woken {
     statefulset: mpsc::UnboundedReceiver<ObjectRef<PartialObjectMeta<StatefulSet>>>,
     daemonset: mpsc::UnboundedReceiver<ObjectRef<PartialObjectMeta<DaemonSet>>>,
     cronjob: mpsc::UnboundedReceiver<ObjectRef<PartialObjectMeta<CronJob>>>,
+    rollout: mpsc::UnboundedReceiver<ObjectRef<PartialObjectMeta<Rollout>>>,
     pack: mpsc::UnboundedReceiver<ObjectRef<PartialObjectMeta<Pack>>>,
 }
 
@@ -378,6 +400,7 @@ impl Wakers {
         let (statefulset, statefulset_rx) = mpsc::unbounded();
         let (daemonset, daemonset_rx) = mpsc::unbounded();
         let (cronjob, cronjob_rx) = mpsc::unbounded();
+        let (rollout, rollout_rx) = mpsc::unbounded();
         let (pack, pack_rx) = mpsc::unbounded();
         (
             Wakers {
@@ -385,6 +408,7 @@ impl Wakers {
                 statefulset,
                 daemonset,
                 cronjob,
+                rollout,
                 pack,
             },
             Woken {
@@ -392,6 +416,7 @@ impl Wakers {
                 statefulset: statefulset_rx,
                 daemonset: daemonset_rx,
                 cronjob: cronjob_rx,
+                rollout: rollout_rx,
                 pack: pack_rx,
             },
         )
@@ -417,6 +442,10 @@ impl Wakers {
                 .cronjob
                 .unbounded_send(ObjectRef::new(name).within(ns))
                 .is_ok(),
+            WorkloadKind::Rollout => self
+                .rollout
+                .unbounded_send(ObjectRef::new(name).within(ns))
+                .is_ok(),
             WorkloadKind::Pack => self
                 .pack
                 .unbounded_send(ObjectRef::new(name).within(ns))
@@ -425,16 +454,36 @@ impl Wakers {
     }
 }
 
-/// Whether the API server serves Packs (`k8s.kubit.ir/v1alpha1`, resource `packs`). An error other
-/// than "not found" counts as served: the watch then retries as any watch does.
-async fn pack_api_served(client: &Client) -> bool {
-    let group_version = format!("{}/{}", common::crd::GROUP, common::crd::VERSION);
-    match client.list_api_group_resources(&group_version).await {
-        Ok(list) => list.resources.iter().any(|r| r.name == "packs"),
+/// Whether the API server serves `api` (group/version, resource), e.g. Packs (`k8s.kubit.ir/v1alpha1`,
+/// `packs`). An error other than "not found" counts as served: the watch then retries as any watch does.
+async fn api_served(client: &Client, (group_version, resource): (&str, &str)) -> bool {
+    match client.list_api_group_resources(group_version).await {
+        Ok(list) => list.resources.iter().any(|r| r.name == resource),
         Err(kube::Error::Api(status)) if status.code == 404 => false,
         Err(e) => {
-            warn!(error = %e, "cannot tell whether the Pack API is installed; watching Packs");
+            warn!(error = %e, "cannot tell whether {group_version} {resource} are served; watching them");
             true
         }
     }
+}
+
+/// A controller of a CRD-served kind if its API is served now, else `None` (logged).
+async fn optional_controller<K>(
+    client: &Client,
+    api: (&str, &str),
+    namespace: &Option<String>,
+    cc: kube::runtime::controller::Config,
+) -> Option<Controller<PartialObjectMeta<K>>>
+where
+    K: crate::reconcile::Watcher<Scope = kube::core::NamespaceResourceScope>,
+{
+    if api_served(client, api).await {
+        return Some(workload_controller::<K>(client, namespace, cc));
+    }
+    info!(
+        "{} {} are not served (CRD not installed): they will be watched once the CRD appears \
+         (checked every {PACK_API_RECHECK:?})",
+        api.0, api.1
+    );
+    None
 }

@@ -10,6 +10,7 @@ pub enum WorkloadKind {
     StatefulSet,
     DaemonSet,
     CronJob,
+    Rollout,
     Pack,
 }
 
@@ -20,6 +21,7 @@ impl WorkloadKind {
             WorkloadKind::StatefulSet => "StatefulSet",
             WorkloadKind::DaemonSet => "DaemonSet",
             WorkloadKind::CronJob => "CronJob",
+            WorkloadKind::Rollout => "Rollout",
             WorkloadKind::Pack => "Pack",
         }
     }

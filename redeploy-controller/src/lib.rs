@@ -11,6 +11,7 @@
 //!   hashes, roll out — and report),
 //! - `state` (pure decisions: hashes, the record on the workload, the rollout decision and its delay),
 //! - `outcome` (pure: what a reconcile did, and its Event, metric result and requeue),
+//! - `rollout_crd` (the part of Argo Rollouts' `Rollout` read here),
 //! - `limiter` (global rollout rate limit), `scope` (pure: which namespaces are acted on), `metrics`.
 //!
 //! The annotation parser is shared: `common::annotation`.
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod podrefs;
 pub mod reconcile;
+pub mod rollout_crd;
 pub mod scope;
 pub mod state;
 

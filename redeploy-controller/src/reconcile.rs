@@ -38,6 +38,7 @@ use crate::{
     metrics::RedeployMetrics,
     outcome::{Outcome, report},
     podrefs::{Watched, union},
+    rollout_crd::Rollout as ArgoRollout,
     state::{
         ABSENT, CONFIG_HASH_ANNOTATION, HASHES_ANNOTATION, Hashes, InvalidAnnotation,
         PACK_CONFIG_HASH_ANNOTATION, Plan, WatchRequest, combined_hash, content_hash, decide,
@@ -180,7 +181,7 @@ fn names_in(stores: &WorkloadStores, kind: WorkloadKind, namespace: &str) -> Vec
         WorkloadKind::StatefulSet => of(&stores.statefulsets, namespace),
         WorkloadKind::DaemonSet => of(&stores.daemonsets, namespace),
         WorkloadKind::CronJob => of(&stores.cronjobs, namespace),
-        WorkloadKind::Pack => vec![],
+        WorkloadKind::Rollout | WorkloadKind::Pack => vec![],
     }
 }
 
@@ -201,6 +202,9 @@ impl Watcher for DaemonSet {
 }
 impl Watcher for CronJob {
     const KIND: WorkloadKind = WorkloadKind::CronJob;
+}
+impl Watcher for ArgoRollout {
+    const KIND: WorkloadKind = WorkloadKind::Rollout;
 }
 impl Watcher for Pack {
     const KIND: WorkloadKind = WorkloadKind::Pack;
@@ -349,6 +353,10 @@ async fn pod_spec(
             .get_opt(name)
             .await?
             .and_then(|w| w.spec.job_template.spec?.template.spec),
+        WorkloadKind::Rollout => Api::<ArgoRollout>::namespaced(c, namespace)
+            .get_opt(name)
+            .await?
+            .and_then(|w| w.spec.template?.spec),
         WorkloadKind::Pack => None,
     })
 }
@@ -586,6 +594,10 @@ async fn patch_workload(
             .await
             .map(drop)?,
         WorkloadKind::CronJob => Api::<CronJob>::namespaced(c, ns)
+            .patch(name, &pp, &p)
+            .await
+            .map(drop)?,
+        WorkloadKind::Rollout => Api::<ArgoRollout>::namespaced(c, ns)
             .patch(name, &pp, &p)
             .await
             .map(drop)?,

@@ -940,3 +940,116 @@ async fn namespace_list_and_selector_scope_what_is_acted_on() {
     patch_cm(&client, &ns.name, "cfg", json!({ "data": { "a": "3" } })).await;
     wait_replicasets(&client, &ns.name, "app", 2, PATIENCE).await;
 }
+
+/// A minimal copy of Argo Rollouts' CRD: the API the controller discovers, no Argo controller.
+async fn install_rollout_crd(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": { "name": "rollouts.argoproj.io" },
+        "spec": {
+            "group": "argoproj.io", "scope": "Namespaced",
+            "names": { "kind": "Rollout", "listKind": "RolloutList", "plural": "rollouts", "singular": "rollout" },
+            "versions": [{ "name": "v1alpha1", "served": true, "storage": true,
+                "schema": { "openAPIV3Schema": { "type": "object", "properties": {
+                    "spec": { "type": "object", "x-kubernetes-preserve-unknown-fields": true },
+                    "status": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } } } },
+                "subresources": { "status": {} } }]
+        }
+    }))
+    .unwrap();
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    crds.patch(
+        "rollouts.argoproj.io",
+        &PatchParams::apply("pack-operator-e2e").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+    wait::until(
+        "the Rollout API to be served",
+        PATIENCE,
+        Duration::from_millis(200),
+        || async {
+            match client
+                .list_api_group_resources("argoproj.io/v1alpha1")
+                .await
+            {
+                Ok(l) if l.resources.iter().any(|r| r.name == "rollouts") => Ok(Some(())),
+                other => Err(format!("{:?}", other.map(|l| l.resources.len()))),
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn argo_rollout_is_patched_through_its_pod_template_when_its_crd_exists() {
+    use kube::{
+        api::DynamicObject,
+        core::{ApiResource, GroupVersionKind},
+    };
+    const CONFIG_HASH: &str = "pack-operator.k8s.kubit.ir/config-hash";
+    let env = test_env();
+    let ns = env.namespace("rd-argo").await;
+    let client = env.client().await;
+    install_rollout_crd(&client).await;
+    configmap(&client, &ns.name, "cfg", json!({ "a": "1" })).await;
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Rollout"));
+    let rollouts = Api::<DynamicObject>::namespaced_with(client.clone(), &ns.name, &ar);
+    let rollout: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+        "metadata": { "name": "web", "annotations": { AUTO: "true" } },
+        "spec": { "replicas": 1, "strategy": { "canary": { "steps": [{ "setWeight": 20 }] } },
+            "selector": { "matchLabels": { APP: "web" } },
+            "template": { "metadata": { "labels": { APP: "web" } }, "spec": { "containers": [{
+                "name": "c", "image": "nginx", "envFrom": [{ "configMapRef": { "name": "cfg" } }] }] } } }
+    }))
+    .unwrap();
+    rollouts
+        .create(&PostParams::default(), &rollout)
+        .await
+        .unwrap();
+    let _controller = start_controller(&env, &ns.name, "rd-argo");
+    let annotation = |o: &DynamicObject, path: &[&str], key: &str| {
+        let mut v = &o.data;
+        for p in path {
+            v = &v[p];
+        }
+        v["metadata"]["annotations"][key]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let read = || async { rollouts.get("web").await.map_err(|e| e.to_string()) };
+    wait::until(
+        "hashes recorded on the Rollout",
+        PATIENCE,
+        Duration::from_millis(100),
+        || async {
+            let o = read().await?;
+            Ok::<_, String>(o.metadata.annotations.unwrap_or_default().remove(HASHES))
+        },
+    )
+    .await;
+    let before = read().await.unwrap();
+    assert_eq!(
+        annotation(&before, &["spec", "template"], CONFIG_HASH),
+        None
+    );
+    patch_cm(&client, &ns.name, "cfg", json!({ "data": { "a": "2" } })).await;
+    wait::until(
+        "the Rollout's pod-template config hash",
+        PATIENCE,
+        Duration::from_millis(100),
+        || async {
+            let o = read().await?;
+            Ok::<_, String>(annotation(&o, &["spec", "template"], CONFIG_HASH))
+        },
+    )
+    .await;
+    let after = read().await.unwrap();
+    assert_eq!(
+        after.data["spec"]["strategy"], before.data["spec"]["strategy"],
+        "the rest untouched"
+    );
+}
