@@ -19,10 +19,7 @@ use std::{
 use common::{
     annotation::WatchKind,
     conditions,
-    crd::{
-        ClusterPackRepository, Pack,
-        pack::{RepositoryKind, ValuesSourceKind},
-    },
+    crd::{ClusterPackRepository, Pack, PackRepository, pack::ValuesSourceKind},
     events::Recorder,
     metrics::ReconcileMetrics,
     runtime::Leading,
@@ -51,6 +48,7 @@ use crate::{
     metrics::{HelmMetrics, PackStates},
     reconcile::{Context, error_policy, reconcile},
     release, repository,
+    repository_kind::{Repository, RepositoryView, referenced_key},
 };
 
 /// What `run` needs besides the leader's client.
@@ -73,15 +71,13 @@ pub struct Settings {
     pub default_service_account: Option<String>,
 }
 
-/// The Packs of `store` that reference repository `name`.
-fn packs_of(store: &Store<Pack>, name: &str) -> Vec<ObjectRef<Pack>> {
+/// The Packs of `store` that reference the repository cached under `key`
+/// ([`crate::repository_kind::cache_key`]: a PackRepository only by Packs of its namespace).
+fn packs_of(store: &Store<Pack>, key: &str) -> Vec<ObjectRef<Pack>> {
     store
         .state()
         .iter()
-        .filter(|p| {
-            p.spec.chart.repository.kind == RepositoryKind::ClusterPackRepository
-                && p.spec.chart.repository.name == name
-        })
+        .filter(|p| referenced_key(p) == key)
         .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
 }
@@ -97,10 +93,10 @@ struct RepositoryFingerprint {
 }
 
 impl RepositoryFingerprint {
-    fn of(repo: &ClusterPackRepository) -> Self {
-        let status = repo.status.as_ref();
+    fn of(repo: RepositoryView<'_>) -> Self {
+        let status = repo.status;
         RepositoryFingerprint {
-            generation: repo.metadata.generation,
+            generation: repo.generation,
             url: repo.spec.url.clone(),
             index_digest: status.and_then(|s| s.index_digest.clone()),
             ready: status
@@ -110,11 +106,11 @@ impl RepositoryFingerprint {
     }
 }
 
-/// ClusterPackRepositories that changed in a way their Packs care about (see [`RepositoryFingerprint`]),
-/// and every deleted one.
-fn repository_changes(
-    api: Api<ClusterPackRepository>,
-) -> impl futures::Stream<Item = Result<ClusterPackRepository, watcher::Error>> + Send + 'static {
+/// Repositories of kind `K` that changed in a way their Packs care about (see
+/// [`RepositoryFingerprint`]), and every deleted one.
+fn repository_changes<K: Repository>(
+    api: Api<K>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static {
     let seen: Arc<Mutex<HashMap<String, RepositoryFingerprint>>> = Arc::default();
     watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
@@ -124,17 +120,17 @@ fn repository_changes(
                 let mut seen = lock(&seen);
                 match event {
                     Ok(watcher::Event::Apply(r) | watcher::Event::InitApply(r)) => {
-                        let fingerprint = RepositoryFingerprint::of(&r);
-                        let changed =
-                            seen.insert(r.name_any(), fingerprint.clone()) != Some(fingerprint);
+                        let fingerprint = RepositoryFingerprint::of(r.view());
+                        let changed = seen.insert(r.view().cache_key(), fingerprint.clone())
+                            != Some(fingerprint);
                         changed.then_some(Ok(r))
                     }
                     Ok(watcher::Event::Delete(r)) => {
-                        seen.remove(&r.name_any());
+                        seen.remove(&r.view().cache_key());
                         // It has no finalizer: its condition series go here.
                         common::condition_metrics::forget(
-                            &<ClusterPackRepository as kube::Resource>::kind(&()),
-                            None,
+                            &K::kind(&()),
+                            r.namespace().as_deref(),
                             &r.name_any(),
                         );
                         Some(Ok(r))
@@ -146,17 +142,21 @@ fn repository_changes(
         })
 }
 
-/// Metrics of the two loops and of Helm.
+/// Metrics of the three loops and of Helm.
 #[derive(Clone)]
 pub struct Metrics {
     pub packs: ReconcileMetrics,
+    /// The ClusterPackRepository loop.
     pub repositories: ReconcileMetrics,
+    /// The PackRepository loop.
+    pub pack_repositories: ReconcileMetrics,
     pub helm: HelmMetrics,
     pub states: PackStates,
 }
 
-/// Runs the Pack and ClusterPackRepository controllers until `leading.stop` is cancelled.
-/// `settings.namespace` scopes the Packs; repositories are cluster-scoped and always all watched.
+/// Runs the Pack, ClusterPackRepository and PackRepository controllers until `leading.stop` is cancelled.
+/// `settings.namespace` scopes the Packs and PackRepositories; ClusterPackRepositories are always all
+/// watched.
 pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
     let client = leading.client.clone();
     let helm = match Helm::new(settings.helm.clone(), metrics.helm.clone()) {
@@ -223,16 +223,34 @@ pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
         )
         .for_each(|_| std::future::ready(()));
     let repositories = repository::run(
-        client,
-        cache,
-        recorder,
+        Api::<ClusterPackRepository>::all(client.clone()),
+        client.clone(),
+        cache.clone(),
+        recorder.clone(),
         metrics.repositories,
         settings.max_index_bytes,
         leading.stop.clone(),
     );
-    futures::future::join(packs, repositories).await;
+    let pack_repositories = repository::run(
+        PackRepository::api(client.clone(), single_namespace(&settings.namespaces)),
+        client,
+        cache,
+        recorder,
+        metrics.pack_repositories,
+        settings.max_index_bytes,
+        leading.stop.clone(),
+    );
+    futures::future::join3(packs, repositories, pack_repositories).await;
     // Not leading any more: a standby exports no Pack counts.
     metrics.states.clear();
+}
+
+/// The one namespace `--namespace` names, if it names exactly one (else every namespace is watched).
+fn single_namespace(namespaces: &[String]) -> Option<&str> {
+    match namespaces {
+        [ns] => Some(ns),
+        _ => None,
+    }
 }
 
 /// The Pack `Controller` and everything that wakes a Pack: its own watch, its repository's changes, its
@@ -267,12 +285,20 @@ fn pack_controller(client: &Client, settings: &Settings, cache: &IndexCache) -> 
         .with_config(controller::Config::default().concurrency(settings.concurrency));
     let store = controller.store();
     let mapper_store = store.clone();
+    let namespaced_store = store.clone();
     let account_store = store.clone();
     let default_account = settings.default_service_account.clone();
     controller
         .watches_stream(
             repository_changes(Api::<ClusterPackRepository>::all(client.clone())),
-            move |repo: ClusterPackRepository| packs_of(&mapper_store, &repo.name_any()),
+            move |repo: ClusterPackRepository| packs_of(&mapper_store, &repo.view().cache_key()),
+        )
+        .watches_stream(
+            repository_changes(PackRepository::api(
+                client.clone(),
+                single_namespace(&settings.namespaces),
+            )),
+            move |repo: PackRepository| packs_of(&namespaced_store, &repo.view().cache_key()),
         )
         // Helm's release Secrets: a release changed outside (manual rollback, uninstall, a finished
         // operation) wakes the Pack of the same name.

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use common::crd::{ClusterPackRepository, Pack, PackStatus};
+use common::crd::{Pack, PackStatus};
 use kube::{ResourceExt, runtime::events::EventType};
 use tracing::warn;
 
@@ -25,7 +25,7 @@ use crate::{
 /// What executing one install/upgrade needs to know.
 pub struct Apply<'a> {
     pub pack: &'a Pack,
-    pub repository: &'a ClusterPackRepository,
+    pub repository: crate::repository_kind::RepositoryView<'a>,
     pub resolution: &'a Resolution,
     pub digest: &'a ReleaseDigest,
     /// The release as it was before (None: installing).
@@ -141,7 +141,7 @@ enum ApplyError {
     Helm(HelmError),
     #[error("{0}")]
     Chart(#[from] ChartError),
-    #[error("cannot use the ClusterPackRepository's credentials: {0}")]
+    #[error("cannot use the repository's credentials: {0}")]
     Repository(String, &'static str),
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Where things live (docs/architecture.md follows one Pack through them):
 //! - **Wiring** — `controller` (what wakes a Pack reconcile: the watches, the index-cache subscription,
-//!   the `Controller`, `Settings`, `run`); `repository` (the ClusterPackRepository loop that fetches
-//!   indexes into the shared cache).
+//!   the `Controller`, `Settings`, `run`); `repository` (the repository loop, one per kind, that
+//!   fetches indexes into the shared cache); `repository_kind` (ClusterPackRepository and PackRepository
+//!   behind one trait, the cache key of each, where their Secrets are read).
 //! - **Decisions (pure)** — `resolve` (a Pack's chart and constraint against a cached index), `versions`
 //!   (chart version constraints), `values_from` (merging `spec.valuesFrom`), `vars` (`{{ vars.NAME }}` substitution), `plan` (the release digest,
 //!   what to do — nothing, install, upgrade, recover, wait — and the `Outcome` of doing it), `readiness`
@@ -31,9 +32,9 @@ pub mod readiness;
 pub mod reconcile;
 pub mod release;
 pub mod repository;
+pub mod repository_kind;
 pub mod resolve;
 pub mod status;
-pub mod readiness;
 pub mod values_from;
 pub mod vars;
 pub mod versions;

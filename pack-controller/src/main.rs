@@ -1,11 +1,18 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
-use common::{RuntimeArgs, cli::parse_duration, metrics::ReconcileMetrics, runtime::Runtime};
+use common::{
+    RuntimeArgs,
+    cli::parse_duration,
+    crd::{ClusterPackRepository, PackRepository},
+    metrics::ReconcileMetrics,
+    runtime::Runtime,
+};
 use pack_controller::{
     controller::{Metrics, Settings},
     helm::HelmConfig,
     metrics::{HelmMetrics, PackStates},
+    repository_kind::Repository,
 };
 
 /// pack-controller: installs, upgrades and uninstalls the Helm release of each Pack.
@@ -98,7 +105,8 @@ async fn main() -> anyhow::Result<()> {
     let packs = ReconcileMetrics::register(runtime.registry(), "pack");
     let metrics = Metrics {
         // The repository loop's series are those of the same families, labelled controller="clusterpackrepository".
-        repositories: packs.for_controller("clusterpackrepository"),
+        repositories: packs.for_controller(ClusterPackRepository::CONTROLLER),
+        pack_repositories: packs.for_controller(PackRepository::CONTROLLER),
         packs,
         helm: HelmMetrics::register(runtime.registry()),
         states: PackStates::register(runtime.registry()),

@@ -6,7 +6,10 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, io};
 
-use common::crd::{PackSpec, pack::ValuesSourceVersion};
+use common::crd::{
+    PackSpec,
+    pack::{RepositoryKind, RepositoryReference, ValuesSourceVersion},
+};
 use serde_json::Value;
 
 use crate::{
@@ -57,13 +60,13 @@ pub struct Resolution {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ResolveError {
     #[error(
-        "ClusterPackRepository `{repository}` does not exist; create it or fix spec.chart.repository.name"
+        "{repository} does not exist; create it or fix spec.chart.repository"
     )]
     RepositoryNotFound { repository: String },
-    #[error("ClusterPackRepository `{repository}` has no index yet: {detail}")]
+    #[error("{repository} has no index yet: {detail}")]
     RepositoryNotReady { repository: String, detail: String },
     #[error(
-        "chart `{chart}` is not in ClusterPackRepository `{repository}`{}",
+        "chart `{chart}` is not in {repository}{}",
         list("; charts there", .available, .more)
     )]
     ChartNotFound {
@@ -77,7 +80,7 @@ pub enum ResolveError {
     #[error("{0}")]
     InvalidVersionConstraint(#[from] VersionError),
     #[error(
-        "no version of chart `{chart}` in ClusterPackRepository `{repository}` matches `{constraint}`{}",
+        "no version of chart `{chart}` in {repository} matches `{constraint}`{}",
         list("; highest versions", .available, .more)
     )]
     NoMatchingVersion {
@@ -182,6 +185,18 @@ impl From<ValuesFromError> for ResolveError {
     }
 }
 
+/// How messages name the repository `r`: `ClusterPackRepository `x``, or `PackRepository `x`` with the
+/// reminder that only the Pack's own namespace is searched.
+pub fn describe(r: &RepositoryReference) -> String {
+    match r.kind {
+        RepositoryKind::ClusterPackRepository => format!("ClusterPackRepository `{}`", r.name),
+        RepositoryKind::PackRepository => format!(
+            "PackRepository `{}` (of the Pack's own namespace: a Pack cannot use another namespace's)",
+            r.name
+        ),
+    }
+}
+
 /// Resolves `spec` (without `valuesFrom`) against the repository named `repository` in the state
 /// `lookup`; its values, vars applied, may take at most `max_values_bytes` as JSON.
 pub fn resolve(
@@ -200,7 +215,7 @@ pub fn resolve_from(
     lookup: RepositoryLookup<'_>,
     max_values_bytes: usize,
 ) -> Result<Resolution, ResolveError> {
-    let repository = spec.chart.repository.name.clone();
+    let repository = describe(&spec.chart.repository);
     let chart = spec.chart.name.clone();
     let constraint = VersionConstraint::parse(spec.chart.version.as_deref().unwrap_or(""))?;
     let ValuesFrom {

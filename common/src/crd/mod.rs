@@ -14,7 +14,8 @@ pub use reflector::{
     SecretReflectorSpec, SecretReflectorStatus,
 };
 pub use repository::{
-    ClusterPackRepository, ClusterPackRepositorySpec, ClusterPackRepositoryStatus,
+    ClusterPackRepository, ClusterPackRepositorySpec, ClusterPackRepositoryStatus, PackRepository,
+    PackRepositorySpec,
 };
 
 /// API group of every CRD of this project.
@@ -28,7 +29,11 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("k8s.kubit.ir_packs.yaml", pack_crd()),
         (
             "k8s.kubit.ir_clusterpackrepositories.yaml",
-            ClusterPackRepository::crd(),
+            cluster_repository_crd(),
+        ),
+        (
+            "k8s.kubit.ir_packrepositories.yaml",
+            namespaced_repository_crd(),
         ),
         ("k8s.kubit.ir_secretreflectors.yaml", SecretReflector::crd()),
         (
@@ -65,6 +70,59 @@ fn pack_crd() -> CustomResourceDefinition {
         }
     }
     crd
+}
+
+/// The spec fields of both repository kinds that name a Secret.
+const SECRET_REFERENCES: [&str; 2] = ["secretRef", "caSecretRef"];
+
+/// The ClusterPackRepository CRD: its Secret references must name their namespace.
+fn cluster_repository_crd() -> CustomResourceDefinition {
+    let mut crd = ClusterPackRepository::crd();
+    for reference in secret_reference_schemas(&mut crd) {
+        reference
+            .required
+            .get_or_insert_with(Vec::new)
+            .push("namespace".into());
+    }
+    crd
+}
+
+/// The PackRepository CRD: its Secret references must not name a namespace (its Secrets are read in its
+/// own namespace), refused at admission with a message saying so.
+fn namespaced_repository_crd() -> CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
+    let mut crd = PackRepository::crd();
+    for reference in secret_reference_schemas(&mut crd) {
+        reference
+            .x_kubernetes_validations
+            .get_or_insert_with(Vec::new)
+            .push(ValidationRule {
+                rule: "!has(self.__namespace__)".into(),
+                message: Some(
+                    "a PackRepository reads its Secrets in its own namespace: remove namespace".into(),
+                ),
+                ..Default::default()
+            });
+    }
+    crd
+}
+
+/// The schemas of `spec.secretRef` and `spec.caSecretRef` of a repository CRD.
+fn secret_reference_schemas(
+    crd: &mut CustomResourceDefinition,
+) -> Vec<&mut k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps>
+{
+    crd.spec
+        .versions
+        .iter_mut()
+        .filter_map(|v| v.schema.as_mut()?.open_api_v3_schema.as_mut())
+        .filter_map(|s| s.properties.as_mut()?.get_mut("spec")?.properties.as_mut())
+        .flat_map(|spec| {
+            spec.iter_mut()
+                .filter(|(k, _)| SECRET_REFERENCES.contains(&k.as_str()))
+                .map(|(_, v)| v)
+        })
+        .collect()
 }
 
 /// Renders a CRD as the YAML written to `deploy/crds/`.

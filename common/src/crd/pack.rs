@@ -118,9 +118,12 @@ pub struct RepositoryReference {
 }
 
 /// Kinds of repository a Pack can reference.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum RepositoryKind {
+    // A cluster-wide repository every namespace may use.
     ClusterPackRepository,
+    // A repository of the Pack's own namespace (there is no way to name another namespace's).
+    PackRepository,
 }
 
 /// A Secret or ConfigMap of the Pack's namespace whose key holds values.

@@ -1,4 +1,8 @@
-//! `ClusterPackRepository`: a cluster-wide Helm repository (an HTTP(S) `index.yaml`).
+//! `ClusterPackRepository`: a cluster-wide Helm repository (an HTTP(S) `index.yaml`), and
+//! `PackRepository`: the same repository owned by one namespace, usable only by that namespace's Packs.
+//! Both kinds share one spec ([`ClusterPackRepositorySpec`]) and one status
+//! ([`ClusterPackRepositoryStatus`]); they differ only in where their Secrets are read (see
+//! [`SecretReference`]).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
@@ -37,13 +41,39 @@ pub struct ClusterPackRepositorySpec {
     pub ca_secret_ref: Option<SecretReference>,
 }
 
-/// A Secret in a given namespace.
+/// A tenant's Helm chart repository: the same spec as a `ClusterPackRepository`, usable only by the
+/// Packs of its own namespace, its Secrets read in that namespace.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "k8s.kubit.ir",
+    version = "v1alpha1",
+    kind = "PackRepository",
+    namespaced,
+    status = "ClusterPackRepositoryStatus",
+    shortname = "pr",
+    category = "pack-operator",
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".spec.url"}"#,
+    printcolumn = r#"{"name":"Charts","type":"integer","jsonPath":".status.charts"}"#,
+    printcolumn = r#"{"name":"Versions","type":"integer","jsonPath":".status.versions","priority":1}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+pub struct PackRepositorySpec {
+    #[serde(flatten)]
+    pub repository: ClusterPackRepositorySpec,
+}
+
+/// A Secret. A `ClusterPackRepository` must name its namespace; a `PackRepository` must not (its
+/// Secrets are read in its own namespace, so a tenant cannot point the controller at another
+/// namespace's Secrets). The CRDs enforce both (see `crate::crd::repository_crds`).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct SecretReference {
     #[schemars(length(min = 1))]
     pub name: String,
+    /// The Secret's namespace: required in a `ClusterPackRepository`, refused in a `PackRepository`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
-    pub namespace: String,
+    pub namespace: Option<String>,
 }
 
 /// Observed state of a repository.
