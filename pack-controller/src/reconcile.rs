@@ -15,8 +15,8 @@ use std::{
 use common::{
     conditions,
     crd::{
-        ClusterPackRepository, Pack, PackStatus,
-        pack::{PackState, RepositoryKind, ValuesSourceKind},
+        Pack, PackStatus,
+        pack::{PackState, ValuesSourceKind},
     },
     events::Recorder,
     finalizer::{self, Cleanup},
@@ -46,6 +46,7 @@ use crate::{
     readiness,
     release::{self, PACK_LABEL, ReleaseRecord},
     repository::FIELD_MANAGER,
+    repository_kind::{AnyRepository, RepositoryView},
     resolve::{self, RepositoryLookup, Resolution, ResolveError},
     status::{self, Retry},
     values_from::{self, Merge, ValuesFrom, ValuesFromError},
@@ -170,19 +171,17 @@ async fn apply(pack: &Pack, ctx: &Context) -> Result<Action, Error> {
         write_status(ctx, pack, &next).await?;
         return Ok(Action::await_change());
     }
-    let repositories: Api<ClusterPackRepository> = Api::all(ctx.client.clone());
-    let repo_name = &pack.spec.chart.repository.name;
-    let repo = match pack.spec.chart.repository.kind {
-        RepositoryKind::ClusterPackRepository => repositories.get_opt(repo_name).await?,
-    };
-    let cached = ctx.cache.get(repo_name);
+    // A PackRepository is looked up in the Pack's own namespace only.
+    let repo = AnyRepository::of(&ctx.client, pack).await?;
+    let repo_name = crate::repository_kind::referenced_key(pack);
+    let cached = ctx.cache.get(&repo_name);
     let not_ready_detail;
-    let lookup = match (&repo, &cached) {
+    let lookup = match (repo.as_ref().map(AnyRepository::view), &cached) {
         (None, _) => RepositoryLookup::NotFound,
         // An index fetched from another URL (spec.url changed, or a deleted repository came back) does
         // not count.
         (Some(r), Some(c)) if c.url == r.spec.url => RepositoryLookup::Ready(&c.index),
-        (Some(r), _) if repository_reports_ready(r) => {
+        (Some(r), _) if r.reports_ready() => {
             // Another replica (or this process before a restart) fetched it fine: this process has not
             // fetched it yet. Keep the Pack's status as it is rather than flap it to RepositoryNotReady;
             // the fetch writes the repository's status, which wakes this Pack again.
@@ -192,7 +191,6 @@ async fn apply(pack: &Pack, ctx: &Context) -> Result<Action, Error> {
         (Some(r), _) => {
             not_ready_detail = r
                 .status
-                .as_ref()
                 .and_then(|s| conditions::find(&s.conditions, conditions::READY))
                 .filter(|c| c.status != "True")
                 .map(|c| format!("{}: {}", c.reason, c.message))
@@ -223,14 +221,14 @@ async fn apply(pack: &Pack, ctx: &Context) -> Result<Action, Error> {
     let Some(repo) = repo else {
         return Ok(Action::requeue(WARM_UP));
     };
-    install_or_upgrade(pack, ctx, &repo, resolution, &salt).await
+    install_or_upgrade(pack, ctx, repo.view(), resolution, &salt).await
 }
 
 /// `salt`: the uids of the Secrets the values came from ([`ReleaseDigest::salted`]).
 async fn install_or_upgrade(
     pack: &Pack,
     ctx: &Context,
-    repo: &ClusterPackRepository,
+    repo: RepositoryView<'_>,
     resolution: Resolution,
     salt: &[String],
 ) -> Result<Action, Error> {
@@ -283,7 +281,7 @@ async fn install_or_upgrade(
 /// The Pack and release one install/upgrade decision is about.
 struct Target<'a> {
     pack: &'a Pack,
-    repo: &'a ClusterPackRepository,
+    repo: RepositoryView<'a>,
     resolution: &'a Resolution,
     digest: &'a ReleaseDigest,
     record: Option<&'a ReleaseRecord>,
@@ -799,13 +797,6 @@ async fn uninstall_redact(ctx: &Context, pack: &Pack) -> Vec<String> {
         }
         _ => vec![],
     }
-}
-
-fn repository_reports_ready(repo: &ClusterPackRepository) -> bool {
-    repo.status
-        .as_ref()
-        .and_then(|s| conditions::find(&s.conditions, conditions::READY))
-        .is_some_and(|c| c.status == "True")
 }
 
 /// Writes the status (server-side apply on the status subresource) unless nothing changed.

@@ -1,8 +1,10 @@
-//! The ClusterPackRepository reconcile: fetches each repository's index on its interval into the shared
-//! [`IndexCache`] and reports the outcome on the repository's status.
+//! The repository reconcile, one implementation for both kinds ([`Repository`]: ClusterPackRepository and
+//! PackRepository): fetches each repository's index on its interval into the shared [`IndexCache`] (keyed
+//! by [`RepositoryView::cache_key`]) and reports the outcome on the repository's status.
 //!
-//! ClusterPackRepository is cluster-scoped, so this controller watches every repository whatever
-//! `--namespace` says: a namespace-scoped pack-controller still needs the indexes its Packs use.
+//! ClusterPackRepository is cluster-scoped, so this controller watches every one whatever `--namespace`
+//! says: a namespace-scoped pack-controller still needs the indexes its Packs use. PackRepositories are
+//! watched where Packs are.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -12,19 +14,26 @@ use std::{
 
 use common::{
     conditions,
-    crd::{ClusterPackRepository, ClusterPackRepositoryStatus, repository::SecretReference},
+    crd::{ClusterPackRepositoryStatus, repository::SecretReference},
     events::Recorder,
     metrics::ReconcileMetrics,
 };
 use futures::StreamExt;
 use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{
-    Api, Client, Resource, ResourceExt,
-    runtime::{Controller, controller::Action, events::EventType, reflector::Store, watcher},
+    Api, Client, ResourceExt,
+    runtime::{
+        Controller,
+        controller::Action,
+        events::EventType,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::repository_kind::{Repository, RepositoryView};
 use crate::index::{
     CachedRepository, ChartSource, FetchOutcome, FetchRequest, HttpFetcher, IndexCache, IndexError,
     RedactedString,
@@ -55,6 +64,11 @@ impl Error {
 pub(crate) enum SetupError {
     #[error("spec.interval: {0}")]
     Interval(String),
+    #[error("{field}: {message}")]
+    SecretNamespace {
+        field: &'static str,
+        message: String,
+    },
     #[error("Secret {namespace}/{name} ({field}) does not exist")]
     SecretMissing {
         field: &'static str,
@@ -82,6 +96,7 @@ impl SetupError {
     pub(crate) fn reason(&self) -> &'static str {
         match self {
             SetupError::Interval(_) => "InvalidInterval",
+            SetupError::SecretNamespace { .. } => "SecretNamespaceRefused",
             SetupError::SecretMissing { .. } | SetupError::SecretKeyMissing { .. } => {
                 "SecretInvalid"
             }
@@ -90,8 +105,8 @@ impl SetupError {
     }
 }
 
-/// State shared by every repository reconcile.
-pub struct Context {
+/// State shared by every repository reconcile of kind `K`.
+pub struct Context<K: Repository> {
     pub client: Client,
     pub fetcher: HttpFetcher,
     /// Largest index accepted (`--max-index-size`).
@@ -99,23 +114,23 @@ pub struct Context {
     pub cache: IndexCache,
     pub metrics: ReconcileMetrics,
     pub recorder: Recorder,
-    pub store: Store<ClusterPackRepository>,
-    /// Names this controller put into `cache`, to forget deleted repositories.
-    pub cached_names: Mutex<HashSet<String>>,
+    pub store: Store<K>,
+    /// Repositories this controller put into `cache`, to forget deleted ones.
+    pub cached_names: Mutex<HashSet<ObjectRef<K>>>,
     /// When each repository was last fetched, and which object (uid/generation): the watch also wakes a repository
     /// for its own status writes, which must not trigger a fetch before the interval is over.
     pub last_fetch: Mutex<HashMap<String, (String, Instant)>>,
 }
 
-async fn reconcile(repo: Arc<ClusterPackRepository>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile<K: Repository>(repo: Arc<K>, ctx: Arc<Context<K>>) -> Result<Action, Error> {
     let _timer = ctx.metrics.start();
-    let name = repo.name_any();
+    let name = repo.view().cache_key();
     prune_deleted(&ctx);
 
-    let interval = match parse_interval(repo.spec.interval.as_deref()) {
+    let interval = match parse_interval(repo.spec().interval.as_deref()) {
         Ok(i) => i,
         Err(e) => {
-            let status = failed_status(&repo, &ctx.cache, &e.to_string(), e.reason(), true);
+            let status = failed_status(repo.view(), &ctx.cache, &e.to_string(), e.reason(), true);
             write_status(&ctx, &repo, status).await?;
             return Ok(Action::await_change());
         }
@@ -123,15 +138,15 @@ async fn reconcile(repo: Arc<ClusterPackRepository>, ctx: Arc<Context>) -> Resul
     let version = format!(
         "{}/{}",
         repo.uid().unwrap_or_default(),
-        repo.metadata.generation.unwrap_or_default()
+        repo.meta().generation.unwrap_or_default()
     );
     if let Some(wait) = fetch_due_in(&ctx, &name, version, interval) {
         return Ok(Action::requeue(wait));
     }
-    let source = match fetch_request(&ctx.client, &repo, ctx.max_index_bytes).await {
+    let source = match fetch_request(&ctx.client, repo.view(), ctx.max_index_bytes).await {
         Ok(s) => s,
         Err(e) => {
-            let status = failed_status(&repo, &ctx.cache, &e.to_string(), e.reason(), false);
+            let status = failed_status(repo.view(), &ctx.cache, &e.to_string(), e.reason(), false);
             write_status(&ctx, &repo, status)
                 .await
                 .inspect_err(|_| forget_fetch(&ctx, &name))?;
@@ -152,7 +167,7 @@ async fn reconcile(repo: Arc<ClusterPackRepository>, ctx: Arc<Context>) -> Resul
             ctx.cached_names
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(name.clone());
+                .insert(ObjectRef::from_obj(repo.as_ref()));
             ctx.cache.insert(
                 name.clone(),
                 CachedRepository::new(source.url(), index, validators),
@@ -166,13 +181,13 @@ async fn reconcile(repo: Arc<ClusterPackRepository>, ctx: Arc<Context>) -> Resul
                     "repository index updated"
                 );
             }
-            ready_status(&repo, cached.as_deref(), now)
+            ready_status(repo.view(), cached.as_deref(), now)
         }
-        Ok(FetchOutcome::NotModified) => ready_status(&repo, previous.as_deref(), now),
+        Ok(FetchOutcome::NotModified) => ready_status(repo.view(), previous.as_deref(), now),
         Err(e) => {
             warn!(error = %e, "repository index fetch failed");
             failed_status(
-                &repo,
+                repo.view(),
                 &ctx.cache,
                 &fetch_message(&e, &ctx.cache, &name),
                 e.reason(),
@@ -188,8 +203,8 @@ async fn reconcile(repo: Arc<ClusterPackRepository>, ctx: Arc<Context>) -> Resul
 
 /// `Some(time left)` when this `version` (uid/generation) of the repository was fetched less than
 /// `interval` ago; else records a fetch starting now.
-fn fetch_due_in(
-    ctx: &Context,
+fn fetch_due_in<K: Repository>(
+    ctx: &Context<K>,
     name: &str,
     version: String,
     interval: Duration,
@@ -213,7 +228,7 @@ fn fetch_due_in(
 }
 
 /// Lets the next reconcile fetch at once (its status could not be written, it retries soon).
-fn forget_fetch(ctx: &Context, name: &str) {
+fn forget_fetch<K: Repository>(ctx: &Context<K>, name: &str) {
     ctx.last_fetch
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -246,13 +261,13 @@ fn parse_interval(interval: Option<&str>) -> Result<Duration, SetupError> {
 /// Where `repo`'s index and charts come from: its URL, with the credentials and CA its Secrets give.
 pub(crate) async fn fetch_request(
     client: &Client,
-    repo: &ClusterPackRepository,
+    repo: RepositoryView<'_>,
     max_index_bytes: u64,
 ) -> Result<ChartSource, SetupError> {
     let mut req = FetchRequest::new(repo.spec.url.clone());
     req.max_bytes = max_index_bytes;
     if let Some(r) = &repo.spec.secret_ref {
-        let secret = read_secret(client, r, "spec.secretRef").await?;
+        let secret = read_secret(client, repo, r, "spec.secretRef").await?;
         let username = secret_key(&secret, r, "spec.secretRef", "username")?;
         let password = secret_key(&secret, r, "spec.secretRef", "password")?;
         req.basic_auth = Some((
@@ -261,28 +276,33 @@ pub(crate) async fn fetch_request(
         ));
     }
     if let Some(r) = &repo.spec.ca_secret_ref {
-        let secret = read_secret(client, r, "spec.caSecretRef").await?;
+        let secret = read_secret(client, repo, r, "spec.caSecretRef").await?;
         req.ca_pem = Some(secret_key(&secret, r, "spec.caSecretRef", "ca.crt")?);
     }
     Ok(ChartSource::new(req))
 }
 
+/// The Secret `r` names, in the namespace [`RepositoryView::secret_namespace`] allows.
 async fn read_secret(
     client: &Client,
+    repo: RepositoryView<'_>,
     r: &SecretReference,
     field: &'static str,
 ) -> Result<Secret, SetupError> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), &r.namespace);
+    let namespace = repo
+        .secret_namespace(r)
+        .map_err(|message| SetupError::SecretNamespace { field, message })?;
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     match api.get_opt(&r.name).await {
         Ok(Some(s)) => Ok(s),
         Ok(None) => Err(SetupError::SecretMissing {
             field,
-            namespace: r.namespace.clone(),
+            namespace: namespace.to_owned(),
             name: r.name.clone(),
         }),
         Err(source) => Err(SetupError::SecretRead {
             field,
-            namespace: r.namespace.clone(),
+            namespace: namespace.to_owned(),
             name: r.name.clone(),
             source: Box::new(source),
         }),
@@ -311,7 +331,7 @@ fn secret_key(
         .or_else(from_string)
         .ok_or_else(|| SetupError::SecretKeyMissing {
             field,
-            namespace: r.namespace.clone(),
+            namespace: secret.metadata.namespace.clone().unwrap_or_default(),
             name: r.name.clone(),
             key,
         })
@@ -319,12 +339,12 @@ fn secret_key(
 
 /// Status after a successful fetch (or a 304): counts and digest of the index now serving.
 fn ready_status(
-    repo: &ClusterPackRepository,
+    repo: RepositoryView<'_>,
     cached: Option<&CachedRepository>,
     now: Timestamp,
 ) -> ClusterPackRepositoryStatus {
-    let generation = repo.metadata.generation;
-    let mut status = repo.status.clone().unwrap_or_default();
+    let generation = repo.generation;
+    let mut status = repo.status.cloned().unwrap_or_default();
     status.observed_generation = generation;
     if let Some(c) = cached {
         status.charts = Some(c.index.chart_count() as i64);
@@ -348,16 +368,16 @@ fn ready_status(
 
 /// Status after a failure: Ready=False with the cause; counts of a still-cached index are kept.
 fn failed_status(
-    repo: &ClusterPackRepository,
+    repo: RepositoryView<'_>,
     cache: &IndexCache,
     message: &str,
     reason: &str,
     stalled: bool,
 ) -> ClusterPackRepositoryStatus {
-    let generation = repo.metadata.generation;
-    let mut status = repo.status.clone().unwrap_or_default();
+    let generation = repo.generation;
+    let mut status = repo.status.cloned().unwrap_or_default();
     status.observed_generation = generation;
-    if let Some(c) = cache.get(&repo.name_any()) {
+    if let Some(c) = cache.get(&repo.cache_key()) {
         status.charts = Some(c.index.chart_count() as i64);
         status.versions = Some(c.index.version_count() as i64);
         status.index_digest = Some(c.index.digest.clone());
@@ -379,13 +399,13 @@ fn failed_status(
 
 /// Writes the status (server-side apply on the status subresource) unless nothing changed, and emits an
 /// Event when the Ready reason changes.
-async fn write_status(
-    ctx: &Context,
-    repo: &ClusterPackRepository,
+async fn write_status<K: Repository>(
+    ctx: &Context<K>,
+    repo: &K,
     status: ClusterPackRepositoryStatus,
 ) -> Result<(), Error> {
-    let old = repo.status.clone().unwrap_or_default();
-    let api: Api<ClusterPackRepository> = Api::all(ctx.client.clone());
+    let old = repo.status().cloned().unwrap_or_default();
+    let api = K::api(ctx.client.clone(), repo.meta().namespace.as_deref());
     if !common::status::write(&api, &repo.name_any(), FIELD_MANAGER, Some(&old), &status).await? {
         return Ok(());
     }
@@ -414,35 +434,35 @@ async fn write_status(
 }
 
 /// Drops cached indexes of repositories that no longer exist.
-fn prune_deleted(ctx: &Context) {
+fn prune_deleted<K: Repository>(ctx: &Context<K>) {
     let mut names = ctx
         .cached_names
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    names.retain(|name| {
-        let exists = ctx
-            .store
-            .get(&kube::runtime::reflector::ObjectRef::new(name))
-            .is_some();
+    names.retain(|oref| {
+        let exists = ctx.store.get(oref).is_some();
         if !exists {
-            ctx.cache.remove(name);
+            let key =
+                crate::repository_kind::cache_key(K::KIND, oref.namespace.as_deref(), &oref.name);
+            ctx.cache.remove(&key);
             ctx.last_fetch
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .remove(name);
+                .remove(&key);
         }
         exists
     });
 }
 
-fn error_policy(_repo: Arc<ClusterPackRepository>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy<K: Repository>(_repo: Arc<K>, error: &Error, ctx: Arc<Context<K>>) -> Action {
     warn!(%error, "repository reconcile failed");
     ctx.metrics.failure(error.reason());
     Action::requeue(Duration::from_secs(10))
 }
 
-/// Runs the repository controller until `stop` is cancelled.
-pub async fn run(
+/// Runs the controller of repositories of kind `K` that `api` lists until `stop` is cancelled.
+pub async fn run<K: Repository>(
+    api: Api<K>,
     client: Client,
     cache: IndexCache,
     recorder: Recorder,
@@ -450,7 +470,6 @@ pub async fn run(
     max_index_bytes: u64,
     stop: CancellationToken,
 ) {
-    let api: Api<ClusterPackRepository> = Api::all(client.clone());
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
     let ctx = Arc::new(Context {
         client,
@@ -467,7 +486,12 @@ pub async fn run(
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(
             |repo, ctx| {
-                let span = info_span!("repository", name = %repo.name_any());
+                let span = info_span!(
+                    "repository",
+                    kind = ?K::KIND,
+                    namespace = %repo.namespace().unwrap_or_default(),
+                    name = %repo.name_any()
+                );
                 reconcile(repo, ctx).instrument(span)
             },
             error_policy,

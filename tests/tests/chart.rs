@@ -68,7 +68,11 @@ fn container_args(deployment: &Value) -> Vec<String> {
 /// The CRD names (plural.group) each controller brings.
 fn crds_of(component: &str) -> &'static [&'static str] {
     match component {
-        "pack-controller" => &["clusterpackrepositories.k8s.kubit.ir", "packs.k8s.kubit.ir"],
+        "pack-controller" => &[
+            "clusterpackrepositories.k8s.kubit.ir",
+            "packrepositories.k8s.kubit.ir",
+            "packs.k8s.kubit.ir",
+        ],
         "reflector-controller" => &[
             "configmapreflectors.k8s.kubit.ir",
             "secretreflectors.k8s.kubit.ir",
@@ -253,6 +257,67 @@ const PENDING_FLAGS: &[(&str, &str)] = &[];
 
 /// Each reflector kind on its own: its CRD, its `--kinds` entry and RBAC on its objects only; none is
 /// refused with a message.
+/// The aggregated ClusterRoles (the test control plane runs no aggregation controller, so their labels
+/// and rules are what is checked): `admin` and `edit` manage Packs and PackRepositories, `view` reads
+/// them, none grants ClusterPackRepositories; `aggregateToDefaultRoles=false` ships none.
+#[test]
+fn pack_controller_aggregates_packs_into_the_built_in_user_roles() {
+    let aggregated = |sets: &[String]| -> Vec<Value> {
+        template("po", "pack-operator", sets)
+            .unwrap()
+            .into_iter()
+            .filter(|d| {
+                kind(d) == "ClusterRole"
+                    && d["metadata"]["labels"]
+                        .as_object()
+                        .is_some_and(|l| l.keys().any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-")))
+            })
+            .collect()
+    };
+    let roles = aggregated(&[]);
+    let label = |role: &Value, to: &str| {
+        role["metadata"]["labels"][format!("rbac.authorization.k8s.io/aggregate-to-{to}")] == "true"
+    };
+    let strings = |v: &Value| -> BTreeSet<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let rule_of = |to: &str| -> &Value {
+        let role = roles
+            .iter()
+            .find(|r| label(r, to))
+            .unwrap_or_else(|| panic!("no ClusterRole aggregated to {to}: {roles:#?}"));
+        let rules = role["rules"].as_array().unwrap();
+        assert_eq!(rules.len(), 1, "{to}: {rules:#?}");
+        &rules[0]
+    };
+    assert_eq!(roles.len(), 2, "{roles:#?}");
+    for to in ["admin", "edit"] {
+        let rule = rule_of(to);
+        assert_eq!(
+            strings(&rule["resources"]),
+            BTreeSet::from(["packs".to_owned(), "packrepositories".to_owned()])
+        );
+        assert!(strings(&rule["verbs"]).is_superset(&BTreeSet::from(
+            ["create", "update", "patch", "delete", "get", "list", "watch"].map(String::from)
+        )));
+    }
+    let view = rule_of("view");
+    assert!(!label(roles.iter().find(|r| label(r, "view")).unwrap(), "edit"));
+    assert_eq!(
+        strings(&view["verbs"]),
+        BTreeSet::from(["get", "list", "watch"].map(String::from))
+    );
+    assert!(!strings(&view["resources"]).contains("clusterpackrepositories"));
+    assert!(
+        aggregated(&["packController.rbac.aggregateToDefaultRoles=false".to_owned()]).is_empty()
+    );
+    assert!(aggregated(&["packController.enabled=false".to_owned()]).is_empty());
+}
+
 #[test]
 fn each_reflector_kind_is_enabled_on_its_own_with_rbac_for_it_only() {
     let cases = [
