@@ -55,9 +55,43 @@ struct Args {
     /// Namespaces to spread the objects over.
     #[arg(long, default_value_t = 10)]
     namespaces: usize,
+    /// Auto mode: each Deployment carries `watch-to-redeploy-auto: "true"` and uses cm-i by `envFrom`
+    /// and sec-i as a volume, instead of naming them in `watch-to-redeploy`.
+    #[arg(long)]
+    auto: bool,
 }
 
 const ANNOTATION: &str = "pack-operator.k8s.kubit.ir/watch-to-redeploy";
+const AUTO: &str = "pack-operator.k8s.kubit.ir/watch-to-redeploy-auto";
+
+/// Deployment `app-i`, watching `cm-i` and `sec-i` by the explicit list or (auto) through its template.
+fn deployment(i: usize, auto: bool) -> Deployment {
+    let (annotations, pod) = if auto {
+        (
+            json!({ AUTO: "true" }),
+            json!({
+                "containers": [{ "name": "c", "image": "nginx",
+                    "envFrom": [{ "configMapRef": { "name": format!("cm-{i}") } }],
+                    "volumeMounts": [{ "name": "s", "mountPath": "/s" }] }],
+                "volumes": [{ "name": "s", "secret": { "secretName": format!("sec-{i}") } }]
+            }),
+        )
+    } else {
+        (
+            json!({ ANNOTATION: format!("configmap/cm-{i}, secret/sec-{i}") }),
+            json!({ "containers": [{ "name": "c", "image": "nginx" }] }),
+        )
+    };
+    serde_json::from_value(json!({
+        "metadata": { "name": format!("app-{i}"), "annotations": annotations },
+        "spec": {
+            "replicas": 0,
+            "selector": { "matchLabels": { "app": format!("app-{i}") } },
+            "template": { "metadata": { "labels": { "app": format!("app-{i}") } }, "spec": pod }
+        }
+    }))
+    .unwrap()
+}
 const HASHES: &str = "pack-operator.k8s.kubit.ir/watched-hashes";
 const CONFIG_HASH: &str = "pack-operator.k8s.kubit.ir/config-hash";
 
@@ -91,26 +125,18 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     create_all(&client, args.deployments, 32, |i| {
-        let d: Deployment = serde_json::from_value(json!({
-            "metadata": { "name": format!("app-{i}"), "annotations": { ANNOTATION: format!("configmap/cm-{i}, secret/sec-{i}") } },
-            "spec": {
-                "replicas": 0,
-                "selector": { "matchLabels": { "app": format!("app-{i}") } },
-                "template": { "metadata": { "labels": { "app": format!("app-{i}") } }, "spec": { "containers": [{ "name": "c", "image": "nginx" }] } }
-            }
-        }))
-        .unwrap();
-        (ns_of(i), Obj::Deployment(Box::new(d)))
+        (ns_of(i), Obj::Deployment(Box::new(deployment(i, args.auto))))
     })
     .await?;
     let raw_bytes = (args.configmaps + args.secrets) * args.object_bytes;
     println!(
-        "created {} ConfigMaps + {} Secrets ({} B each, {:.1} MiB of data) + {} annotated Deployments in {:.1}s",
+        "created {} ConfigMaps + {} Secrets ({} B each, {:.1} MiB of data) + {} annotated Deployments ({} mode) in {:.1}s",
         args.configmaps,
         args.secrets,
         args.object_bytes,
         raw_bytes as f64 / 1048576.0,
         args.deployments,
+        if args.auto { "auto" } else { "explicit" },
         started.elapsed().as_secs_f64()
     );
 
