@@ -40,6 +40,9 @@ crds: ## regenerate deploy/crds from the Rust types (and the chart's copies and 
 manifests: ## copy deploy/crds and deploy/admission into the chart, render deploy/manifests with the pinned helm
 	hack/manifests.sh
 
+package: ## chart archive + index.yaml in PACKAGE_DIR (default dist/charts); OCI_REGISTRY=oci://host/path also helm-pushes it
+	hack/package.sh
+
 build:
 	cargo build --workspace
 

@@ -171,9 +171,14 @@ async fn apply(pack: &Pack, ctx: &Context) -> Result<Action, Error> {
         write_status(ctx, pack, &next).await?;
         return Ok(Action::await_change());
     }
+    if let Some(waiting) = dependencies(ctx, pack).await? {
+        return Ok(waiting);
+    }
     // A PackRepository is looked up in the Pack's own namespace only.
     let repo = AnyRepository::of(&ctx.client, pack).await?;
     let repo_name = crate::repository_kind::referenced_key(pack);
+    // An OCI registry lists the tags of the charts Packs ask for (the first ask wakes its refresh).
+    ctx.cache.want(&repo_name, &pack.spec.chart.name);
     let cached = ctx.cache.get(&repo_name);
     let not_ready_detail;
     let lookup = match (repo.as_ref().map(AnyRepository::view), &cached) {

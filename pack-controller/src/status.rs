@@ -82,6 +82,7 @@ pub fn resolve_failed(pack: &Pack, e: &ResolveError) -> PackStatus {
 pub fn resolved(mut status: PackStatus, r: &Resolution) -> PackStatus {
     status.version = Some(r.version.clone());
     status.chart_digest = r.digest.clone();
+    status.chart_ref = r.urls.iter().find(|u| u.starts_with("oci://")).cloned();
     if matches!(
         status.state,
         Some(PackState::Invalid | PackState::NotResolved)

@@ -225,6 +225,10 @@ pub struct PackStatus {
     /// SHA-256 (lowercase hex) of the resolved chart archive, as the repository index gives it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chart_digest: Option<String>,
+    /// OCI registries: the manifest the resolved version is pinned to, `oci://host/path/<chart>@sha256:…`
+    /// (the chart layer is pulled by digest from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart_ref: Option<String>,
     /// The chart version of the release as last applied successfully.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_version: Option<String>,

@@ -26,19 +26,25 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterPackRepositorySpec {
-    /// Base URL of the repository: `<url>/index.yaml` is its index.
-    #[schemars(regex(pattern = r"^https?://"))]
+    /// Base URL of the repository: `<url>/index.yaml` is its index; or an OCI registry,
+    /// `oci://host[:port]/path`, whose repository `path/<chart>` holds each chart, one tag per version.
+    #[schemars(regex(pattern = r"^(https?|oci)://"))]
     pub url: String,
     /// How often the index is refreshed, e.g. `5m` or `1h30m` (numbers with units `ms`, `s`, `m`, `h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = crate::cli::DURATION_PATTERN))]
     pub interval: Option<String>,
-    /// Secret with `username` and `password` keys for basic auth.
+    /// Secret with `username` and `password` keys for basic auth; for an OCI registry also a
+    /// `kubernetes.io/dockerconfigjson` Secret (its entry for the registry's host is used).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretReference>,
     /// Secret with a `ca.crt` key: a PEM CA bundle to trust for this repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretReference>,
+    /// OCI registries only: speak plain HTTP instead of HTTPS (a registry without TLS, e.g. on loopback).
+    /// Off by default; refused with an `http(s)://` URL, whose scheme already says it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 /// A tenant's Helm chart repository: the same spec as a `ClusterPackRepository`, usable only by the
