@@ -20,6 +20,7 @@
 mod cache;
 mod error;
 mod http;
+mod oci;
 mod parse;
 mod source;
 
@@ -30,5 +31,6 @@ pub use http::{
     CacheValidators, DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_INDEX_BYTES, FetchOutcome, FetchRequest,
     HttpFetcher,
 };
+pub use oci::{OciRequest, registry_credentials, registry_location, tag_version};
 pub use parse::{ChartVersionEntry, RepositoryIndex, parse_index};
 pub use source::ChartSource;

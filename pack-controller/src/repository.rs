@@ -7,7 +7,7 @@
 //! watched where Packs are.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
@@ -33,11 +33,12 @@ use kube::{
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::repository_kind::{Repository, RepositoryView};
+use crate::chart::MAX_CHART_BYTES;
 use crate::index::{
-    CachedRepository, ChartSource, FetchOutcome, FetchRequest, HttpFetcher, IndexCache, IndexError,
-    RedactedString,
+    CachedRepository, ChartSource, DEFAULT_FETCH_TIMEOUT, FetchOutcome, FetchRequest, HttpFetcher,
+    IndexCache, IndexError, OciRequest, RedactedString, registry_credentials, registry_location,
 };
+use crate::repository_kind::{Repository, RepositoryView};
 
 /// Field manager of every status write of pack-controller.
 pub const FIELD_MANAGER: &str = "pack-controller";
@@ -90,6 +91,17 @@ pub(crate) enum SetupError {
         #[source]
         source: Box<kube::Error>,
     },
+    #[error(
+        "spec.insecure is only for OCI registries (oci://); an http:// or https:// URL already says \
+         whether TLS is used: remove spec.insecure"
+    )]
+    InsecureNotOci,
+    #[error("Secret {namespace}/{name} (spec.secretRef) {message}")]
+    RegistryCredentials {
+        namespace: String,
+        name: String,
+        message: String,
+    },
 }
 
 impl SetupError {
@@ -101,6 +113,8 @@ impl SetupError {
                 "SecretInvalid"
             }
             SetupError::SecretRead { .. } => "SecretUnreadable",
+            SetupError::InsecureNotOci => "InsecureNotOci",
+            SetupError::RegistryCredentials { .. } => "SecretInvalid",
         }
     }
 }
@@ -135,16 +149,23 @@ async fn reconcile<K: Repository>(repo: Arc<K>, ctx: Arc<Context<K>>) -> Result<
             return Ok(Action::await_change());
         }
     };
+    // An OCI registry lists the tags of the charts Packs use: a newly used chart is fetched at once.
+    let wanted = ctx.cache.wanted(&name);
     let version = format!(
-        "{}/{}",
+        "{}/{}/{}",
         repo.uid().unwrap_or_default(),
-        repo.meta().generation.unwrap_or_default()
+        repo.meta().generation.unwrap_or_default(),
+        if is_oci(&repo.spec().url) {
+            wanted.len()
+        } else {
+            0
+        }
     );
     if let Some(wait) = fetch_due_in(&ctx, &name, version, interval) {
         return Ok(Action::requeue(wait));
     }
     let source = match fetch_request(&ctx.client, repo.view(), ctx.max_index_bytes).await {
-        Ok(s) => s,
+        Ok(s) => s.with_charts(wanted),
         Err(e) => {
             let status = failed_status(repo.view(), &ctx.cache, &e.to_string(), e.reason(), false);
             write_status(&ctx, &repo, status)
@@ -155,11 +176,8 @@ async fn reconcile<K: Repository>(repo: Arc<K>, ctx: Arc<Context<K>>) -> Result<
     };
 
     let previous = ctx.cache.get(&name);
-    let validators = previous
-        .as_deref()
-        .and_then(|p| p.validators_for(source.url()));
     let now = Timestamp::now();
-    let status = match source.fetch_index(&ctx.fetcher, validators).await {
+    let status = match source.refresh(&ctx.fetcher, previous.as_deref()).await {
         Ok(FetchOutcome::Fetched { index, validators }) => {
             let changed = previous
                 .as_deref()
@@ -264,6 +282,12 @@ pub(crate) async fn fetch_request(
     repo: RepositoryView<'_>,
     max_index_bytes: u64,
 ) -> Result<ChartSource, SetupError> {
+    if is_oci(&repo.spec.url) {
+        return oci_request(client, repo).await;
+    }
+    if repo.spec.insecure {
+        return Err(SetupError::InsecureNotOci);
+    }
     let mut req = FetchRequest::new(repo.spec.url.clone());
     req.max_bytes = max_index_bytes;
     if let Some(r) = &repo.spec.secret_ref {
@@ -280,6 +304,53 @@ pub(crate) async fn fetch_request(
         req.ca_pem = Some(secret_key(&secret, r, "spec.caSecretRef", "ca.crt")?);
     }
     Ok(ChartSource::new(req))
+}
+
+fn is_oci(url: &str) -> bool {
+    url.trim_start().starts_with("oci://")
+}
+
+/// [`fetch_request`] of an OCI registry: credentials from a dockerconfigjson or username/password Secret.
+async fn oci_request(client: &Client, repo: RepositoryView<'_>) -> Result<ChartSource, SetupError> {
+    let url = repo.spec.url.trim().to_owned();
+    let mut req = OciRequest {
+        credentials: None,
+        ca_pem: None,
+        insecure: repo.spec.insecure,
+        charts: Vec::new(),
+        max_bytes: MAX_CHART_BYTES,
+        timeout: DEFAULT_FETCH_TIMEOUT,
+        url,
+    };
+    if let Some(r) = &repo.spec.secret_ref {
+        let secret = read_secret(client, repo, r, "spec.secretRef").await?;
+        let data: BTreeMap<String, Vec<u8>> = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        let host = registry_location(&req.url, req.insecure)
+            .ok()
+            .and_then(|(base, _)| {
+                let port = base.port().map(|p| format!(":{p}")).unwrap_or_default();
+                Some(format!("{}{port}", base.host_str()?))
+            })
+            .unwrap_or_default();
+        let credentials = registry_credentials(&data, &host).map_err(|message| {
+            SetupError::RegistryCredentials {
+                namespace: secret.metadata.namespace.clone().unwrap_or_default(),
+                name: r.name.clone(),
+                message,
+            }
+        })?;
+        req.credentials = Some(credentials);
+    }
+    if let Some(r) = &repo.spec.ca_secret_ref {
+        let secret = read_secret(client, repo, r, "spec.caSecretRef").await?;
+        req.ca_pem = Some(secret_key(&secret, r, "spec.caSecretRef", "ca.crt")?);
+    }
+    Ok(ChartSource::Oci(req))
 }
 
 /// The Secret `r` names, in the namespace [`RepositoryView::secret_namespace`] allows.
@@ -471,6 +542,8 @@ pub async fn run<K: Repository>(
     stop: CancellationToken,
 ) {
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let wants = newly_wanted(&cache, controller.store());
+    let controller = controller.reconcile_on(wants);
     let ctx = Arc::new(Context {
         client,
         fetcher: HttpFetcher::new(),
@@ -499,6 +572,31 @@ pub async fn run<K: Repository>(
         )
         .for_each(|_| std::future::ready(()))
         .await;
+}
+
+/// The repositories of `store` asked for a chart they were not asked for before (an OCI registry then lists
+/// that chart's tags at once instead of at its next interval).
+fn newly_wanted<K: Repository>(
+    cache: &IndexCache,
+    store: Store<K>,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static {
+    futures::stream::unfold(cache.subscribe_wants(), |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(key) => return Some((key, rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .filter_map(move |key| {
+        let found = store
+            .state()
+            .into_iter()
+            .find(|r| r.view().cache_key() == key)
+            .map(|r| ObjectRef::from_obj(r.as_ref()));
+        std::future::ready(found)
+    })
 }
 
 #[cfg(test)]

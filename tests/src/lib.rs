@@ -12,6 +12,7 @@ pub mod controller;
 pub mod events;
 pub mod packs;
 pub mod reflectors;
+pub mod registry;
 pub mod static_files;
 pub mod tools;
 pub mod wait;

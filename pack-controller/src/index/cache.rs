@@ -2,7 +2,7 @@
 //! `Arc`; they never fetch. Whoever refreshes a repository inserts only after a successful fetch, so a failed
 //! refresh leaves the previous good index serving.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -64,6 +64,11 @@ pub struct IndexCache {
     /// Names of repositories whose cached index changed (another digest or URL), for the Packs to
     /// follow: the cache of *this* process is what a Pack resolves against.
     changes: tokio::sync::broadcast::Sender<String>,
+    /// Repository name → the charts Packs asked it for: an OCI registry lists the tags of those only.
+    wanted: Arc<RwLock<HashMap<String, BTreeSet<String>>>>,
+    /// Names of repositories asked for a chart they were not asked for before, for the repository
+    /// reconcile to list its tags without waiting for the interval.
+    wants: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Default for IndexCache {
@@ -71,6 +76,8 @@ impl Default for IndexCache {
         IndexCache {
             repositories: Arc::default(),
             changes: tokio::sync::broadcast::channel(1024).0,
+            wanted: Arc::default(),
+            wants: tokio::sync::broadcast::channel(1024).0,
         }
     }
 }
@@ -113,9 +120,44 @@ impl IndexCache {
         self.changes.subscribe()
     }
 
-    /// Forgets repository `name`; readers holding its `Arc` keep their copy until they drop it.
+    /// Forgets repository `name` (and the charts asked of it); readers holding its `Arc` keep their copy
+    /// until they drop it.
     pub fn remove(&self, name: &str) -> Option<Arc<CachedRepository>> {
+        self.wanted
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
         self.write().remove(name)
+    }
+
+    /// Records that a Pack uses `chart` of repository `name`; true (and announced to
+    /// [`subscribe_wants`](Self::subscribe_wants)) the first time.
+    pub fn want(&self, name: &str, chart: &str) -> bool {
+        let mut wanted = self.wanted.write().unwrap_or_else(PoisonError::into_inner);
+        let added = wanted
+            .entry(name.to_owned())
+            .or_default()
+            .insert(chart.to_owned());
+        drop(wanted);
+        if added {
+            let _ = self.wants.send(name.to_owned());
+        }
+        added
+    }
+
+    /// The charts Packs asked repository `name` for, sorted.
+    pub fn wanted(&self, name: &str) -> Vec<String> {
+        self.wanted
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .map(|charts| charts.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Names of repositories asked for a new chart from now on (see [`want`](Self::want)).
+    pub fn subscribe_wants(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.wants.subscribe()
     }
 
     /// Number of cached repositories.

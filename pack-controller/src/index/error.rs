@@ -68,8 +68,10 @@ pub enum IndexError {
 pub enum HttpTarget {
     /// `<spec.url>/index.yaml`.
     Index,
-    /// A chart archive URL as the repository index lists it.
+    /// A chart archive URL as the repository index lists it (or an OCI chart layer).
     Archive,
+    /// An OCI registry's tag list, manifest or token.
+    Registry,
 }
 
 impl IndexError {
@@ -129,6 +131,18 @@ fn http_hint(status: &u16, target: HttpTarget) -> &'static str {
         return "; the repository index lists this chart archive but the server does not have it: the \
                 repository is inconsistent; republish the chart archive, or regenerate the index \
                 (helm repo index) where the repository is published";
+    }
+    if target == HttpTarget::Registry && matches!(status, 401 | 403 | 404) {
+        return match status {
+            401 => {
+                "; the registry wants credentials: check spec.secretRef (username and password, or a \
+                    kubernetes.io/dockerconfigjson Secret with an entry for this registry)"
+            }
+            403 => "; the credentials of spec.secretRef may not pull from this registry repository",
+            _ => {
+                "; the registry has no such manifest: check spec.url (oci://host/path) and the chart name"
+            }
+        };
     }
     match status {
         401 => {

@@ -261,7 +261,7 @@ impl HttpFetcher {
         result.map_err(|e: IndexError| e.scrub(secret))
     }
 
-    fn client(&self, ca_pem: Option<&[u8]>) -> Result<reqwest::Client, IndexError> {
+    pub(super) fn client(&self, ca_pem: Option<&[u8]>) -> Result<reqwest::Client, IndexError> {
         let key: Option<[u8; 32]> = ca_pem.map(|pem| Sha256::digest(pem).into());
         let mut clients = self
             .inner
@@ -371,7 +371,7 @@ async fn download(
     Ok(Some((body, validators)))
 }
 
-fn transport_error(error: reqwest::Error, timeout: Duration) -> IndexError {
+pub(super) fn transport_error(error: reqwest::Error, timeout: Duration) -> IndexError {
     if error.is_timeout() {
         return IndexError::Timeout { after: timeout };
     }

@@ -58,6 +58,18 @@ pub struct RepositoryIndex {
 }
 
 impl RepositoryIndex {
+    /// An index built from elsewhere than an `index.yaml` (an OCI registry's tags), fetched now.
+    pub(crate) fn from_charts(
+        charts: BTreeMap<String, Vec<ChartVersionEntry>>,
+        digest: String,
+    ) -> Self {
+        RepositoryIndex {
+            charts,
+            digest,
+            fetched_at: Timestamp::now(),
+        }
+    }
+
     /// The versions of chart `name`, in index order; `None` when the repository has no such chart.
     pub fn chart(&self, name: &str) -> Option<&[ChartVersionEntry]> {
         self.charts.get(name).map(Vec::as_slice)
