@@ -25,6 +25,9 @@ cargo run -q -p common --bin crdgen -- --check
 step "chart files and deploy/manifests match deploy/crds, deploy/admission and the chart"
 hack/manifests.sh --check
 
+step "actionlint .github/workflows (built once from its Go module, ~10 s, then cached)"
+hack/actionlint.sh
+
 step "build all binaries"
 cargo build --workspace --all-targets
 
