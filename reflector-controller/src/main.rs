@@ -53,9 +53,14 @@ struct Cli {
     require_consent: bool,
 
     /// Every reflector is reconciled again after about this long (jittered ±10 %), as a safety
-    /// net should a watch event be missed.
-    #[arg(long, env = "RESYNC_PERIOD", default_value = "5m", value_parser = parse_duration)]
-    resync: Duration,
+    /// net should a watch event be missed [default: 5m]. The same name as pack-controller's;
+    /// `--resync` and RESYNC_PERIOD are its deprecated names.
+    #[arg(long, alias = "resync", env = "RESYNC_INTERVAL", value_parser = parse_duration)]
+    resync_interval: Option<Duration>,
+
+    /// Deprecated: RESYNC_PERIOD, read when RESYNC_INTERVAL/--resync-interval is not given.
+    #[arg(long, hide = true, env = "RESYNC_PERIOD", value_parser = parse_duration)]
+    resync_period: Option<Duration>,
 }
 
 fn patterns(list: &[String]) -> Vec<NamespacePattern> {
@@ -78,7 +83,10 @@ async fn main() -> anyhow::Result<()> {
             require_consent: cli.require_consent,
         },
         concurrency: cli.runtime.concurrency,
-        resync: cli.resync,
+        resync: cli
+            .resync_interval
+            .or(cli.resync_period)
+            .unwrap_or(Duration::from_secs(5 * 60)),
     };
     let mut runtime = Runtime::new(
         "reflector-controller",
