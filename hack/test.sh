@@ -31,6 +31,10 @@ hack/actionlint.sh
 step "build all binaries"
 cargo build --workspace --all-targets
 
+step "every flag (--help) and metric (registered) of the controllers is in README.md or docs/*.md"
+hack/docs-check.sh
+hack/docs-check.sh --self-test
+
 step "start the test control plane"
 cluster=$(mktemp -d "${TMPDIR:-/tmp}/pack-operator-test-cluster.XXXXXX")
 cleanup() {

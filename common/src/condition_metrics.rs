@@ -20,9 +20,6 @@ use prometheus_client::{
     registry::Registry,
 };
 
-/// Name of the family under the `pack_operator_` prefix.
-pub const NAME: &str = "condition";
-
 const STATUSES: [&str; 3] = ["True", "False", "Unknown"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,7 +46,7 @@ static CONDITIONS: LazyLock<Conditions> = LazyLock::new(Conditions::default);
 /// Registers the family (once per process, on the prefixed registry).
 pub fn register(registry: &mut Registry) {
     registry.register(
-        NAME,
+        "condition",
         "Status conditions of the objects this controller reconciles: 1 for the current status of each \
          condition type, 0 for the other two",
         CONDITIONS.family.clone(),
