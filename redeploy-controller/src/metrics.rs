@@ -38,7 +38,7 @@ impl RedeployMetrics {
         };
         registry.register(
             "redeploys",
-            "Rollouts triggered by a watched ConfigMap/Secret change, by workload kind and result (rolled, paused, failed, rate_limited)",
+            "Rollouts triggered by a watched ConfigMap/Secret change, by workload kind and result (rolled, paused, rate_limited; a failed patch counts in reconcile_errors_total)",
             m.redeploys.clone(),
         );
         registry.register(
