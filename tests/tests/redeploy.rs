@@ -397,6 +397,26 @@ async fn deletion_does_not_roll_and_recreation_does() {
     wait_replicasets(&client, &ns.name, "app", 2, DELAY + Duration::from_secs(10)).await;
 }
 
+/// Waits until the controller counts exactly `want` invalid Deployment annotations.
+async fn wait_invalid_annotations(controller: &ControllerProcess, want: f64) {
+    let flagged = wait::until(
+        "invalid-annotation metric",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            match controller
+                .metric("pack_operator_invalid_annotations_total{kind=\"Deployment\"}")
+                .await
+            {
+                Ok(Some(v)) if v >= want => Ok(Some(v)),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(flagged, want);
+}
+
 #[tokio::test]
 async fn invalid_annotation_warns_and_is_not_acted_on() {
     let env = test_env();
@@ -428,22 +448,7 @@ async fn invalid_annotation_warns_and_is_not_acted_on() {
         note.contains("ConfigMap/cfg") && note.contains("configmap/"),
         "{note}"
     );
-    let flagged = wait::until(
-        "invalid-annotation metric",
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-        || async {
-            match controller
-                .metric("pack_operator_invalid_annotations_total{kind=\"Deployment\"}")
-                .await
-            {
-                Ok(Some(v)) if v >= 1.0 => Ok(Some(v)),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
-    assert_eq!(flagged, 1.0);
+    wait_invalid_annotations(&controller, 1.0).await;
     patch_cm(&client, &ns.name, "cfg", json!({ "data": { "a": "2" } })).await;
     wait_replicasets(&client, &ns.name, "bad", 1, PATIENCE).await;
     hold_replicasets(&client, &ns.name, "bad", 1, DELAY + Duration::from_secs(1)).await;
@@ -812,22 +817,7 @@ async fn invalid_auto_or_delay_values_warn_and_are_not_acted_on() {
             "{note}"
         );
     }
-    let flagged = wait::until(
-        "invalid-annotation metric",
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-        || async {
-            match controller
-                .metric("pack_operator_invalid_annotations_total{kind=\"Deployment\"}")
-                .await
-            {
-                Ok(Some(v)) if v >= 2.0 => Ok(Some(v)),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
-    assert_eq!(flagged, 2.0);
+    wait_invalid_annotations(&controller, 2.0).await;
     patch_cm(&client, &ns.name, "cfg", json!({ "data": { "a": "2" } })).await;
     for (name, _, _) in &cases {
         wait_replicasets(&client, &ns.name, name, 1, PATIENCE).await;
