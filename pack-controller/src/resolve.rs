@@ -59,9 +59,7 @@ pub struct Resolution {
 /// Why a Pack could not be resolved. [`ResolveError::reason`] feeds the `Ready` condition and Events.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ResolveError {
-    #[error(
-        "{repository} does not exist; create it or fix spec.chart.repository"
-    )]
+    #[error("{repository} does not exist; create it or fix spec.chart.repository")]
     RepositoryNotFound { repository: String },
     #[error("{repository} has no index yet: {detail}")]
     RepositoryNotReady { repository: String, detail: String },

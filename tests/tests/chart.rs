@@ -268,9 +268,10 @@ fn pack_controller_aggregates_packs_into_the_built_in_user_roles() {
             .into_iter()
             .filter(|d| {
                 kind(d) == "ClusterRole"
-                    && d["metadata"]["labels"]
-                        .as_object()
-                        .is_some_and(|l| l.keys().any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-")))
+                    && d["metadata"]["labels"].as_object().is_some_and(|l| {
+                        l.keys()
+                            .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+                    })
             })
             .collect()
     };
@@ -301,12 +302,20 @@ fn pack_controller_aggregates_packs_into_the_built_in_user_roles() {
             strings(&rule["resources"]),
             BTreeSet::from(["packs".to_owned(), "packrepositories".to_owned()])
         );
-        assert!(strings(&rule["verbs"]).is_superset(&BTreeSet::from(
-            ["create", "update", "patch", "delete", "get", "list", "watch"].map(String::from)
-        )));
+        assert!(
+            strings(&rule["verbs"]).is_superset(&BTreeSet::from(
+                [
+                    "create", "update", "patch", "delete", "get", "list", "watch"
+                ]
+                .map(String::from)
+            ))
+        );
     }
     let view = rule_of("view");
-    assert!(!label(roles.iter().find(|r| label(r, "view")).unwrap(), "edit"));
+    assert!(!label(
+        roles.iter().find(|r| label(r, "view")).unwrap(),
+        "edit"
+    ));
     assert_eq!(
         strings(&view["verbs"]),
         BTreeSet::from(["get", "list", "watch"].map(String::from))

@@ -118,7 +118,14 @@ async fn a_pack_repository_serves_only_the_packs_of_its_namespace() {
 
     // Its own namespace: installed.
     create_pack(&client, &team.name, "team-charts").await;
-    wait_ready(&client, &team.name, Some(PackState::Applied), "Applied", &controller).await;
+    wait_ready(
+        &client,
+        &team.name,
+        Some(PackState::Applied),
+        "Applied",
+        &controller,
+    )
+    .await;
     assert_eq!(releases(&client, &team.name).await, 1);
     let repo = Api::<PackRepository>::namespaced(client.clone(), &team.name)
         .get("team-charts")
@@ -129,7 +136,14 @@ async fn a_pack_repository_serves_only_the_packs_of_its_namespace() {
     // Another namespace naming it: refused, with the reason on the Pack and in an Event; nothing installed.
     let helm_before = helm_operations(&controller).await;
     create_pack(&client, &other.name, "team-charts").await;
-    let message = wait_ready(&client, &other.name, None, "RepositoryNotFound", &controller).await;
+    let message = wait_ready(
+        &client,
+        &other.name,
+        None,
+        "RepositoryNotFound",
+        &controller,
+    )
+    .await;
     assert!(
         message.contains("PackRepository `team-charts`")
             && message.contains("a Pack cannot use another namespace's")
@@ -155,7 +169,14 @@ async fn a_pack_repository_serves_only_the_packs_of_its_namespace() {
         )
         .await
         .unwrap();
-    wait_ready(&client, &other.name, Some(PackState::Applied), "Applied", &controller).await;
+    wait_ready(
+        &client,
+        &other.name,
+        Some(PackState::Applied),
+        "Applied",
+        &controller,
+    )
+    .await;
     assert_eq!(releases(&client, &other.name).await, 1);
 }
 

@@ -99,7 +99,8 @@ fn namespaced_repository_crd() -> CustomResourceDefinition {
             .push(ValidationRule {
                 rule: "!has(self.__namespace__)".into(),
                 message: Some(
-                    "a PackRepository reads its Secrets in its own namespace: remove namespace".into(),
+                    "a PackRepository reads its Secrets in its own namespace: remove namespace"
+                        .into(),
                 ),
                 ..Default::default()
             });
@@ -110,8 +111,7 @@ fn namespaced_repository_crd() -> CustomResourceDefinition {
 /// The schemas of `spec.secretRef` and `spec.caSecretRef` of a repository CRD.
 fn secret_reference_schemas(
     crd: &mut CustomResourceDefinition,
-) -> Vec<&mut k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps>
-{
+) -> Vec<&mut k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps> {
     crd.spec
         .versions
         .iter_mut()
