@@ -387,20 +387,8 @@ impl<'a> Session<'a> {
                 return Ok(None);
             }
             next = next_page(&url, response.headers().get(reqwest::header::LINK));
-            let body = read_body(
-                response,
-                &url,
-                MAX_DOCUMENT_BYTES,
-                self.req.timeout,
-                HttpTarget::Registry,
-            )
-            .await?;
-            let page: TagList =
-                serde_json::from_slice(&body).map_err(|e| IndexError::NotAnIndex {
-                    detail: format!(
-                        "the tag list of {name} is not the distribution API's JSON: {e}"
-                    ),
-                })?;
+            let what = format!("the tag list of {name} is not the distribution API's JSON");
+            let page: TagList = read_json(response, &url, self.req.timeout, &what).await?;
             tags.extend(page.tags.unwrap_or_default());
         }
         Ok(Some(tags))
@@ -541,18 +529,8 @@ impl<'a> Session<'a> {
             .send()
             .await
             .map_err(|e| transport_error(e, self.req.timeout))?;
-        let body = read_body(
-            response,
-            &url,
-            MAX_DOCUMENT_BYTES,
-            self.req.timeout,
-            HttpTarget::Registry,
-        )
-        .await?;
-        let token: TokenResponse =
-            serde_json::from_slice(&body).map_err(|e| IndexError::NotAnIndex {
-                detail: format!("the registry's token service answered no token: {e}"),
-            })?;
+        let what = "the registry's token service answered no token";
+        let token: TokenResponse = read_json(response, &url, self.req.timeout, what).await?;
         let token = token
             .token
             .or(token.access_token)
@@ -584,6 +562,27 @@ fn repository_of(path: &str) -> &str {
     name.rsplit_once('/')
         .and_then(|(rest, _)| rest.rsplit_once('/'))
         .map_or(name, |(repository, _)| repository)
+}
+
+/// Reads a successful response's JSON body (at most [`MAX_DOCUMENT_BYTES`]); `what` says what a body that
+/// does not parse is.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+    url: &Url,
+    timeout: Duration,
+    what: &str,
+) -> Result<T, IndexError> {
+    let body = read_body(
+        response,
+        url,
+        MAX_DOCUMENT_BYTES,
+        timeout,
+        HttpTarget::Registry,
+    )
+    .await?;
+    serde_json::from_slice(&body).map_err(|e| IndexError::NotAnIndex {
+        detail: format!("{what}: {e}"),
+    })
 }
 
 /// Reads a successful response's body under `max_bytes`; an error status is [`IndexError::Http`].
