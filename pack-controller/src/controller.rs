@@ -264,6 +264,7 @@ fn pack_controller(client: &Client, settings: &Settings, cache: &IndexCache) -> 
     // whole Pack (values included): at 1,000 Packs they are most of the controller's memory.
     let (reader, writer) = kube::runtime::reflector::store();
     let sources = ValuesSources::default();
+    let (changed_packs, changed_rx) = tokio::sync::mpsc::unbounded_channel();
     let indexing = sources.clone();
     let pack_stream = watcher(packs, watcher::Config::default().any_semantic())
         .default_backoff()
@@ -276,6 +277,9 @@ fn pack_controller(client: &Client, settings: &Settings, cache: &IndexCache) -> 
         .map(move |event| {
             if let Ok(event) = &event {
                 indexing.follow(event);
+            }
+            if let Ok(watcher::Event::Apply(p)) = &event {
+                let _ = changed_packs.send((p.namespace().unwrap_or_default(), p.name_any()));
             }
             event
         })
@@ -321,6 +325,7 @@ fn pack_controller(client: &Client, settings: &Settings, cache: &IndexCache) -> 
                     .unwrap_or_default()
             },
         )
+        .reconcile_on(dependents(changed_rx, store.clone()))
         .reconcile_on(readiness_wakeups(
             client,
             &settings.namespaces,
@@ -487,6 +492,29 @@ where
             .touched_objects()
             .boxed()
     }))
+}
+
+/// `spec.dependsOn`: a Pack changed (its status too): the Packs of its namespace that depend on it.
+fn dependents(
+    changed: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    store: Store<Pack>,
+) -> impl futures::Stream<Item = ObjectRef<Pack>> + Send + 'static {
+    futures::stream::unfold(
+        changed,
+        |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+    )
+    .flat_map(move |(ns, name)| {
+        let packs: Vec<ObjectRef<Pack>> = store
+            .state()
+            .iter()
+            .filter(|p| {
+                p.namespace().as_deref() == Some(ns.as_str())
+                    && p.spec.depends_on.iter().any(|d| d.name == name)
+            })
+            .map(|p| ObjectRef::from_obj(p.as_ref()))
+            .collect();
+        futures::stream::iter(packs)
+    })
 }
 
 /// The kinds whose changes wake a Pack waiting for its release's objects (`spec.wait`); custom

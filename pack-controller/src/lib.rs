@@ -7,7 +7,8 @@
 //!   behind one trait, the cache key of each, where their Secrets are read).
 //! - **Decisions (pure)** — `resolve` (a Pack's chart and constraint against a cached index), `versions`
 //!   (chart version constraints), `values_from` (merging `spec.valuesFrom`), `vars` (`{{ vars.NAME }}` substitution), `plan` (the release digest,
-//!   what to do — nothing, install, upgrade, recover, wait — and the `Outcome` of doing it), `readiness`
+//!   what to do — nothing, install, upgrade, recover, wait — and the `Outcome` of doing it), `depends`
+//!   (`spec.dependsOn`: proceed, wait, or a cycle), `readiness`
 //!   (kstatus rules: which objects of a release are checked for `spec.wait`, and whether one is ready).
 //! - **Execution** — `reconcile` (one reconcile: resolve, decide, act, report; deletion), `execute`
 //!   (running a planned install/upgrade, rollback and stuck-release recovery into an `Outcome`), `helm`
@@ -20,6 +21,7 @@
 
 pub mod chart;
 pub mod controller;
+pub mod depends;
 pub mod error;
 pub mod execute;
 pub mod helm;

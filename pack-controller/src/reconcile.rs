@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     chart::ChartCache,
-    controller,
+    controller, depends,
     error::Error,
     execute,
     helm::{Helm, HelmError},
@@ -58,11 +58,11 @@ pub const FINALIZER: &str = "pack-operator.k8s.kubit.ir/helm-release";
 /// How soon a Pack is looked at again while this process has not fetched its (ready) repository yet.
 const WARM_UP: Duration = Duration::from_secs(2);
 
-/// State shared by every reconcile.
 /// `spec.wait`: how often a custom resource that is not ready yet is read again (custom resources are
 /// not watched; the built-in kinds are, see [`controller::WAKING_KINDS`]).
 const CUSTOM_RESOURCE_RECHECK: Duration = Duration::from_secs(10);
 
+/// State shared by every reconcile.
 pub struct Context {
     pub client: Client,
     pub cache: IndexCache,
@@ -457,6 +457,54 @@ async fn hold(
     };
     write_status(ctx, pack, &next).await?;
     Ok(Action::requeue(requeue))
+}
+
+/// `spec.dependsOn`: None to go on; otherwise the Pack was reported waiting (`DependencyNotReady`, woken
+/// when a dependency changes) or on a cycle (`DependencyCycle`). One list of the namespace's Packs, only
+/// for a Pack with dependencies.
+async fn dependencies(ctx: &Context, pack: &Pack) -> Result<Option<Action>, Error> {
+    if pack.spec.depends_on.is_empty() {
+        return Ok(None);
+    }
+    let api: Api<Pack> = Api::namespaced(ctx.client.clone(), &namespace(pack));
+    let packs = api.list(&Default::default()).await?.items;
+    let generation = pack.metadata.generation;
+    let (next, reason, note) = match depends::gate(&pack.name_any(), &packs) {
+        depends::Gate::Proceed => return Ok(None),
+        depends::Gate::Waiting(w) => {
+            let next = status::dependencies_not_ready(status::base(pack), &w, generation);
+            (next, status::DEPENDENCY_NOT_READY, w.join(", "))
+        }
+        depends::Gate::Cycle(c) => {
+            let next = status::dependency_cycle(status::base(pack), &c, generation);
+            (next, status::DEPENDENCY_CYCLE, c.join(" → "))
+        }
+    };
+    let was = pack
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+        .map(|c| c.message.clone());
+    let message = conditions::find(&next.conditions, conditions::READY).map(|c| c.message.clone());
+    write_status(ctx, pack, &next).await?;
+    if was != message {
+        debug!(dependencies = %note, "{reason}");
+        let type_ = if reason == status::DEPENDENCY_CYCLE {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish(
+            ctx,
+            pack,
+            type_,
+            reason,
+            "DependsOn",
+            message.as_deref().unwrap_or(""),
+        )
+        .await;
+    }
+    Ok(Some(Action::requeue(jitter(ctx.resync))))
 }
 
 /// How long `spec.wait` waits: `spec.timeout`, or the controller's `--helm-timeout`.

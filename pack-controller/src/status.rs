@@ -33,6 +33,9 @@ pub const API_REQUEST_FAILED: &str = "KubernetesAPIError";
 pub const SERVICE_ACCOUNT_NOT_FOUND: &str = "ServiceAccountNotFound";
 /// `spec.wait`: the release's objects were not ready within `spec.timeout`.
 pub const NOT_READY: &str = "NotReady";
+/// `spec.dependsOn`: a dependency is not `Ready`; a cycle.
+pub const DEPENDENCY_NOT_READY: &str = "DependencyNotReady";
+pub const DEPENDENCY_CYCLE: &str = "DependencyCycle";
 
 /// The status to start from: the current one with `observedGeneration` of this spec.
 pub fn base(pack: &Pack) -> PackStatus {
@@ -182,6 +185,10 @@ pub fn api_request_failed(
         ),
     );
     conditions::remove(&mut status.conditions, conditions::RECONCILING);
+    // Failed during an install/upgrade: that attempt did not complete.
+    if status.state == Some(PackState::Progressing) {
+        status.state = Some(PackState::ApplyFailed);
+    }
     status
 }
 
@@ -209,10 +216,6 @@ pub fn service_account_missing(
 /// A Helm operation is about to run: `Progressing` in the STATUS column, `Ready=False` (nothing vouches
 /// for the release until Helm is done), `appliedVersion` still what is deployed.
 pub fn progressing(mut status: PackStatus, message: String, generation: Option<i64>) -> PackStatus {
-    conditions::set(
-        &mut status.conditions,
-        conditions::new(
-            conditions::RECONCILING,
     status.state = Some(PackState::Progressing);
     conditions::set(
         &mut status.conditions,
@@ -224,6 +227,10 @@ pub fn progressing(mut status: PackStatus, message: String, generation: Option<i
             generation,
         ),
     );
+    conditions::set(
+        &mut status.conditions,
+        conditions::new(
+            conditions::RECONCILING,
             true,
             PROGRESSING,
             message,
@@ -233,10 +240,53 @@ pub fn progressing(mut status: PackStatus, message: String, generation: Option<i
     status
 }
 
-/// An install/upgrade of `digest` failed. Counts consecutive failures of the same digest.
-pub fn apply_failed(
+/// `spec.dependsOn`: waiting for `waiting` (names and why); nothing runs. The state stays (`NotResolved`
+/// style: unset means nothing was applied).
+pub fn dependencies_not_ready(
     mut status: PackStatus,
-    digest: &ReleaseDigest,
+    waiting: &[String],
+    generation: Option<i64>,
+) -> PackStatus {
+    let message = format!(
+        "waiting for spec.dependsOn: {} not Ready at its current generation",
+        waiting.join(", ")
+    );
+    conditions::set(
+        &mut status.conditions,
+        conditions::new(
+            conditions::READY,
+            false,
+            DEPENDENCY_NOT_READY,
+            message,
+            generation,
+        ),
+    );
+    conditions::remove(&mut status.conditions, conditions::RECONCILING);
+    conditions::remove(&mut status.conditions, conditions::STALLED);
+    status
+}
+
+/// `spec.dependsOn` forms a cycle: `Invalid`, `Stalled` until a spec on it changes.
+pub fn dependency_cycle(
+    mut status: PackStatus,
+    cycle: &[String],
+    generation: Option<i64>,
+) -> PackStatus {
+    let message = format!(
+        "spec.dependsOn forms a cycle: {}; remove one of these dependencies",
+        cycle.join(" → ")
+    );
+    status.state = Some(PackState::Invalid);
+    for (type_, is) in [(conditions::READY, false), (conditions::STALLED, true)] {
+        conditions::set(
+            &mut status.conditions,
+            conditions::new(type_, is, DEPENDENCY_CYCLE, message.clone(), generation),
+        );
+    }
+    conditions::remove(&mut status.conditions, conditions::RECONCILING);
+    status
+}
+
 /// What the `Progressing` condition says: the target, and for an upgrade the version still deployed.
 pub fn progress_message(install: bool, deployed: Option<&str>, r: &Resolution) -> String {
     match (install, deployed) {
@@ -345,6 +395,10 @@ pub fn not_ready(
     }
 }
 
+/// An install/upgrade of `digest` failed. Counts consecutive failures of the same digest.
+pub fn apply_failed(
+    mut status: PackStatus,
+    digest: &ReleaseDigest,
     reason: &str,
     message: String,
     stalled: bool,
@@ -540,10 +594,6 @@ pub fn after_apply(mut previous: PackStatus, a: &Attempted<'_>, outcome: &Outcom
     }
 }
 
-/// [`after_apply`] for a failed install/upgrade: `Ready=False` with Helm's error and what came of the
-/// rollback; retried after the backoff of the spec's consecutive failures, or held after a rollback.
-fn after_failure(
-    mut previous: PackStatus,
 /// [`after_apply`]'s report of a successful install/upgrade of a Pack with `spec.wait`: not `Ready`
 /// yet, its objects are checked at once (the next reconcile).
 pub fn awaiting_objects(mut report: Report, generation: Option<i64>) -> Report {
@@ -556,6 +606,10 @@ pub fn awaiting_objects(mut report: Report, generation: Option<i64>) -> Report {
     report
 }
 
+/// [`after_apply`] for a failed install/upgrade: `Ready=False` with Helm's error and what came of the
+/// rollback; retried after the backoff of the spec's consecutive failures, or held after a rollback.
+fn after_failure(
+    mut previous: PackStatus,
     a: &Attempted<'_>,
     reason: &'static str,
     error: &str,
@@ -788,10 +842,6 @@ mod tests {
     }
 
     #[test]
-    fn a_repository_problem_keeps_the_release_state() {
-        let mut p = pack();
-        let r = resolution("0.2.0");
-    #[test]
     fn an_unresolvable_pack_with_nothing_deployed_is_not_resolved_until_it_resolves() {
         let mut p = pack();
         let status = resolve_failed(
@@ -844,6 +894,10 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_repository_problem_keeps_the_release_state() {
+        let mut p = pack();
+        let r = resolution("0.2.0");
         let d = ReleaseDigest::of("genpack", "0.2.0", Some("ab"), &json!({}));
         p.status = Some(applied(resolved(base(&p), &r), &r, &d, 1, "p", Some(3)));
         let status = resolve_failed(
@@ -1017,6 +1071,16 @@ mod tests {
         let mut s = base(&p);
         s.state = Some(PackState::Applied);
         s.revision = Some(2);
+        let before = api_request_failed(
+            s.clone(),
+            "403 Forbidden: secrets is forbidden".into(),
+            Some(3),
+        );
+        assert_eq!(
+            before.state,
+            Some(PackState::Applied),
+            "the release is as it was"
+        );
         let s = api_request_failed(
             progressing(s, "upgrading".into(), Some(3)),
             "403 Forbidden: secrets is forbidden".into(),
@@ -1024,8 +1088,8 @@ mod tests {
         );
         assert_eq!(
             s.state,
-            Some(PackState::Applied),
-            "the release is as it was"
+            Some(PackState::ApplyFailed),
+            "the upgrade did not complete"
         );
         assert_eq!(s.revision, Some(2));
         let ready = conditions::find(&s.conditions, conditions::READY).unwrap();

@@ -1513,3 +1513,88 @@ async fn wait_holds_ready_until_the_objects_are_ready_and_a_timeout_rolls_back()
     let (s, _) = status_and_ready(f.packs.get("test").await.unwrap());
     assert_eq!(s.history[0].action, "Rollback", "{:?}", s.history);
 }
+
+/// A Pack named `name` of the sample chart that depends on `deps`.
+fn dependent_pack(repo: &str, name: &str, deps: &[&str]) -> Value {
+    let mut p = sample_pack(repo);
+    p["metadata"]["name"] = json!(name);
+    p["spec"]["values"] = one_deployment("1");
+    p["spec"]["dependsOn"] = json!(deps.iter().map(|d| json!({"name": d})).collect::<Vec<_>>());
+    p
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn depends_on_orders_two_packs_and_reports_a_cycle() {
+    let f = fixture("pack-deps", &["0.1.0"]).await;
+    let controller = start_pack_controller(&f.env, &f.ns.name, "pack-0", &[]);
+    // The app first: it waits for its database, which does not exist yet; nothing is installed.
+    f.create(dependent_pack(&f.repo.name, "app", &["db"])).await;
+    wait_row(
+        &f,
+        "app",
+        &[
+            ("READY", "False"),
+            ("MESSAGE", "waiting for spec.dependsOn: db (not found)"),
+        ],
+        &controller,
+    )
+    .await;
+    let records =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(f.client.clone(), &f.ns.name)
+            .list(&ListParams::default().labels("owner=helm,name=app"))
+            .await
+            .unwrap();
+    assert!(records.items.is_empty(), "nothing installed before db");
+    // The database comes: once it is Ready, the app proceeds at once (woken by the database's change).
+    f.create(dependent_pack(&f.repo.name, "db", &[])).await;
+    wait::until("app Applied", TIMEOUT, EVERY, || async {
+        let state = f
+            .packs
+            .get("app")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.state);
+        match state {
+            Some(PackState::Applied) => Ok(Some(())),
+            other => Err(format!("{other:?}\n{}", tail(&controller.logs(), 6))),
+        }
+    })
+    .await;
+    let db = f.packs.get("db").await.unwrap();
+    let app = f.packs.get("app").await.unwrap();
+    let installed = |p: &Pack| {
+        p.status
+            .as_ref()
+            .unwrap()
+            .history
+            .last()
+            .unwrap()
+            .time
+            .clone()
+    };
+    assert!(installed(&db) <= installed(&app), "db installed before app");
+    f.wait_event("app", "DependencyNotReady", "db (not found)")
+        .await;
+
+    // A cycle: Stalled DependencyCycle naming it, Invalid in the table.
+    f.create(dependent_pack(&f.repo.name, "x", &["y"])).await;
+    f.create(dependent_pack(&f.repo.name, "y", &["x"])).await;
+    wait_row(
+        &f,
+        "x",
+        &[
+            ("STATUS", "Invalid"),
+            ("MESSAGE", "spec.dependsOn forms a cycle: x → y → x"),
+        ],
+        &controller,
+    )
+    .await;
+    let x = f.packs.get("x").await.unwrap().status.unwrap();
+    let stalled = x.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", "DependencyCycle")
+    );
+    f.wait_event("x", "DependencyCycle", "x → y → x").await;
+}

@@ -85,6 +85,21 @@ pub struct PackSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = crate::cli::DURATION_PATTERN))]
     pub timeout: Option<String>,
+
+    /// Packs of the same namespace that must be `Ready` (at their current generation) before this one is
+    /// installed or upgraded; until then `Ready=False` `DependencyNotReady` naming them. A cycle is
+    /// `Stalled` `DependencyCycle`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<PackDependency>,
+}
+
+/// A Pack this one depends on.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PackDependency {
+    /// The Pack's name, in this Pack's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -192,17 +207,17 @@ pub struct ValuesSourceVersion {
 /// The summary state shown in `kubectl get packs`.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum PackState {
-    Applied,
-    ApplyFailed,
-    Removing,
     /// The release is deployed as the spec asks.
-    RemoveFailed,
+    Applied,
     /// Helm is installing or upgrading the release (or a release left pending is being recovered);
     /// `appliedVersion` is still what is deployed.
     Progressing,
     /// Nothing is deployed yet and the spec cannot be resolved now (repository, chart or version not
     /// found); retried on every change of the repository.
     NotResolved,
+    ApplyFailed,
+    Removing,
+    RemoveFailed,
     Invalid,
 }
 
