@@ -1,5 +1,5 @@
 # Pack Operator. `make run` runs it on a local control plane; `make test` runs the whole suite.
-.PHONY: run test tools cluster cluster-down crds manifests build fmt lint bench bench-pack bench-reflector fuzz
+.PHONY: run test tools cluster cluster-down crds manifests build fmt lint bench bench-pack bench-reflector bench-peers fuzz
 
 run: ## control plane + CRDs + all three controllers + samples
 	hack/run.sh
@@ -24,6 +24,11 @@ bench: tools ## benchmarks (figures, not tests): BENCH_ARGS="--deployments 100" 
 bench-pack: tools ## pack-controller benchmark: BENCH_ARGS="--packs 20 --steady-seconds 60" to shrink
 	cargo build --release -p pack-controller -p bench
 	target/release/pack-bench $(BENCH_ARGS)
+
+bench-peers: tools ## side by side with Stakater Reloader (peers from hack/peers.sh): BENCH_ARGS="--deployments 100 --rounds 2" to shrink
+	hack/peers.sh >/dev/null
+	cargo build --release -p redeploy-controller -p bench
+	target/release/peers-bench $(BENCH_ARGS)
 
 bench-reflector: tools ## reflector-controller benchmark: BENCH_ARGS="--namespaces 100" to shrink
 	cargo build --release -p reflector-controller -p bench

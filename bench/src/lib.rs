@@ -3,6 +3,14 @@
 
 use std::fmt::Write as _;
 
+use anyhow::Context as _;
+use futures::{StreamExt as _, TryStreamExt as _, stream};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{ConfigMap, Secret},
+};
+use kube::{Api, Client, api::PostParams};
+
 /// (resident set, its high-water mark) of process `pid`, in KiB; 0 when unreadable.
 pub fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -87,6 +95,49 @@ pub fn generated_index(versions: usize, charts: usize) -> String {
     }
     text.push_str("generated: \"2024-05-03T10:11:12Z\"\n");
     text
+}
+
+/// An object the benchmarks create in bulk.
+pub enum Obj {
+    ConfigMap(ConfigMap),
+    Secret(Secret),
+    Deployment(Box<Deployment>),
+}
+
+/// Creates `n` objects made by `make` (namespace, object), `concurrency` at a time.
+pub async fn create_all(
+    client: &Client,
+    n: usize,
+    concurrency: usize,
+    make: impl Fn(usize) -> (String, Obj),
+) -> anyhow::Result<()> {
+    let pp = PostParams::default();
+    stream::iter((0..n).map(make))
+        .map(|(ns, obj)| {
+            let client = client.clone();
+            let pp = pp.clone();
+            async move {
+                match obj {
+                    Obj::ConfigMap(o) => Api::<ConfigMap>::namespaced(client, &ns)
+                        .create(&pp, &o)
+                        .await
+                        .map(drop),
+                    Obj::Secret(o) => Api::<Secret>::namespaced(client, &ns)
+                        .create(&pp, &o)
+                        .await
+                        .map(drop),
+                    Obj::Deployment(o) => Api::<Deployment>::namespaced(client, &ns)
+                        .create(&pp, &*o)
+                        .await
+                        .map(drop),
+                }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<()>>()
+        .await
+        .context("creating benchmark objects")?;
+    Ok(())
 }
 
 #[cfg(test)]

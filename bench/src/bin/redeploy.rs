@@ -20,16 +20,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
 use e2e::{cluster::ControlPlane, controller::ControllerProcess, tools};
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{ConfigMap, Namespace, Secret},
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
@@ -95,7 +95,7 @@ fn deployment(i: usize, auto: bool) -> Deployment {
 const HASHES: &str = "pack-operator.k8s.kubit.ir/watched-hashes";
 const CONFIG_HASH: &str = "pack-operator.k8s.kubit.ir/config-hash";
 
-use bench::{percentile, rss_kib};
+use bench::{Obj, create_all, percentile, rss_kib};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -283,46 +283,5 @@ async fn main() -> anyhow::Result<()> {
     drop(controller);
     drop(plane);
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
-}
-
-enum Obj {
-    ConfigMap(ConfigMap),
-    Secret(Secret),
-    Deployment(Box<Deployment>),
-}
-
-async fn create_all(
-    client: &Client,
-    n: usize,
-    concurrency: usize,
-    make: impl Fn(usize) -> (String, Obj),
-) -> anyhow::Result<()> {
-    let pp = PostParams::default();
-    stream::iter((0..n).map(make))
-        .map(|(ns, obj)| {
-            let client = client.clone();
-            let pp = pp.clone();
-            async move {
-                match obj {
-                    Obj::ConfigMap(o) => Api::<ConfigMap>::namespaced(client, &ns)
-                        .create(&pp, &o)
-                        .await
-                        .map(drop),
-                    Obj::Secret(o) => Api::<Secret>::namespaced(client, &ns)
-                        .create(&pp, &o)
-                        .await
-                        .map(drop),
-                    Obj::Deployment(o) => Api::<Deployment>::namespaced(client, &ns)
-                        .create(&pp, &*o)
-                        .await
-                        .map(drop),
-                }
-            }
-        })
-        .buffer_unordered(concurrency)
-        .try_collect::<Vec<()>>()
-        .await
-        .context("creating benchmark objects")?;
     Ok(())
 }
