@@ -55,8 +55,8 @@ set -e
 
 # The images build these (deploy/docker/Dockerfile); no container engine here, so prove the release
 # build itself. Last, so a broken test shows first; incremental after the first run.
-step "release build of the three controllers"
-if ! cargo build --release --locked -p pack-controller -p redeploy-controller -p reflector-controller --bins; then
+step "release build of the three controllers and kubectl-pack"
+if ! cargo build --release --locked -p pack-controller -p redeploy-controller -p reflector-controller -p kubectl-pack --bins; then
   echo "release build failed" | tee -a "$results"
   status=1
 fi

@@ -276,6 +276,29 @@ impl Helm {
         self.run("uninstall", args, redact, stop).await.map(drop)
     }
 
+    /// `helm template`: the manifests `upgrade_install` of the same request would apply, rendered without
+    /// touching the cluster (for `kubectl pack template|diff`). The output holds the values as rendered;
+    /// the caller decides what of it may be shown.
+    pub async fn template(
+        &self,
+        req: &Upgrade<'_>,
+        stop: &CancellationToken,
+    ) -> Result<Vec<u8>, HelmError> {
+        let values = ValuesFile::write(&self.config.work_dir.join("values"), req.values)?;
+        let args: Vec<OsString> = vec![
+            "template".into(),
+            req.release.into(),
+            req.chart.into(),
+            "--namespace".into(),
+            req.namespace.into(),
+            "--values".into(),
+            values.path.clone().into(),
+        ];
+        let stdout = self.run("template", args, req.redact, stop).await?;
+        drop(values);
+        Ok(stdout)
+    }
+
     /// Records an operation that ran outside Helm (marking a stuck release failed).
     pub fn record(&self, operation: &str, result: &str, took: Duration) {
         self.metrics.record(operation, result, took);

@@ -16,6 +16,8 @@
 //!   manifest and objects for `spec.wait`), `release` (Helm's release Secrets), `chart` (chart archive download, digest
 //!   check and disk cache), `index` (index.yaml parsing, the HTTP fetcher, the shared cache, and the one
 //!   place a kind of chart source is chosen).
+//! - **Outside the controller** — `offline` (a Pack resolved and rendered with `helm template` by the same
+//!   steps, for `kubectl pack template|diff`; reading `valuesFrom`, which the reconcile uses too).
 //! - **Status and reporting** — `status` (pure: the Pack's status and Event for each outcome), `error`
 //!   (reconcile errors and what the owner is told of them), `metrics` (Helm operations, Packs by state).
 
@@ -29,6 +31,7 @@ pub mod identity;
 pub mod index;
 pub mod metrics;
 pub mod observe;
+pub mod offline;
 pub mod plan;
 pub mod readiness;
 pub mod reconcile;

@@ -256,6 +256,8 @@ pub struct RepositoriesGuard {
 }
 
 impl Drop for RepositoriesGuard {
+    /// Needs a multi-thread test runtime: `client`'s worker lives on the test's runtime, which is blocked
+    /// while this runs (on a current-thread runtime the deletion would wait forever).
     fn drop(&mut self) {
         let client = self.client.clone();
         let names = std::mem::take(&mut self.names);
