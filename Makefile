@@ -1,5 +1,5 @@
 # Pack Operator. `make run` runs it on a local control plane; `make test` runs the whole suite.
-.PHONY: run test tools cluster cluster-down crds manifests build fmt lint bench bench-pack bench-reflector bench-peers fuzz
+.PHONY: run test tools cluster cluster-down crds manifests build fmt lint bench bench-pack bench-reflector bench-peers fuzz package
 
 run: ## control plane + CRDs + all three controllers + samples
 	hack/run.sh

@@ -12,6 +12,7 @@
 //! Secret without caching them). Feature `testing` adds [`testing`],
 //! the mocked API server of the controllers' reconcile-level unit tests.
 
+pub mod alloc;
 pub mod annotation;
 pub mod cli;
 pub mod condition_metrics;

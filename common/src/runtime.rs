@@ -42,6 +42,12 @@ pub struct Runtime {
 impl Runtime {
     /// Connects to the API server (kubeconfig or in-cluster) and prepares the shared metrics.
     pub async fn new(name: &'static str, version: &str, args: RuntimeArgs) -> Result<Self, Error> {
+        if crate::alloc::fix_mmap_threshold() {
+            tracing::debug!(
+                bytes = crate::alloc::MMAP_THRESHOLD_BYTES,
+                "fixed malloc's mmap threshold"
+            );
+        }
         let client = Client::try_default().await.map_err(Error::KubeConfig)?;
         Ok(Self::with_client(name, version, args, client))
     }

@@ -340,7 +340,11 @@ mod tests {
         let blocked = decide(&invalid, Some(&source), &all, &policy, no_rivals);
         assert!(matches!(blocked.blocked(), Some(Blocked::InvalidSpec(_))));
         assert_eq!(blocked.keep(), None, "copies stay until the spec is fixed");
-        assert_eq!(blocked.blocked_targets(), 0, "no targets known from an invalid spec");
+        assert_eq!(
+            blocked.blocked_targets(),
+            0,
+            "no targets known from an invalid spec"
+        );
     }
 
     #[test]

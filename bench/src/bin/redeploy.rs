@@ -125,7 +125,10 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     create_all(&client, args.deployments, 32, |i| {
-        (ns_of(i), Obj::Deployment(Box::new(deployment(i, args.auto))))
+        (
+            ns_of(i),
+            Obj::Deployment(Box::new(deployment(i, args.auto))),
+        )
     })
     .await?;
     let raw_bytes = (args.configmaps + args.secrets) * args.object_bytes;
