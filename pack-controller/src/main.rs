@@ -46,7 +46,13 @@ struct Cli {
     helm_timeout: Duration,
 
     /// `helm --history-max`: release revisions kept (each holds the values, in a Secret capped at 1 MiB).
-    #[arg(long, env = "HELM_MAX_HISTORY", default_value_t = 5)]
+    /// `--max-history` is its deprecated name.
+    #[arg(
+        long = "helm-max-history",
+        alias = "max-history",
+        env = "HELM_MAX_HISTORY",
+        default_value_t = 5
+    )]
     max_history: u32,
 
     /// Helm processes at once, across all Packs (one per Pack at a time in any case).
@@ -115,4 +121,30 @@ async fn main() -> anyhow::Result<()> {
         .run(move |leading| pack_controller::run(leading, settings.clone(), metrics.clone()))
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn helm_max_history_keeps_its_deprecated_name() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied()))
+                .unwrap()
+                .max_history
+        };
+        // (HELM_MAX_HISTORY is not set in the test environment.)
+        assert_eq!(parse(&[]), 5);
+        assert_eq!(parse(&["--helm-max-history=7"]), 7);
+        assert_eq!(parse(&["--max-history=3"]), 3);
+        assert!(
+            !Cli::command()
+                .render_help()
+                .to_string()
+                .contains("--max-history <"),
+            "the old name is hidden (only the doc names it)"
+        );
+    }
 }
