@@ -49,7 +49,7 @@ export PACK_OPERATOR_TEST_KUBECONFIG="$cluster/kubeconfig"
 step "unit and end-to-end tests"
 results="$cluster/test-output.txt"
 set +e
-cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee "$results"
+cargo test --workspace --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee "$results"
 status=${PIPESTATUS[0]}
 set -e
 

@@ -84,7 +84,10 @@ fn crds_of(component: &str) -> &'static [&'static str] {
 fn policies_of(component: &str) -> &'static [&'static str] {
     match component {
         "pack-controller" => &["pack-operator-pack-vars"],
-        "redeploy-controller" => &["pack-operator-watch-to-redeploy"],
+        "redeploy-controller" => &[
+            "pack-operator-redeploy-options",
+            "pack-operator-watch-to-redeploy",
+        ],
         _ => &[],
     }
 }
@@ -486,8 +489,8 @@ fn chart_crds_and_admission_policies_are_those_of_deploy() {
     }
     assert_eq!(
         sources.len(),
-        4 + 4,
-        "4 CRDs and 2 policies with their bindings in deploy/"
+        5 + 3 * 2,
+        "5 CRDs and 3 policies with their bindings in deploy/"
     );
     for source in sources {
         let (k, n) = (kind(&source).to_owned(), name(&source).to_owned());
@@ -880,7 +883,13 @@ async fn installing_only_the_redeploy_controller_creates_nothing_of_the_others()
         .iter()
         .map(|p| p.name_any())
         .collect();
-    assert_eq!(policies, ["pack-operator-watch-to-redeploy"]);
+    assert_eq!(
+        policies,
+        [
+            "pack-operator-redeploy-options",
+            "pack-operator-watch-to-redeploy"
+        ]
+    );
 
     // The redeploy controller, with the chart's ServiceAccount, on this cluster without the Pack CRD:
     // it becomes ready (Packs are not watched) and rolls a Deployment out.
@@ -911,7 +920,7 @@ async fn installing_only_the_redeploy_controller_creates_nothing_of_the_others()
     assert!(
         controller
             .logs()
-            .contains("the Pack API (packs.k8s.kubit.ir/v1alpha1) is not installed"),
+            .contains("k8s.kubit.ir/v1alpha1 packs are not served (CRD not installed)"),
         "{}",
         controller.logs()
     );
