@@ -532,9 +532,9 @@ pub const WAKING_KINDS: [&str; 6] = [
 const RELEASE_NAME: &str = "meta.helm.sh/release-name";
 const RELEASE_NAMESPACE: &str = "meta.helm.sh/release-namespace";
 
-/// `spec.wait`: a change of a Deployment, StatefulSet, DaemonSet, Job, PVC or Service of a release
-/// ([`WAKING_KINDS`], by Helm's `meta.helm.sh/release-*` annotations) wakes its Pack while the Pack waits
-/// (`Progressing` after Helm, or `NotReady`). Metadata-only watches (a status change bumps the
+/// `spec.wait` and `spec.driftDetection`: a change of a Deployment, StatefulSet, DaemonSet, Job, PVC or
+/// Service of a release ([`WAKING_KINDS`], by Helm's `meta.helm.sh/release-*` annotations) wakes its Pack
+/// while the Pack waits (`Progressing` after Helm, or `NotReady`), and always when it detects drift. Metadata-only watches (a status change bumps the
 /// resourceVersion), nothing cached; the reconcile reads the objects it checks.
 fn readiness_wakeups(
     client: &Client,
@@ -577,10 +577,22 @@ fn readiness_wakeups(
     futures::stream::select_all(streams).filter_map(move |release| {
         let pack = release.and_then(|(ns, name)| {
             let r = ObjectRef::<Pack>::new(&name).within(&ns);
-            store.get(&r).filter(|p| waits(p)).map(|_| r)
+            store
+                .get(&r)
+                .filter(|p| waits(p) || detects_drift(p))
+                .map(|_| r)
         });
         std::future::ready(pack)
     })
+}
+
+/// Whether `pack` compares its release's objects with the cluster (`spec.driftDetection`): a change of
+/// one of them is looked at at once, not at the next resync.
+fn detects_drift(pack: &Pack) -> bool {
+    pack.spec
+        .drift_detection
+        .as_ref()
+        .is_some_and(|d| d.mode != common::crd::pack::DriftMode::Disabled)
 }
 
 /// Whether `pack` waits for its release's objects now (`spec.wait`, and `Progressing` or `NotReady`).

@@ -13,7 +13,8 @@
 //! - **Execution** — `reconcile` (one reconcile: resolve, decide, act, report; deletion), `execute`
 //!   (running a planned install/upgrade, rollback and stuck-release recovery into an `Outcome`), `helm`
 //!   (the Helm CLI driver), `identity` (the ServiceAccount a Pack's Helm operations run as), `observe` (reading a release's
-//!   manifest and objects for `spec.wait`), `release` (Helm's release Secrets), `chart` (chart archive download, digest
+//!   manifest and objects for `spec.wait`), `drift` (`spec.driftDetection`: a release's objects against the
+//!   cluster by a server-side apply dry-run as Helm, and their correction), `release` (Helm's release Secrets), `chart` (chart archive download, digest
 //!   check and disk cache), `index` (index.yaml parsing, the HTTP fetcher, the shared cache, and the one
 //!   place a kind of chart source is chosen).
 //! - **Outside the controller** — `offline` (a Pack resolved and rendered with `helm template` by the same
@@ -24,6 +25,7 @@
 pub mod chart;
 pub mod controller;
 pub mod depends;
+pub mod drift;
 pub mod error;
 pub mod execute;
 pub mod helm;

@@ -26,6 +26,19 @@ pub async fn checked_objects(
     namespace: &str,
     record: &ReleaseRecord,
 ) -> Result<Vec<ReleaseObject>, Error> {
+    let manifest = manifest(client, namespace, record).await?;
+    Ok(readiness::manifest_objects(&manifest)
+        .into_iter()
+        .filter(readiness::is_checked)
+        .collect())
+}
+
+/// `record`'s manifest (what Helm applied), from its release Secret: one GET.
+pub async fn manifest(
+    client: &Client,
+    namespace: &str,
+    record: &ReleaseRecord,
+) -> Result<String, Error> {
     let secret = Api::<Secret>::namespaced(client.clone(), namespace)
         .get(&record.secret)
         .await?;
@@ -37,14 +50,12 @@ pub async fn checked_objects(
             name: record.secret.clone(),
             detail: "no `release` key".into(),
         })?;
-    let manifest = release::manifest(&body.0).map_err(|detail| ReleaseError::Decode {
-        name: record.secret.clone(),
-        detail,
-    })?;
-    Ok(readiness::manifest_objects(&manifest)
-        .into_iter()
-        .filter(readiness::is_checked)
-        .collect())
+    Ok(
+        release::manifest(&body.0).map_err(|detail| ReleaseError::Decode {
+            name: record.secret.clone(),
+            detail,
+        })?,
+    )
 }
 
 /// Those of `objects` that are not ready, with why (a missing object is not ready: "not found").

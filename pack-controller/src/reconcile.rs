@@ -16,7 +16,7 @@ use common::{
     conditions,
     crd::{
         Pack, PackStatus,
-        pack::{PackState, ValuesSourceKind},
+        pack::{DriftMode, PackState, ValuesSourceKind},
     },
     events::Recorder,
     finalizer::{self, Cleanup},
@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     chart::ChartCache,
-    controller, depends,
+    controller, depends, drift,
     error::Error,
     execute,
     helm::{Helm, HelmError},
@@ -424,6 +424,7 @@ async fn hold(
                 &pack.name_any(),
                 generation,
             );
+            next = drift_detection(ctx, t, next).await;
             jitter(ctx.resync)
         }
         Plan::NotOwned => {
@@ -586,6 +587,91 @@ async fn wait_for_objects(
         return Ok(Action::requeue(jitter(ctx.resync)));
     }
     not_ready_after_timeout(ctx, t, next, identity.as_ref(), &summary, timeout).await
+}
+
+/// `spec.driftDetection` of a release deployed as the Pack asks: compares its objects with what Helm
+/// applied (as the Pack's ServiceAccount) and, in mode `enabled`, re-applies the drifted ones
+/// ([`drift`]). Records `Drifted` and announces a new finding or a correction; a failed check is
+/// reported on `Drifted` only (Ready is about the release, which is deployed).
+async fn drift_detection(ctx: &Context, t: &Target<'_>, mut next: PackStatus) -> PackStatus {
+    let pack = t.pack;
+    let generation = pack.metadata.generation;
+    let settings = pack.spec.drift_detection.clone().unwrap_or_default();
+    let (Some(record), true) = (t.record, settings.mode != DriftMode::Disabled) else {
+        conditions::remove(&mut next.conditions, drift::DRIFTED);
+        return next;
+    };
+    let previous = conditions::find(&next.conditions, drift::DRIFTED).cloned();
+    let checked = async {
+        let identity = Identity::of(pack, ctx.default_service_account.as_deref());
+        let client = match &identity {
+            Some(i) => i.client(&ctx.config)?,
+            None => ctx.client.clone(),
+        };
+        let ns = namespace(pack);
+        let manifest = observe::manifest(&client, &ns, record).await?;
+        drift::check(
+            &client,
+            &ns,
+            &pack.name_any(),
+            &manifest,
+            &settings.ignore,
+            settings.mode,
+        )
+        .await
+    }
+    .await;
+    let (drifted, reason, message) = match &checked {
+        Ok(drifts) if drifts.is_empty() => (
+            false,
+            drift::NO_DRIFT,
+            "the release's objects are as Helm applied them".to_owned(),
+        ),
+        Ok(drifts) if settings.mode == DriftMode::Enabled => (
+            false,
+            drift::DRIFT_CORRECTED,
+            format!(
+                "corrected {} drifted objects (re-applied as Helm applied them): {}",
+                drifts.len(),
+                drift::summary(drifts)
+            ),
+        ),
+        Ok(drifts) => (
+            true,
+            drift::DRIFT_DETECTED,
+            format!(
+                "{} objects differ from the release (driftDetection.mode warn; set it to enabled to \
+                 correct them, or ignore fields others own): {}",
+                drifts.len(),
+                drift::summary(drifts)
+            ),
+        ),
+        Err(e) => (
+            false,
+            drift::DRIFT_CHECK_FAILED,
+            format!("cannot compare the release's objects with the cluster: {e}"),
+        ),
+    };
+    let announce = match &checked {
+        // Every correction is an action; a finding or a failure only when it is new.
+        Ok(drifts) if !drifts.is_empty() && settings.mode == DriftMode::Enabled => true,
+        Ok(drifts) if drifts.is_empty() => false,
+        _ => previous.as_ref().is_none_or(|c| c.message != message),
+    };
+    if announce {
+        let type_ = if reason == drift::DRIFT_CORRECTED {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        info!(reason, "{message}");
+        publish(ctx, pack, type_, reason, "DriftDetection", &message).await;
+    }
+    conditions::set(
+        &mut next.conditions,
+        conditions::new(drift::DRIFTED, drifted, reason, message, generation),
+    );
+    next
 }
 
 /// `spec.wait` timed out: rolls back with `rollbackOnFailure` and reports `ApplyFailed`/`NotReady`.

@@ -91,6 +91,62 @@ pub struct PackSpec {
     /// `Stalled` `DependencyCycle`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<PackDependency>,
+
+    /// Whether the release's live objects are compared with what Helm applied (only the fields Helm
+    /// manages, by a server-side apply dry-run as Helm's field manager), on each resync and when one of
+    /// its Deployments, StatefulSets, DaemonSets, Jobs, PVCs or Services changes. Default: disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_detection: Option<DriftDetection>,
+}
+
+/// `spec.driftDetection`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftDetection {
+    /// `disabled` (default): not compared. `warn`: `Drifted=True` and a Warning Event naming the objects
+    /// and field paths (never values). `enabled`: the drifted objects are re-applied as Helm applied
+    /// them, and an Event says what was corrected.
+    #[serde(default)]
+    pub mode: DriftMode,
+    /// Fields others may own: never reported nor corrected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub ignore: Vec<DriftIgnoreRule>,
+}
+
+/// `spec.driftDetection.mode`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DriftMode {
+    #[default]
+    Disabled,
+    Warn,
+    Enabled,
+}
+
+/// Fields left out of drift detection, like Flux's `driftDetection.ignore`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftIgnoreRule {
+    /// JSON pointers (RFC 6901) of the fields, e.g. `/spec/replicas` or
+    /// `/metadata/annotations/example.com~1note`.
+    #[schemars(length(min = 1, max = 32), inner(regex(pattern = r"^(/[^/]*)+$")))]
+    pub paths: Vec<String>,
+    /// The objects it applies to; every object of the release when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<DriftIgnoreTarget>,
+}
+
+/// Which objects a [`DriftIgnoreRule`] applies to: all given fields must match.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftIgnoreTarget {
+    /// The object's kind, e.g. `Deployment`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The object's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// A Pack this one depends on.
