@@ -16,7 +16,7 @@ use common::{
     conditions,
     crd::{
         Pack, PackStatus,
-        pack::{DriftMode, PackState, ValuesSourceKind},
+        pack::{DriftMode, PackState},
     },
     events::Recorder,
     finalizer::{self, Cleanup},
@@ -24,7 +24,6 @@ use common::{
     requeue::jitter,
     sync::lock,
 };
-use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{controller::Action, events::EventType, reflector::ObjectRef},
@@ -41,7 +40,7 @@ use crate::{
     identity::Identity,
     index::IndexCache,
     metrics::PackStates,
-    observe,
+    observe, offline,
     plan::{self, Facts, Plan, REQUESTED_AT, ReleaseDigest},
     readiness,
     release::{self, PACK_LABEL, ReleaseRecord},
@@ -49,7 +48,7 @@ use crate::{
     repository_kind::{AnyRepository, RepositoryView},
     resolve::{self, RepositoryLookup, Resolution, ResolveError},
     status::{self, Retry},
-    values_from::{self, Merge, ValuesFrom, ValuesFromError},
+    values_from::{ValuesFrom, ValuesFromError},
 };
 
 /// Finalizer that keeps a Pack until its Helm release is uninstalled.
@@ -890,41 +889,7 @@ async fn read_values_from(
     pack: &Pack,
     lenient: bool,
 ) -> Result<Result<ValuesFrom, ValuesFromError>, Error> {
-    let ns = namespace(pack);
-    let mut merge = Merge::new(&ns, ctx.max_values_bytes);
-    for (index, entry) in pack.spec.values_from.iter().enumerate() {
-        let key = entry.key();
-        let fetched = match entry.kind {
-            ValuesSourceKind::Secret => {
-                let secret: Option<Secret> = Api::namespaced(ctx.client.clone(), &ns)
-                    .get_opt(&entry.name)
-                    .await?;
-                if let Some(uid) = secret.as_ref().and_then(|s| s.metadata.uid.clone()) {
-                    merge.secret_uid(uid);
-                }
-                values_from::secret_key(secret, key)
-            }
-            ValuesSourceKind::ConfigMap => values_from::config_map_key(
-                Api::namespaced(ctx.client.clone(), &ns)
-                    .get_opt(&entry.name)
-                    .await?,
-                key,
-            ),
-        };
-        let result = if lenient {
-            let mut entry = entry.clone();
-            entry.optional = true;
-            merge.add(index, &entry, fetched)
-        } else {
-            merge.add(index, entry, fetched)
-        };
-        if let Err(e) = result
-            && !lenient
-        {
-            return Ok(Err(e));
-        }
-    }
-    Ok(Ok(merge.finish()))
+    Ok(offline::read_values_from(&ctx.client, pack, ctx.max_values_bytes, lenient).await?)
 }
 
 /// The strings to blank out of Helm's messages at uninstall: those of the Pack's Secrets as they are now

@@ -10,6 +10,7 @@
 //! 5. reports RSS (and its peak) again.
 //!
 //! Times are measured by the benchmark from its own write to the last copy seen by its own watch.
+//! `--kind configmap` runs the same with ConfigMaps and a ConfigMapReflector (`--kinds=configmap`).
 //!
 //!   cargo build --release -p reflector-controller -p bench
 //!   target/release/reflector-bench [--namespaces 500 --unrelated-secrets 10000]
@@ -25,13 +26,12 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use common::crd::SecretReflector;
 use e2e::{cluster::ControlPlane, controller::ControllerProcess, tools};
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
@@ -53,6 +53,69 @@ struct Args {
     /// The controller's --concurrency.
     #[arg(long, default_value_t = 8)]
     concurrency: u16,
+    /// What is copied (and what the unrelated objects are): `secret` or `configmap`.
+    #[arg(long, default_value = "secret", value_parser = ["secret", "configmap"])]
+    kind: String,
+}
+
+/// The copied kind: its API, its reflector's kind, and how data is written and read.
+struct Kind {
+    secret: bool,
+}
+
+impl Kind {
+    fn name(&self) -> &'static str {
+        if self.secret { "Secret" } else { "ConfigMap" }
+    }
+    fn reflector(&self) -> &'static str {
+        if self.secret {
+            "SecretReflector"
+        } else {
+            "ConfigMapReflector"
+        }
+    }
+    fn resource(&self) -> ApiResource {
+        ApiResource::from_gvk(&GroupVersionKind::gvk("", "v1", self.name()))
+    }
+    fn reflector_resource(&self) -> ApiResource {
+        ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "k8s.kubit.ir",
+            "v1alpha1",
+            self.reflector(),
+        ))
+    }
+    /// `{stringData|data: data}`: a Secret takes plain strings in stringData.
+    fn data(&self, data: serde_json::Value) -> serde_json::Value {
+        if self.secret {
+            json!({ "stringData": data })
+        } else {
+            json!({ "data": data })
+        }
+    }
+    /// The value of key `v` of an object of this kind.
+    fn read_v(&self, o: &DynamicObject) -> String {
+        let v = o.data.pointer("/data/v").and_then(|v| v.as_str());
+        match (v, self.secret) {
+            (Some(b64), true) => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default()
+            }
+            (Some(v), false) => v.to_owned(),
+            (None, _) => String::new(),
+        }
+    }
+    fn object(&self, name: &str, data: serde_json::Value) -> anyhow::Result<DynamicObject> {
+        let mut o = json!({
+            "apiVersion": "v1", "kind": self.name(), "metadata": { "name": name },
+        });
+        if let (Some(o), serde_json::Value::Object(d)) = (o.as_object_mut(), self.data(data)) {
+            o.extend(d);
+        }
+        Ok(serde_json::from_value(o)?)
+    }
 }
 
 const MANAGED_LABEL: &str = "pack-operator.k8s.kubit.ir/reflector-namespace";
@@ -88,6 +151,9 @@ use bench::{mib, rss_kib};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let kind = Arc::new(Kind {
+        secret: args.kind == "secret",
+    });
     let dir = std::env::temp_dir().join(format!("pack-operator-bench-{}", std::process::id()));
     let (plane, kubeconfig) = match &args.kubeconfig {
         Some(k) => (None, k.clone()),
@@ -132,13 +198,14 @@ async fn main() -> anyhow::Result<()> {
             let client = client.clone();
             let ns = namespaces[i % namespaces.len()].clone();
             let payload = payload.clone();
+            let kind = kind.clone();
             async move {
-                let s: Secret = serde_json::from_value(json!({
-                    "metadata": { "name": format!("unrelated-{i}") },
-                    "stringData": { "payload": payload, "n": i.to_string() }
-                }))?;
-                Api::<Secret>::namespaced(client, &ns)
-                    .create(&PostParams::default(), &s)
+                let o = kind.object(
+                    &format!("unrelated-{i}"),
+                    json!({ "payload": payload, "n": i.to_string() }),
+                )?;
+                Api::<DynamicObject>::namespaced_with(client, &ns, &kind.resource())
+                    .create(&PostParams::default(), &o)
                     .await?;
                 anyhow::Ok(())
             }
@@ -146,12 +213,13 @@ async fn main() -> anyhow::Result<()> {
         .buffer_unordered(32)
         .try_collect::<Vec<()>>()
         .await
-        .context("creating unrelated Secrets")?;
+        .context("creating unrelated objects")?;
     let raw_bytes = args.unrelated_secrets * args.secret_bytes;
     println!(
-        "created {} namespaces and {} unrelated Secrets ({} B each, {:.1} MiB of data) in {:.1}s",
+        "created {} namespaces and {} unrelated {}s ({} B each, {:.1} MiB of data) in {:.1}s",
         args.namespaces,
         args.unrelated_secrets,
+        kind.name(),
         args.secret_bytes,
         raw_bytes as f64 / 1048576.0,
         started.elapsed().as_secs_f64()
@@ -173,6 +241,7 @@ async fn main() -> anyhow::Result<()> {
             "--log-level=warn",
             "--lease-namespace=default",
             &format!("--concurrency={}", args.concurrency),
+            &format!("--kinds={}", args.kind),
         ],
     )?;
     let pid = controller.pid();
@@ -198,20 +267,16 @@ async fn main() -> anyhow::Result<()> {
     let seen: Seen = Arc::default();
     let record = seen.clone();
     let watch_client = client.clone();
+    let watch_kind = kind.clone();
     let watch = tokio::spawn(async move {
         let mut events = watcher(
-            Api::<Secret>::all(watch_client),
+            Api::<DynamicObject>::all_with(watch_client, &watch_kind.resource()),
             watcher::Config::default().labels(MANAGED_LABEL),
         )
         .applied_objects()
         .boxed();
         while let Ok(Some(s)) = events.try_next().await {
-            let v = s
-                .data
-                .as_ref()
-                .and_then(|d| d.get("v"))
-                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-                .unwrap_or_default();
+            let v = watch_kind.read_v(&s);
             let mut seen = record.lock().unwrap();
             let ns = s.namespace().unwrap_or_default();
             if seen.get(&ns).map(|(old, _)| old) != Some(&v) {
@@ -221,16 +286,15 @@ async fn main() -> anyhow::Result<()> {
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), SOURCE_NS);
-    let source: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "shared" },
-        "type": "Opaque",
-        "stringData": { "v": "one", "payload": "y".repeat(2048) }
-    }))?;
+    let secrets: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), SOURCE_NS, &kind.resource());
+    let source = kind.object("shared", json!({ "v": "one", "payload": "y".repeat(2048) }))?;
     secrets.create(&PostParams::default(), &source).await?;
-    let reflector: SecretReflector = serde_json::from_value(json!({
+    let reflectors: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), SOURCE_NS, &kind.reflector_resource());
+    let reflector: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "k8s.kubit.ir/v1alpha1",
-        "kind": "SecretReflector",
+        "kind": kind.reflector(),
         "metadata": { "name": "shared" },
         "spec": {
             "source": { "name": "shared" },
@@ -238,7 +302,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }))?;
     let created = Instant::now();
-    Api::<SecretReflector>::namespaced(client.clone(), SOURCE_NS)
+    reflectors
         .create(&PostParams::default(), &reflector)
         .await?;
     let first = wait_all(&seen, "one", args.namespaces, created).await?;
@@ -250,39 +314,46 @@ async fn main() -> anyhow::Result<()> {
         .patch(
             "shared",
             &PatchParams::default(),
-            &Patch::Merge(json!({ "stringData": { "v": "two" } })),
+            &Patch::Merge(kind.data(json!({ "v": "two" }))),
         )
         .await?;
     let update = wait_all(&seen, "two", args.namespaces, changed).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss_after, hwm_after) = rss_kib(pid);
     watch.abort();
-    let summary = Api::<SecretReflector>::namespaced(client.clone(), SOURCE_NS)
+    let summary = reflectors
         .get("shared")
         .await?
-        .status
-        .and_then(|s| s.summary)
-        .unwrap_or_default();
+        .data
+        .pointer("/status/summary")
+        .and_then(|s| s.as_str())
+        .unwrap_or_default()
+        .to_owned();
 
     println!();
     println!(
-        "reflector-controller (release, --concurrency={}), {} target namespaces, {} unrelated Secrets",
-        args.concurrency, args.namespaces, args.unrelated_secrets
+        "reflector-controller (release, --concurrency={}, --kinds={}), {} target namespaces, {} unrelated {}s",
+        args.concurrency,
+        args.kind,
+        args.namespaces,
+        args.unrelated_secrets,
+        kind.name()
     );
     println!(
         "  ready (caches synced) {:.2}s after start",
         ready_after.as_secs_f64()
     );
     println!(
-        "  RSS with only the unrelated Secrets: {:.1} MiB (peak {:.1} MiB; their raw data: {:.1} MiB)",
+        "  RSS with only the unrelated objects: {:.1} MiB (peak {:.1} MiB; their raw data: {:.1} MiB)",
         mib(rss_idle),
         mib(hwm_idle),
         raw_bytes as f64 / 1048576.0
     );
     println!(
-        "  one source -> {} namespaces: {:.2}s (SecretReflector created -> last copy seen)",
+        "  one source -> {} namespaces: {:.2}s ({} created -> last copy seen)",
         args.namespaces,
-        first.as_secs_f64()
+        first.as_secs_f64(),
+        kind.reflector()
     );
     println!(
         "  RSS holding {} copies: {:.1} MiB (peak {:.1} MiB)",
