@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The operator's main job on an embedded default: a local control plane with the CRDs and the admission
-# policies, all three controllers running against it, and the samples applied. Ctrl-C stops the controllers
-# and the chart repository; the control plane keeps running until `make cluster-down`.
+# policies, all three controllers running against it, and the samples applied. Ctrl-C stops the controllers,
+# the chart repository and the OCI registry; the control plane keeps running until `make cluster-down`.
 #
 # Overrides (the e2e test tests/tests/make_run.rs runs a second instance next to a developer's `make run`):
 #   PACK_OPERATOR_RUN_DIR        state directory of the control plane and the logs (default .cluster)
 #   PACK_OPERATOR_CHART_PORT     port of the samples' chart repository (default 8879)
+#   PACK_OPERATOR_REGISTRY_PORT  port of the samples' OCI registry (default 8880)
 #   PACK_OPERATOR_METRICS_PORT   metrics port of pack-controller; reflector and redeploy take the next two
 #                                (default 18080)
 #   PACK_OPERATOR_BIN_DIR        run the workspace binaries found there instead of `cargo build`ing them
@@ -22,6 +23,7 @@ cd "$root"
 mkdir -p "${PACK_OPERATOR_RUN_DIR:-.cluster}"
 run=$(cd "${PACK_OPERATOR_RUN_DIR:-.cluster}" && pwd)
 chart_port=${PACK_OPERATOR_CHART_PORT:-8879}
+registry_port=${PACK_OPERATOR_REGISTRY_PORT:-8880}
 metrics_port=${PACK_OPERATOR_METRICS_PORT:-18080}
 start=$SECONDS
 step() { echo "==> $* (at $((SECONDS - start))s)" >&2; }
@@ -39,14 +41,14 @@ stop_children() {
 }
 interrupted() {
   echo >&2
-  echo "stopping the controllers and the chart repository; the control plane keeps running (\`make cluster-down\` stops it)" >&2
+  echo "stopping the controllers, the chart repository and the OCI registry; the control plane keeps running (\`make cluster-down\` stops it)" >&2
   stop_children
   exit 130
 }
 trap stop_children EXIT
 trap interrupted INT TERM
 
-step "tools: kube-apiserver, kube-controller-manager, kubectl, etcd, helm (hack/tools.sh; built once, ~30 min on 2 cores)"
+step "tools: kube-apiserver, kube-controller-manager, kubectl, etcd, helm, registry (hack/tools.sh; built once, ~30 min on 2 cores)"
 tools=$(hack/tools.sh)
 if [[ -n "${PACK_OPERATOR_BIN_DIR:-}" ]]; then
   bin=$(cd "$PACK_OPERATOR_BIN_DIR" && pwd)
@@ -80,6 +82,48 @@ done
 pids+=($!)
 echo "serving genpack 0.1.0, 0.1.3, 0.2.0, 1.0.0 at http://127.0.0.1:$chart_port/ (the samples' kubit-packs)"
 
+# The samples' kubit-packs-oci (deploy/samples/oci-repository.yaml) points at oci://127.0.0.1:8880/charts:
+# a CNCF Distribution registry (the e2e tests' one, tests/src/registry.rs) on loopback over plain HTTP,
+# its storage in the run dir, with the same genpack archives pushed by the pinned helm.
+step "OCI registry for the samples: genpack pushed with helm push"
+registry=$run/registry
+rm -rf "$registry" && mkdir -p "$registry"
+cat >"$registry/config.yml" <<CONFIG
+version: 0.1
+log:
+  level: info
+  formatter: text
+storage:
+  filesystem:
+    rootdirectory: $registry/storage
+http:
+  addr: 127.0.0.1:$registry_port
+CONFIG
+"$tools/registry" serve "$registry/config.yml" >"$run/registry.log" 2>&1 &
+registry_pid=$!
+pids+=("$registry_pid")
+for ((i = 0; ; i++)); do
+  if ! kill -0 "$registry_pid" 2>/dev/null; then
+    echo "the registry ended at start (port $registry_port taken? set PACK_OPERATOR_REGISTRY_PORT); $run/registry.log:" >&2
+    cat "$run/registry.log" >&2
+    exit 1
+  fi
+  # The registry listens: bash's /dev/tcp connects (in a subshell, which closes it).
+  if (: </dev/tcp/127.0.0.1/"$registry_port") 2>/dev/null; then break; fi
+  if ((i >= 300)); then
+    echo "the registry does not listen on 127.0.0.1:$registry_port after 30s; see $run/registry.log" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+for v in 0.1.0 0.1.3 0.2.0 1.0.0; do
+  if ! pushed=$("$tools/helm" push "$repo/genpack-$v.tgz" "oci://127.0.0.1:$registry_port/charts" --plain-http 2>&1); then
+    echo "helm push of genpack $v failed: $pushed" >&2
+    exit 1
+  fi
+done
+echo "serving genpack 0.1.0, 0.1.3, 0.2.0, 1.0.0 at oci://127.0.0.1:$registry_port/charts (the samples' kubit-packs-oci), log in $run/registry.log"
+
 step "controllers"
 # pack-controller runs the pinned helm (flag --helm-binary / env HELM_BINARY) in its work dir.
 export HELM_BINARY="$tools/helm" PACK_WORK_DIR="$run/pack-work"
@@ -98,7 +142,8 @@ if [[ -d deploy/samples ]] && compgen -G "deploy/samples/*.yaml" >/dev/null; the
   samples=$run/samples
   rm -rf "$samples" && mkdir -p "$samples"
   for f in deploy/samples/*.yaml; do
-    sed "s#http://127.0.0.1:8879/#http://127.0.0.1:$chart_port/#g" "$f" >"$samples/$(basename "$f")"
+    sed -e "s#http://127.0.0.1:8879/#http://127.0.0.1:$chart_port/#g" \
+      -e "s#oci://127.0.0.1:8880/#oci://127.0.0.1:$registry_port/#g" "$f" >"$samples/$(basename "$f")"
   done
   # Samples may refer to CRDs just installed; retry briefly while discovery catches up.
   applied=
@@ -111,11 +156,11 @@ if [[ -d deploy/samples ]] && compgen -G "deploy/samples/*.yaml" >/dev/null; the
     exit 1
   fi
   # Show the samples at work: the Pack installed by helm, the reflector's copies.
-  step "waiting (up to 120s) for the sample Pack to be Applied"
-  if $kubectl wait pack/test -n default --for=jsonpath='{.status.state}'=Applied --timeout=120s; then
+  step "waiting (up to 120s) for the sample Packs test (HTTP repository) and test-oci (OCI) to be Applied"
+  if $kubectl wait pack/test pack/test-oci -n default --for=jsonpath='{.status.state}'=Applied --timeout=120s; then
     $kubectl get packs,clusterpackrepositories,secretreflectors -A
   else
-    echo "the sample Pack is not Applied after 120s; see $run/pack-controller.log and:" >&2
+    echo "the sample Packs are not Applied after 120s; see $run/pack-controller.log and:" >&2
     $kubectl get packs -A -o wide >&2 || true
   fi
 fi

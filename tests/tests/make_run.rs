@@ -1,6 +1,7 @@
 //! `make run` (hack/run.sh) as a user runs it, on its own state directory and ports so it never meets a
-//! developer's `make run`: it installs the admission policies, its logs are plain text, and Ctrl-C (SIGINT
-//! to its process group, twice) stops everything it started except the control plane.
+//! developer's `make run`: it installs the admission policies, the sample Pack of its local OCI registry is
+//! installed, its logs are plain text, and Ctrl-C (SIGINT to its process group, twice) stops everything it
+//! started except the control plane.
 //!
 //! It starts its own control plane (through run.sh's `testcluster up`): the three controllers run
 //! cluster-wide and would act on the objects of the other tests in the shared one.
@@ -142,6 +143,39 @@ fn dry_run(kubeconfig: &Path, manifest: &str) -> Result<String, String> {
     }
 }
 
+/// Waits (up to 60s) until the sample Pack `test-oci` (deploy/samples/oci-repository.yaml, from run.sh's
+/// registry on `port`) is Ready=True Applied with a `status.chartRef` from that registry; returns it.
+fn oci_sample_chart_ref(kubeconfig: &Path, port: u16) -> String {
+    let from = format!("oci://127.0.0.1:{port}/charts/genpack");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new(tool("kubectl").unwrap())
+            .args(["get", "pack", "test-oci", "-n", "default", "-o", "json"])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .output()
+            .unwrap();
+        let pack: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let status = &pack["status"];
+        let ready = status["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"));
+        if let (Some(ready), Some(chart_ref)) = (ready, status["chartRef"].as_str())
+            && ready["status"] == "True"
+            && ready["reason"] == "Applied"
+            && chart_ref.starts_with(&from)
+        {
+            return chart_ref.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Pack test-oci is not Ready=True Applied from {from} after 60s: {status:#}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 const INVALID_WATCH: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -176,6 +210,7 @@ fn run_then_ctrl_c(dir: &Path, bin_dir: &Path, sigint_ignored_on_entry: bool) {
     let root = workspace_root();
     let out_path = dir.join(format!("run-sigint-ignored-{sigint_ignored_on_entry}.out"));
     let out = fs::File::create(&out_path).unwrap();
+    let registry_port = free_port().unwrap();
     let mut run = Command::new("env");
     if sigint_ignored_on_entry {
         run.arg("--ignore-signal=INT");
@@ -185,6 +220,7 @@ fn run_then_ctrl_c(dir: &Path, bin_dir: &Path, sigint_ignored_on_entry: bool) {
         .arg(root.join("hack/run.sh"))
         .env("PACK_OPERATOR_RUN_DIR", dir)
         .env("PACK_OPERATOR_CHART_PORT", free_port().unwrap().to_string())
+        .env("PACK_OPERATOR_REGISTRY_PORT", registry_port.to_string())
         .env("PACK_OPERATOR_METRICS_PORT", three_ports().to_string())
         // The binaries `cargo test` built: a `cargo build` from inside the test would fight it.
         .env("PACK_OPERATOR_BIN_DIR", bin_dir)
@@ -217,7 +253,7 @@ fn run_then_ctrl_c(dir: &Path, bin_dir: &Path, sigint_ignored_on_entry: bool) {
     }
     let started = output(&out_path);
     assert!(
-        started.contains("admission policies") && !started.contains("is not Applied"),
+        started.contains("admission policies") && !started.contains("not Applied"),
         "{started}"
     );
 
@@ -237,11 +273,21 @@ fn run_then_ctrl_c(dir: &Path, bin_dir: &Path, sigint_ignored_on_entry: bool) {
     };
     assert!(refusal.contains("ConfigMap/test-cm-1"), "{refusal}");
 
-    // What Ctrl-C must stop: run.sh, chartrepo and the three controllers.
+    // The OCI sample: genpack pushed to this run's registry (the second run's port differs: the Pack
+    // follows its repository's new URL), installed from it, pinned by manifest digest.
+    let chart_ref = oci_sample_chart_ref(&kubeconfig, registry_port);
+    assert!(chart_ref.contains("@sha256:"), "{chart_ref}");
+    assert!(
+        dir.join("bin/registry").exists(),
+        "no bin/registry in the run dir"
+    );
+
+    // What Ctrl-C must stop: run.sh, chartrepo, the registry and the three controllers.
     let before = group(pgid);
     for name in [
         "hack/run.sh",
         "chartrepo",
+        "registry serve",
         "pack-controller",
         "reflector-controller",
         "redeploy-controller",
@@ -311,6 +357,7 @@ fn run_then_ctrl_c(dir: &Path, bin_dir: &Path, sigint_ignored_on_entry: bool) {
         "pack-controller",
         "reflector-controller",
         "redeploy-controller",
+        "registry",
     ] {
         let log = output(&dir.join(format!("{c}.log")));
         assert!(!log.is_empty(), "{c}.log is empty");

@@ -126,6 +126,7 @@ fn link_tools(dir: &Path) -> anyhow::Result<()> {
         "etcd",
         "kube-apiserver",
         "kube-controller-manager",
+        "registry",
     ] {
         let link = bin.join(name);
         let _ = fs::remove_file(&link);
