@@ -15,6 +15,7 @@ use e2e::{
     cluster::{ControlPlane, client_from},
     controller::ControllerProcess,
     packs::{ChartServer, create_genpack_pack, served_repository},
+    registry::Registry,
     test_env,
     tools::workspace_root,
     wait,
@@ -1806,6 +1807,39 @@ async fn apply_text(kubeconfig: &Path, text: &str) {
     panic!("kubectl apply failed: {last}");
 }
 
+/// Waits until sample Pack `name` is Applied at 0.2.0 (with a `status.chartRef` starting `chart_ref`).
+async fn wait_sample_pack(
+    packs: &Api<Pack>,
+    name: &str,
+    chart_ref: Option<&str>,
+    controller: &ControllerProcess,
+) {
+    wait::until(
+        &format!("sample Pack {name} installed at 0.2.0"),
+        TIMEOUT,
+        EVERY,
+        || async {
+            let s = packs
+                .get(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            let pinned =
+                chart_ref.is_none_or(|p| s.chart_ref.as_deref().is_some_and(|r| r.starts_with(p)));
+            if s.version.as_deref() == Some("0.2.0")
+                && s.state == Some(common::crd::pack::PackState::Applied)
+                && pinned
+            {
+                Ok(Some(()))
+            } else {
+                Err(format!("{s:?}\n{}", controller.logs()))
+            }
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn samples_apply_and_work_on_a_cluster_with_the_chart_installed() {
     // A private control plane: the whole chart (CRDs, policies, RBAC) installed as a user would.
@@ -1829,6 +1863,11 @@ async fn samples_apply_and_work_on_a_cluster_with_the_chart_installed() {
         &["0.1.0", "0.1.3", "0.2.0", "1.0.0"],
     )
     .await;
+    // The OCI sample's registry (make run's 127.0.0.1:8880): the e2e registry with the same versions.
+    let registry = Registry::start(&format!("chart-samples-{}", random_suffix()), false).await;
+    for v in ["0.1.0", "0.1.3", "0.2.0", "1.0.0"] {
+        registry.push_genpack(v);
+    }
     let samples = workspace_root().join("deploy/samples");
     let mut files: Vec<_> = std::fs::read_dir(&samples)
         .unwrap()
@@ -1840,7 +1879,8 @@ async fn samples_apply_and_work_on_a_cluster_with_the_chart_installed() {
     for file in files {
         let text = std::fs::read_to_string(&file)
             .unwrap()
-            .replace("http://127.0.0.1:8879/", &server.url);
+            .replace("http://127.0.0.1:8879/", &server.url)
+            .replace("oci://127.0.0.1:8880/charts", &registry.repository_url());
         apply_text(&kubeconfig, &text).await;
     }
 
@@ -1912,27 +1952,10 @@ async fn samples_apply_and_work_on_a_cluster_with_the_chart_installed() {
         .await;
     }
     let packs: Api<Pack> = Api::namespaced(client.clone(), "default");
-    wait::until(
-        "sample Pack test installed at 0.2.0",
-        TIMEOUT,
-        EVERY,
-        || async {
-            let s = packs
-                .get("test")
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
-            if s.version.as_deref() == Some("0.2.0")
-                && s.state == Some(common::crd::pack::PackState::Applied)
-            {
-                Ok(Some(()))
-            } else {
-                Err(format!("{s:?}\n{}", pack.logs()))
-            }
-        },
-    )
-    .await;
+    wait_sample_pack(&packs, "test", None, &pack).await;
+    // The OCI sample: installed from the registry, pinned by manifest digest.
+    let oci_ref = format!("{}/genpack@sha256:", registry.repository_url());
+    wait_sample_pack(&packs, "test-oci", Some(&oci_ref), &pack).await;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     for name in ["test-web", "test-worker"] {
