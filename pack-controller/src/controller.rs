@@ -69,6 +69,8 @@ pub struct Settings {
     /// `--default-service-account`: the ServiceAccount of its own namespace that a Pack without
     /// `spec.serviceAccountName` runs as (lock-down mode of a multi-tenant cluster).
     pub default_service_account: Option<String>,
+    /// `--allow-cross-namespace-dependencies`: `spec.dependsOn` may name Packs of other namespaces.
+    pub allow_cross_namespace_dependencies: bool,
 }
 
 /// The Packs of `store` that reference the repository cached under `key`
@@ -202,6 +204,8 @@ pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
         namespaces: settings.namespaces.clone(),
         default_service_account: settings.default_service_account.clone(),
         config,
+        allow_cross_namespace_dependencies: settings.allow_cross_namespace_dependencies,
+        packs: controller.store(),
     });
     let packs = controller
         .graceful_shutdown_on(leading.stop.clone().cancelled_owned())
@@ -278,12 +282,22 @@ fn pack_controller(client: &Client, settings: &Settings, cache: &IndexCache) -> 
             if let Ok(event) = &event {
                 indexing.follow(event);
             }
-            if let Ok(watcher::Event::Apply(p)) = &event {
-                let _ = changed_packs.send((p.namespace().unwrap_or_default(), p.name_any()));
-            }
             event
         })
         .reflect(writer)
+        // After the cache has the change: a Pack woken by it reads its dependencies' state from there.
+        .map(move |event| {
+            match &event {
+                Ok(watcher::Event::Apply(p)) => {
+                    let _ = changed_packs.send(PackChange::of(p, false));
+                }
+                Ok(watcher::Event::Delete(p)) => {
+                    let _ = changed_packs.send(PackChange::of(p, true));
+                }
+                _ => {}
+            }
+            event
+        })
         .applied_objects();
     let controller = Controller::for_stream(pack_stream, reader)
         .with_config(controller::Config::default().concurrency(settings.concurrency));
@@ -494,25 +508,53 @@ where
     }))
 }
 
-/// `spec.dependsOn`: a Pack changed (its status too): the Packs of its namespace that depend on it.
+/// A Pack seen by the Pack watch, for `spec.dependsOn` wake-ups.
+struct PackChange {
+    namespace: String,
+    name: String,
+    /// The Packs it depends on, when it is being deleted or gone: a dependency waiting to be uninstalled
+    /// after it ([`crate::depends::deleting_dependents`]) goes on.
+    release_dependencies: Vec<(String, String)>,
+}
+
+impl PackChange {
+    fn of(p: &Pack, gone: bool) -> Self {
+        let leaving = gone || p.metadata.deletion_timestamp.is_some();
+        PackChange {
+            namespace: p.namespace().unwrap_or_default(),
+            name: p.name_any(),
+            release_dependencies: if leaving {
+                crate::depends::dependencies(p)
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
+/// `spec.dependsOn`: a Pack changed (its status too): the Packs that depend on it; and when it is being
+/// deleted or gone, the Packs it depends on.
 fn dependents(
-    changed: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    changed: tokio::sync::mpsc::UnboundedReceiver<PackChange>,
     store: Store<Pack>,
 ) -> impl futures::Stream<Item = ObjectRef<Pack>> + Send + 'static {
     futures::stream::unfold(
         changed,
         |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
     )
-    .flat_map(move |(ns, name)| {
-        let packs: Vec<ObjectRef<Pack>> = store
+    .flat_map(move |change| {
+        let mut packs: Vec<ObjectRef<Pack>> = store
             .state()
             .iter()
-            .filter(|p| {
-                p.namespace().as_deref() == Some(ns.as_str())
-                    && p.spec.depends_on.iter().any(|d| d.name == name)
-            })
+            .filter(|p| crate::depends::depends_on(p, &change.namespace, &change.name))
             .map(|p| ObjectRef::from_obj(p.as_ref()))
             .collect();
+        packs.extend(
+            change
+                .release_dependencies
+                .iter()
+                .map(|(ns, name)| ObjectRef::new(name).within(ns)),
+        );
         futures::stream::iter(packs)
     })
 }

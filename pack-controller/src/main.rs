@@ -69,6 +69,19 @@ struct Cli {
     /// Empty: such Packs run with the controller's own rights.
     #[arg(long, env = "DEFAULT_SERVICE_ACCOUNT", default_value = "")]
     default_service_account: String,
+
+    /// Lets `spec.dependsOn` name Packs of other namespaces (refused as CrossNamespaceDependency
+    /// otherwise). Off by default: a tenant's Pack then cannot observe or wait on another team's Packs.
+    #[arg(
+        long,
+        env = "ALLOW_CROSS_NAMESPACE_DEPENDENCIES",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    allow_cross_namespace_dependencies: bool,
 }
 
 #[tokio::main]
@@ -97,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
         concurrency: cli.runtime.concurrency,
         resync: cli.resync_interval,
         default_service_account: Some(cli.default_service_account).filter(|s| !s.is_empty()),
+        allow_cross_namespace_dependencies: cli.allow_cross_namespace_dependencies,
         helm: HelmConfig {
             binary: cli.helm_binary,
             work_dir: cli.work_dir,

@@ -61,6 +61,10 @@ const WARM_UP: Duration = Duration::from_secs(2);
 /// not watched; the built-in kinds are, see [`controller::WAKING_KINDS`]).
 const CUSTOM_RESOURCE_RECHECK: Duration = Duration::from_secs(10);
 
+/// How long a Pack being deleted that others depend on waits for them to be deleted too (a batch
+/// delete) before it is uninstalled anyway.
+const DELETION_SETTLE: Duration = Duration::from_secs(5);
+
 /// State shared by every reconcile.
 pub struct Context {
     pub client: Client,
@@ -87,6 +91,10 @@ pub struct Context {
     /// The controller's client configuration, from which clients impersonating a Pack's ServiceAccount
     /// are made.
     pub config: kube::Config,
+    /// `--allow-cross-namespace-dependencies`: `spec.dependsOn` may name Packs of other namespaces.
+    pub allow_cross_namespace_dependencies: bool,
+    /// The Pack watch's cache (the Packs in scope).
+    pub packs: kube::runtime::reflector::Store<Pack>,
 }
 
 pub(crate) async fn reconcile(pack: Arc<Pack>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -459,6 +467,17 @@ async fn hold(
     Ok(Action::requeue(requeue))
 }
 
+/// The Packs `spec.dependsOn` relations are looked up among: those of `pack`'s namespace, or of every
+/// namespace with `--allow-cross-namespace-dependencies`. One list request.
+async fn related_packs(ctx: &Context, pack: &Pack) -> Result<Vec<Pack>, Error> {
+    let api: Api<Pack> = if ctx.allow_cross_namespace_dependencies {
+        Api::all(ctx.client.clone())
+    } else {
+        Api::namespaced(ctx.client.clone(), &namespace(pack))
+    };
+    Ok(api.list(&Default::default()).await?.items)
+}
+
 /// `spec.dependsOn`: None to go on; otherwise the Pack was reported waiting (`DependencyNotReady`, woken
 /// when a dependency changes) or on a cycle (`DependencyCycle`). One list of the namespace's Packs, only
 /// for a Pack with dependencies.
@@ -466,11 +485,20 @@ async fn dependencies(ctx: &Context, pack: &Pack) -> Result<Option<Action>, Erro
     if pack.spec.depends_on.is_empty() {
         return Ok(None);
     }
-    let api: Api<Pack> = Api::namespaced(ctx.client.clone(), &namespace(pack));
-    let packs = api.list(&Default::default()).await?.items;
+    let packs = related_packs(ctx, pack).await?;
     let generation = pack.metadata.generation;
-    let (next, reason, note) = match depends::gate(&pack.name_any(), &packs) {
+    let gate = depends::gate(
+        &namespace(pack),
+        &pack.name_any(),
+        &packs,
+        ctx.allow_cross_namespace_dependencies,
+    );
+    let (next, reason, note) = match gate {
         depends::Gate::Proceed => return Ok(None),
+        depends::Gate::Refused(r) => {
+            let next = status::dependency_refused(status::base(pack), &r, generation);
+            (next, status::CROSS_NAMESPACE_DEPENDENCY, r.join(", "))
+        }
         depends::Gate::Waiting(w) => {
             let next = status::dependencies_not_ready(status::base(pack), &w, generation);
             (next, status::DEPENDENCY_NOT_READY, w.join(", "))
@@ -489,7 +517,7 @@ async fn dependencies(ctx: &Context, pack: &Pack) -> Result<Option<Action>, Erro
     write_status(ctx, pack, &next).await?;
     if was != message {
         debug!(dependencies = %note, "{reason}");
-        let type_ = if reason == status::DEPENDENCY_CYCLE {
+        let type_ = if reason != status::DEPENDENCY_NOT_READY {
             EventType::Warning
         } else {
             EventType::Normal
@@ -770,6 +798,9 @@ async fn cleanup(pack: &Pack, ctx: &Context) -> Result<Cleanup, Error> {
             .await;
         }
         Some(_) => {
+            if let Some(wait) = dependents_first(ctx, pack).await? {
+                return Ok(Cleanup::Wait(wait));
+            }
             if let Some(wait) = uninstall(ctx, pack).await? {
                 debug!(?wait, "backing off after a failed uninstall");
                 return Ok(Cleanup::Wait(Action::requeue(wait)));
@@ -778,6 +809,69 @@ async fn cleanup(pack: &Pack, ctx: &Context) -> Result<Cleanup, Error> {
     }
     ctx.states.set(&state_key(pack), None);
     Ok(Cleanup::Done(Action::await_change()))
+}
+
+/// Deletion order of `spec.dependsOn`: while Packs that depend on `pack` are being deleted too, its
+/// release waits (`WaitingForDependents`; their removal wakes it). Read from the controller's Pack cache:
+/// no request.
+async fn dependents_first(ctx: &Context, pack: &Pack) -> Result<Option<Action>, Error> {
+    let packs: Vec<Pack> = ctx
+        .packs
+        .state()
+        .iter()
+        .map(|p| p.as_ref().clone())
+        .collect();
+    let dependents = depends::deleting_dependents(
+        &namespace(pack),
+        &pack.name_any(),
+        &packs,
+        ctx.allow_cross_namespace_dependencies,
+    );
+    if dependents.is_empty() {
+        // Dependents that stay do not hold it, but a batch delete (`kubectl delete -f`) may be marking
+        // them right now: give it DELETION_SETTLE from this Pack's own deletion to arrive.
+        let settling = pack
+            .metadata
+            .deletion_timestamp
+            .as_ref()
+            .and_then(|at| {
+                let since = k8s_openapi::jiff::Timestamp::now().duration_since(at.0);
+                DELETION_SETTLE.checked_sub(Duration::try_from(since).ok()?)
+            })
+            .filter(|left| !left.is_zero());
+        let has_dependents = depends::has_dependents(
+            &namespace(pack),
+            &pack.name_any(),
+            &packs,
+            ctx.allow_cross_namespace_dependencies,
+        );
+        return Ok(settling.filter(|_| has_dependents).map(Action::requeue));
+    }
+    let next =
+        status::waiting_for_dependents(status::base(pack), &dependents, pack.metadata.generation);
+    let was = pack
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+        .map(|c| c.reason.clone());
+    write_status(ctx, pack, &next).await?;
+    if was.as_deref() != Some(status::WAITING_FOR_DEPENDENTS) {
+        let note = format!(
+            "uninstalling after the Packs that depend on it: {}",
+            dependents.join(", ")
+        );
+        info!("{note}");
+        publish(
+            ctx,
+            pack,
+            EventType::Normal,
+            status::WAITING_FOR_DEPENDENTS,
+            "Uninstall",
+            &note,
+        )
+        .await;
+    }
+    Ok(Some(Action::requeue(jitter(ctx.resync))))
 }
 
 /// Runs `helm uninstall` for the Pack's release, unless a failed one is still in its backoff (then how

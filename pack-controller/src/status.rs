@@ -36,6 +36,10 @@ pub const NOT_READY: &str = "NotReady";
 /// `spec.dependsOn`: a dependency is not `Ready`; a cycle.
 pub const DEPENDENCY_NOT_READY: &str = "DependencyNotReady";
 pub const DEPENDENCY_CYCLE: &str = "DependencyCycle";
+/// `spec.dependsOn` names a Pack of another namespace and the controller does not allow it.
+pub const CROSS_NAMESPACE_DEPENDENCY: &str = "CrossNamespaceDependency";
+/// A Pack being deleted waits until the Packs depending on it, deleted too, are gone.
+pub const WAITING_FOR_DEPENDENTS: &str = "WaitingForDependents";
 
 /// The status to start from: the current one with `observedGeneration` of this spec.
 pub fn base(pack: &Pack) -> PackStatus {
@@ -284,6 +288,60 @@ pub fn dependency_cycle(
         );
     }
     conditions::remove(&mut status.conditions, conditions::RECONCILING);
+    status
+}
+
+/// `spec.dependsOn` names Packs of other namespaces, which the controller does not allow: `Invalid`,
+/// `Stalled` until the spec changes.
+pub fn dependency_refused(
+    mut status: PackStatus,
+    refused: &[String],
+    generation: Option<i64>,
+) -> PackStatus {
+    let message = format!(
+        "spec.dependsOn names Packs of other namespaces ({}), which this controller does not allow: \
+         depend on Packs of this namespace only, or run the controller with \
+         --allow-cross-namespace-dependencies (chart: packController.allowCrossNamespaceDependencies)",
+        refused.join(", ")
+    );
+    status.state = Some(PackState::Invalid);
+    for (type_, is) in [(conditions::READY, false), (conditions::STALLED, true)] {
+        conditions::set(
+            &mut status.conditions,
+            conditions::new(
+                type_,
+                is,
+                CROSS_NAMESPACE_DEPENDENCY,
+                message.clone(),
+                generation,
+            ),
+        );
+    }
+    conditions::remove(&mut status.conditions, conditions::RECONCILING);
+    status
+}
+
+/// A Pack being deleted waits for the Packs that depend on it and are deleted too.
+pub fn waiting_for_dependents(
+    mut status: PackStatus,
+    dependents: &[String],
+    generation: Option<i64>,
+) -> PackStatus {
+    let message = format!(
+        "deleting: the release is uninstalled once the Packs that depend on it and are deleted too \
+         are gone: {}",
+        dependents.join(", ")
+    );
+    conditions::set(
+        &mut status.conditions,
+        conditions::new(
+            conditions::READY,
+            false,
+            WAITING_FOR_DEPENDENTS,
+            message,
+            generation,
+        ),
+    );
     status
 }
 

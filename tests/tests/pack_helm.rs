@@ -3,7 +3,11 @@
 //! deletion, reports Helm's failures and recovers, rolls back when asked, leaves releases it does not own
 //! alone, and recovers a release left pending by a killed Helm process.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use common::crd::{Pack, pack::PackState};
 use e2e::{
@@ -1597,4 +1601,64 @@ async fn depends_on_orders_two_packs_and_reports_a_cycle() {
         ("True", "DependencyCycle")
     );
     f.wait_event("x", "DependencyCycle", "x → y → x").await;
+
+    // Another namespace: refused without --allow-cross-namespace-dependencies, saying how to allow it.
+    let mut far = dependent_pack(&f.repo.name, "far", &[]);
+    far["spec"]["dependsOn"] = json!([{"name": "db", "namespace": "elsewhere"}]);
+    f.create(far).await;
+    wait_row(
+        &f,
+        "far",
+        &[
+            ("STATUS", "Invalid"),
+            (
+                "MESSAGE",
+                "spec.dependsOn names Packs of other namespaces (elsewhere/db)",
+            ),
+        ],
+        &controller,
+    )
+    .await;
+    f.wait_event(
+        "far",
+        "CrossNamespaceDependency",
+        "--allow-cross-namespace-dependencies",
+    )
+    .await;
+
+    // Deleted together, the database is uninstalled after the app that depends on it: deleted first
+    // here, db waits (WaitingForDependents) until app is gone.
+    let order = Arc::new(Mutex::new(Vec::<String>::new()));
+    for name in ["db", "app"] {
+        f.packs.delete(name, &Default::default()).await.unwrap();
+    }
+    wait::until(
+        "db and app gone",
+        TIMEOUT,
+        Duration::from_millis(50),
+        || async {
+            // app first: when both went within one poll, the order cannot be told and the Event decides.
+            for name in ["app", "db"] {
+                if f.packs.get_opt(name).await.unwrap().is_none() {
+                    let mut order = order.lock().unwrap();
+                    if !order.iter().any(|n| n == name) {
+                        order.push(name.to_owned());
+                    }
+                }
+            }
+            let order = order.lock().unwrap().clone();
+            if order.len() == 2 {
+                Ok(Some(()))
+            } else {
+                Err(order)
+            }
+        },
+    )
+    .await;
+    f.wait_event("db", "WaitingForDependents", "app").await;
+    assert_eq!(
+        *order.lock().unwrap(),
+        ["app", "db"],
+        "the dependency goes last"
+    );
 }

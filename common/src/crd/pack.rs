@@ -153,9 +153,18 @@ pub struct DriftIgnoreTarget {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PackDependency {
-    /// The Pack's name, in this Pack's namespace.
+    /// The Pack's name.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// Its namespace; default this Pack's. Another namespace is accepted only when the controller runs
+    /// with `--allow-cross-namespace-dependencies` (off by default: refused as
+    /// `CrossNamespaceDependency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub namespace: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -87,6 +87,8 @@ fn context(client: Client) -> (Arc<Context>, PathBuf) {
         namespaces: vec![],
         default_service_account: None,
         config: kube::Config::new("http://127.0.0.1:1".parse().unwrap()),
+        allow_cross_namespace_dependencies: false,
+        packs: kube::runtime::reflector::store().0,
     };
     (Arc::new(ctx), work_dir)
 }
