@@ -11,6 +11,8 @@ use k8s_openapi::api::{
 };
 use kube::{Api, Client, api::PostParams};
 
+pub mod pack_variants;
+
 /// (resident set, its high-water mark) of process `pid`, in KiB; 0 when unreadable.
 pub fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
