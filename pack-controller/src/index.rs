@@ -32,5 +32,5 @@ pub use http::{
     HttpFetcher,
 };
 pub use oci::{OciRequest, registry_credentials, registry_location, tag_version};
-pub use parse::{ChartVersionEntry, RepositoryIndex, parse_index};
+pub use parse::{ChartDigest, ChartVersionEntry, RepositoryIndex, parse_index};
 pub use source::ChartSource;

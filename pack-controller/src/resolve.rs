@@ -13,7 +13,7 @@ use common::crd::{
 use serde_json::Value;
 
 use crate::{
-    index::{ChartVersionEntry, RepositoryIndex},
+    index::{ChartDigest, ChartVersionEntry, RepositoryIndex},
     values_from::{ValuesFrom, ValuesFromError, merge_maps},
     vars::{self, VarsError},
     versions::{self, VersionConstraint, VersionError},
@@ -286,7 +286,7 @@ pub fn resolve_from(
     Ok(Resolution {
         chart,
         version: entry.version.clone(),
-        digest: entry.digest.clone(),
+        digest: entry.digest.as_ref().map(ChartDigest::hex),
         urls: entry.urls.clone(),
         values,
         secret_strings,

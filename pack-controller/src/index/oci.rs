@@ -33,7 +33,7 @@ use url::Url;
 
 use super::error::{HttpTarget, IndexError, RedactedString, redact_url};
 use super::http::{CacheValidators, FetchOutcome, HttpFetcher, transport_error};
-use super::parse::{ChartVersionEntry, RepositoryIndex};
+use super::parse::{ChartDigest, ChartVersionEntry, RepositoryIndex};
 
 /// The media type of a Helm chart's layer in its OCI manifest.
 pub const CHART_LAYER_MEDIA_TYPE: &str = "application/vnd.cncf.helm.chart.content.v1.tar+gzip";
@@ -221,7 +221,7 @@ pub async fn fetch_index(
                         session.chart_url(chart),
                         manifest.digest
                     )],
-                    digest: Some(manifest.chart_layer),
+                    digest: ChartDigest::parse(&manifest.chart_layer),
                 });
             }
             charts.insert(chart.clone(), entries);

@@ -43,8 +43,68 @@ pub struct ChartVersionEntry {
     pub version: String,
     /// Where the chart archive can be downloaded, resolved to absolute URLs (see the module docs).
     pub urls: Vec<String>,
-    /// SHA-256 of the chart archive, lowercase hex, when the index has one.
-    pub digest: Option<String>,
+    /// SHA-256 of the chart archive, when the index has one.
+    pub digest: Option<ChartDigest>,
+}
+
+/// A chart archive's digest as an index gives it: 32 bytes when it is a SHA-256 in hex (with or without
+/// `sha256:`, any case), kept that way because an index holds one per version (100,000 of them as hex
+/// strings cost ~9 MiB); anything else is kept as written, so the download's digest check fails loudly
+/// instead of being skipped.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ChartDigest {
+    Sha256([u8; 32]),
+    Other(Box<str>),
+}
+
+impl ChartDigest {
+    /// Parses an index's `digest` field; None when empty.
+    pub fn parse(digest: &str) -> Option<ChartDigest> {
+        let trimmed = digest.trim();
+        let hex = trimmed.strip_prefix("sha256:").unwrap_or(trimmed);
+        if hex.is_empty() {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        let decoded = hex.len() == 64
+            && hex
+                .as_bytes()
+                .chunks(2)
+                .zip(bytes.iter_mut())
+                .all(|(pair, out)| {
+                    std::str::from_utf8(pair)
+                        .ok()
+                        .and_then(|p| u8::from_str_radix(p, 16).ok())
+                        .map(|b| *out = b)
+                        .is_some()
+                });
+        Some(if decoded {
+            ChartDigest::Sha256(bytes)
+        } else {
+            ChartDigest::Other(hex.to_ascii_lowercase().into())
+        })
+    }
+
+    /// Lowercase hex (or the malformed value as written, lowercased).
+    pub fn hex(&self) -> String {
+        match self {
+            ChartDigest::Sha256(bytes) => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            ChartDigest::Other(s) => s.to_string(),
+        }
+    }
+}
+
+impl From<&str> for ChartDigest {
+    /// For literals and tests: [`ChartDigest::parse`], an empty string kept as `Other("")`.
+    fn from(s: &str) -> Self {
+        ChartDigest::parse(s).unwrap_or(ChartDigest::Other("".into()))
+    }
+}
+
+impl fmt::Debug for ChartDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.hex())
+    }
 }
 
 /// The parsed index of one repository: chart name → versions, in index order. Not `Clone` on purpose:
@@ -475,24 +535,9 @@ impl RawChartVersion {
         Some(ChartVersionEntry {
             version,
             urls,
-            digest: self.digest.and_then(normalize_digest),
+            digest: self.digest.as_deref().and_then(ChartDigest::parse),
         })
     }
-}
-
-fn normalize_digest(digest: String) -> Option<String> {
-    let trimmed = digest.trim();
-    let hex = trimmed.strip_prefix("sha256:").unwrap_or(trimmed);
-    if hex.is_empty() {
-        return None;
-    }
-    let mut hex = if hex.len() == digest.len() {
-        digest
-    } else {
-        hex.to_owned()
-    };
-    hex.make_ascii_lowercase();
-    Some(hex)
 }
 
 /// Resolves chart URLs of one index against the repository base (see the module docs).
@@ -587,6 +632,23 @@ pub(super) fn index_url(base: &Url) -> Result<Url, IndexError> {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+
+    #[test]
+    fn chart_digests_are_kept_as_bytes_and_malformed_ones_as_written() {
+        let hex = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+        let d = ChartDigest::parse(&format!("sha256:{}", hex.to_uppercase())).unwrap();
+        assert!(matches!(d, ChartDigest::Sha256(_)));
+        assert_eq!(d.hex(), hex);
+        assert_eq!(ChartDigest::parse(hex), Some(d));
+        let odd = ChartDigest::parse(" sha256:XYZ ").unwrap();
+        assert_eq!(odd, ChartDigest::Other("xyz".into()));
+        assert_eq!(odd.hex(), "xyz");
+        assert_eq!(ChartDigest::parse("sha256:"), None);
+        assert_eq!(
+            ChartDigest::parse(&format!("{hex}0")).unwrap().hex(),
+            format!("{hex}0")
+        );
+    }
 
     use proptest::prelude::*;
 
@@ -696,7 +758,10 @@ serverInfo:
             genpack[1].urls,
             ["https://charts.example.com/kubit-packs/genpack-0.1.0.tgz"]
         );
-        assert_eq!(genpack[1].digest.as_deref(), Some(DIGEST_B));
+        assert_eq!(
+            genpack[1].digest.as_ref().map(ChartDigest::hex).as_deref(),
+            Some(DIGEST_B)
+        );
         assert_eq!(
             genpack[2].urls,
             ["https://charts.example.com/archive/genpack-0.3.0-rc.1.tgz"]
