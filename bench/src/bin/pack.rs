@@ -361,10 +361,15 @@ async fn steady_state(
         .collect();
     let api_total = api.iter().map(|(_, n)| n).sum();
     // Leases: leader election, and the API server's own identity Lease. Core `events`: kube-controller-
-    // manager's (the controller's Events are events.k8s.io).
+    // manager's (the controller's Events are events.k8s.io), as are Deployment status writes (the
+    // controller never writes a status of the release's objects).
     let own = api
         .iter()
-        .filter(|(k, _)| !k.contains(" leases.") && !k.ends_with(" events"))
+        .filter(|(k, _)| {
+            !k.contains(" leases.")
+                && !k.ends_with(" events")
+                && !k.ends_with(" deployments.apps/status")
+        })
         .map(|(_, n)| n)
         .sum();
     Ok(Steady {
@@ -700,7 +705,7 @@ fn print_figures(args: &Args, f: &Figures) {
     );
     let api_list: Vec<String> = s.api.iter().map(|(k, n)| format!("{k} {n}")).collect();
     println!(
-        "  API requests meanwhile (WATCH not counted): {}; the controller's own (without Leases and kube-controller-manager's core Events) {} ({:.2} per reconcile): {}",
+        "  API requests meanwhile (WATCH not counted): {}; the controller's own (without Leases and kube-controller-manager's core Events and Deployment status writes) {} ({:.2} per reconcile): {}",
         s.api_total,
         s.own,
         s.own / s.reconciles.max(1.0),
