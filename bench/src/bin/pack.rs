@@ -647,16 +647,22 @@ async fn measure(
     // The informers' first lists are done and their temporaries freed.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_rest = rss_kib(controller.pid()).0;
-    let marker = variant
-        .wait
-        .then(|| spawn_ready_marker(client.clone(), PACK_NAMESPACES));
+    // The stand-in kubelet of `--wait` lists Deployments: it is stopped over the steady state, whose
+    // requests are the controller's alone.
+    let marker = || {
+        variant
+            .wait
+            .then(|| spawn_ready_marker(client.clone(), PACK_NAMESPACES))
+    };
+    let installing = marker();
     let install = install_all(args, variant, client, &controller).await;
+    installing.inspect(tokio::task::JoinHandle::abort);
     let install = install.with_context(|| format!("{} Packs: {}", args.packs, variant.label()))?;
     let steady = steady_state(args, client, &controller).await?;
-    let one = one_install(args, variant, plane, (dir, &server), client, &controller).await?;
-    if let Some(marker) = marker {
-        marker.abort();
-    }
+    let installing = marker();
+    let one = one_install(args, variant, plane, (dir, &server), client, &controller).await;
+    installing.inspect(tokio::task::JoinHandle::abort);
+    let one = one?;
     Ok(Figures {
         variant: variant.clone(),
         rss_rest,
