@@ -123,6 +123,9 @@ impl Runtime {
         )
         .await?;
         let server = tokio::spawn(server);
+        // Freed memory goes back to the system (after an initial list, an index refresh), not only
+        // from the arenas' tops: see common::alloc.
+        let trimming = tokio::spawn(crate::alloc::trim_periodically());
 
         let mut start = {
             let client = client.clone();
@@ -189,6 +192,7 @@ impl Runtime {
         // Stop serving whatever ended the controller, then report the first error.
         shutdown.cancel();
         serving.cancel();
+        trimming.abort();
         let served = server
             .await
             .map_err(|e| Error::ControllerPanicked(e.to_string()))?;
