@@ -4,10 +4,10 @@
 //! against the index's digest — then `helm template` instead of `helm upgrade`. Nothing is written to the
 //! cluster.
 
-use std::path::PathBuf;
+use std::{collections::HashMap, path::PathBuf};
 
 use common::crd::{Pack, pack::ValuesSourceKind};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -164,7 +164,8 @@ impl Renderer {
 }
 
 /// Reads and merges `pack.spec.valuesFrom` from its namespace; `lenient`: a missing or broken entry is
-/// skipped instead of failing the merge (for what uninstall must blank out).
+/// skipped instead of failing the merge (for what uninstall must blank out). Each object is read once,
+/// however many entries name it.
 pub async fn read_values_from(
     client: &Client,
     pack: &Pack,
@@ -173,24 +174,30 @@ pub async fn read_values_from(
 ) -> Result<Result<ValuesFrom, ValuesFromError>, kube::Error> {
     let ns = pack.namespace().unwrap_or_default();
     let mut merge = Merge::new(&ns, max_values_bytes);
+    let mut secrets: HashMap<&str, Option<Secret>> = HashMap::new();
+    let mut config_maps: HashMap<&str, Option<ConfigMap>> = HashMap::new();
     for (index, entry) in pack.spec.values_from.iter().enumerate() {
         let key = entry.key();
+        let name = entry.name.as_str();
         let fetched = match entry.kind {
             ValuesSourceKind::Secret => {
-                let secret: Option<Secret> = Api::namespaced(client.clone(), &ns)
-                    .get_opt(&entry.name)
-                    .await?;
+                if !secrets.contains_key(name) {
+                    let read = Api::namespaced(client.clone(), &ns).get_opt(name).await?;
+                    secrets.insert(name, read);
+                }
+                let secret = secrets[name].clone();
                 if let Some(uid) = secret.as_ref().and_then(|s| s.metadata.uid.clone()) {
                     merge.secret_uid(uid);
                 }
                 values_from::secret_key(secret, key)
             }
-            ValuesSourceKind::ConfigMap => values_from::config_map_key(
-                Api::namespaced(client.clone(), &ns)
-                    .get_opt(&entry.name)
-                    .await?,
-                key,
-            ),
+            ValuesSourceKind::ConfigMap => {
+                if !config_maps.contains_key(name) {
+                    let read = Api::namespaced(client.clone(), &ns).get_opt(name).await?;
+                    config_maps.insert(name, read);
+                }
+                values_from::config_map_key(config_maps[name].clone(), key)
+            }
         };
         let result = if lenient {
             let mut entry = entry.clone();

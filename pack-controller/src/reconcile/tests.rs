@@ -390,6 +390,7 @@ fn pack_with_values_from() -> Arc<Pack> {
     let mut p = pack_json(1, &[FINALIZER], false);
     p["spec"]["valuesFrom"] = json!([
         {"kind": "Secret", "name": "db", "valuesKey": "password", "targetPath": "auth.password"},
+        {"kind": "Secret", "name": "db", "valuesKey": "user", "targetPath": "auth.user"},
     ]);
     Arc::new(serde_json::from_value(p).unwrap())
 }
@@ -453,9 +454,10 @@ async fn a_values_secret_is_read_by_one_get_in_the_packs_namespace_before_the_re
             secret.respond_json(json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "db", "namespace": "apps", "uid": "s-1", "resourceVersion": "41"},
-            // "hunter2hunter2"
-            "data": {"password": "aHVudGVyMmh1bnRlcjI="},
+            // "hunter2hunter2", "app"
+            "data": {"password": "aHVudGVyMmh1bnRlcjI=", "user": "YXBw"},
         }));
+            // Both entries name `db`: it was read once; next comes the release.
             let releases = s.next().await;
             releases.assert("GET", "/api/v1/namespaces/apps/secrets");
             releases.respond_json(json!({
