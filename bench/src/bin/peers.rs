@@ -14,9 +14,15 @@
 //! listens on :9090. Peers come from `hack/peers.sh` (built from their Go modules at pinned versions).
 //! Writes the table to `--out` (default bench/results/<date>-peers.md).
 //!
-//!   cargo run --release -p bench --bin peers-bench -- [--deployments 1000 --rounds 2]
+//! The pack side (`--only pack`): pack-controller against Flux source-controller v1.7.3 + helm-controller
+//! v1.4.3 over `--packs` releases of genpack, install then upgrade; see `peers/pack.rs`.
+//!
+//!   cargo run --release -p bench --bin peers-bench -- [--deployments 1000 --rounds 2 --only all|redeploy|pack]
 
 #![allow(clippy::print_stdout)] // a benchmark prints its figures
+
+#[path = "peers/pack.rs"]
+mod pack_side;
 
 use std::{
     fmt::Write as _,
@@ -63,6 +69,19 @@ struct Args {
     /// The results file (default bench/results/<UTC date>-peers.md).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Which comparison runs: `redeploy` (against Reloader), `pack` (against Flux) or `all`.
+    #[arg(long, value_enum, default_value_t = Only::All)]
+    only: Only,
+    /// Packs (and HelmReleases) of the pack side.
+    #[arg(long, default_value_t = 100)]
+    packs: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Only {
+    All,
+    Redeploy,
+    Pack,
 }
 
 const OURS: &str = "pack-operator.k8s.kubit.ir/watch-to-redeploy";
@@ -285,6 +304,7 @@ struct Figure {
     unit: &'static str,
     ours: Vec<f64>,
     peer: Vec<f64>,
+    peer_name: &'static str,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -323,18 +343,56 @@ where
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let peers = peers_dir()?;
-    let binary = tools::workspace_root().join("target/release/redeploy-controller");
-    if !binary.exists() {
-        bail!(
-            "{} is missing: make bench-peers builds it",
-            binary.display()
-        );
+    for (binary, needed) in [
+        ("redeploy-controller", args.only != Only::Pack),
+        ("pack-controller", args.only != Only::Redeploy),
+    ] {
+        let path = tools::workspace_root().join("target/release").join(binary);
+        if needed && !path.exists() {
+            bail!("{} is missing: make bench-peers builds it", path.display());
+        }
     }
     let dir = std::env::temp_dir().join(format!("pack-operator-peers-{}", std::process::id()));
     let plane = ControlPlane::start(&dir).await?;
     let client = e2e::cluster::client_from(&plane.kubeconfig).await?;
+    let mut figures = vec![];
+    if args.only != Only::Pack {
+        figures = redeploy_figures(&args, &client, &plane, &peers, &dir).await?;
+    }
+    if args.only != Only::Redeploy {
+        println!(
+            "pack-controller against Flux, {} releases (Flux with disableWait: no kubelet here)",
+            args.packs
+        );
+        let name = format!("peers-bench-{}", std::process::id());
+        let ctx = pack_side::PackCtx {
+            client: client.clone(),
+            plane: &plane,
+            peers: peers.clone(),
+            dir: dir.clone(),
+            server: e2e::packs::ChartServer::with_versions(&name, &["1.0.0"]).await,
+            packs: args.packs,
+        };
+        figures.extend(pack_side::figures(&ctx, args.rounds).await?);
+    }
+    let table = table(&figures);
+    println!("\n{table}");
+    write_results(&args, &peers, &table)?;
+    drop(plane);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The redeploy-controller against Reloader.
+async fn redeploy_figures(
+    args: &Args,
+    client: &Client,
+    plane: &ControlPlane,
+    peers: &Path,
+    dir: &Path,
+) -> anyhow::Result<Vec<Figure>> {
     let started = Instant::now();
-    create_objects(&client, &args).await?;
+    create_objects(client, args).await?;
     println!(
         "created {} ConfigMaps + {} Secrets ({} B) + {} Deployments in {:.1}s",
         args.configmaps,
@@ -346,8 +404,8 @@ async fn main() -> anyhow::Result<()> {
     let ctx = Ctx {
         client: client.clone(),
         kubeconfig: plane.kubeconfig.clone(),
-        peers: peers.clone(),
-        dir: dir.clone(),
+        peers: peers.to_owned(),
+        dir: dir.to_owned(),
         settle: Duration::from_secs(args.settle_seconds),
     };
     let ctx = &ctx;
@@ -368,22 +426,9 @@ async fn main() -> anyhow::Result<()> {
         unit: "MiB",
         ours,
         peer,
+        peer_name: "Reloader",
     });
-    for ns in 0..args.namespaces {
-        Api::<Deployment>::namespaced(client.clone(), &format!("bench-{ns}"))
-            .delete_collection(
-                &DeleteParams::default(),
-                &ListParams::default().labels("peers-bench=app"),
-            )
-            .await?;
-    }
-    create_all(&client, 1, 1, |_| {
-        (
-            "bench-0".into(),
-            Obj::Deployment(Box::new(deployment("app-0", "cm-0", "sec-0"))),
-        )
-    })
-    .await?;
+    keep_one_deployment(client, args).await?;
     println!("RSS with 1 Deployment (MiB)");
     let (ours, peer) = ab(args.rounds, |w, _| async move {
         Ok(mib(rest_rss(w, ctx).await?))
@@ -394,6 +439,7 @@ async fn main() -> anyhow::Result<()> {
         unit: "MiB",
         ours,
         peer,
+        peer_name: "Reloader",
     });
     println!("rollouts for 3 writes within 1 s");
     let (ours, peer) = ab(args.rounds, |w, r| rollouts(w, ctx, r)).await?;
@@ -402,12 +448,28 @@ async fn main() -> anyhow::Result<()> {
         unit: "",
         ours,
         peer,
+        peer_name: "Reloader",
     });
-    let table = table(&figures);
-    println!("\n{table}");
-    write_results(&args, &peers, &table)?;
-    drop(plane);
-    let _ = std::fs::remove_dir_all(&dir);
+    Ok(figures)
+}
+
+/// Deletes the benchmark's Deployments and creates `app-0` again.
+async fn keep_one_deployment(client: &Client, args: &Args) -> anyhow::Result<()> {
+    for ns in 0..args.namespaces {
+        Api::<Deployment>::namespaced(client.clone(), &format!("bench-{ns}"))
+            .delete_collection(
+                &DeleteParams::default(),
+                &ListParams::default().labels("peers-bench=app"),
+            )
+            .await?;
+    }
+    create_all(client, 1, 1, |_| {
+        (
+            "bench-0".into(),
+            Obj::Deployment(Box::new(deployment("app-0", "cm-0", "sec-0"))),
+        )
+    })
+    .await?;
     Ok(())
 }
 
@@ -438,9 +500,10 @@ fn table(figures: &[Figure]) -> String {
         };
         let _ = writeln!(
             t,
-            "| {} | {o:.1} {u} ({}) | Reloader {p:.1} {u} ({}) | {ratio} |",
+            "| {} | {o:.1} {u} ({}) | {} {p:.1} {u} ({}) | {ratio} |",
             f.name,
             spread(&f.ours),
+            f.peer_name,
             spread(&f.peer),
             u = f.unit
         );
@@ -477,7 +540,12 @@ fn write_results(args: &Args, peers: &Path, table: &str) -> anyhow::Result<()> {
          annotations), built by `hack/peers.sh` into `{}`.\n\n\
          Command: `make bench-peers BENCH_ARGS=\"{}\"`; one local control plane (etcd, kube-apiserver, \
          kube-controller-manager; no kubelet), each controller alone in turn, {} rounds of A/B, RSS read \
-         {} s after the metrics port answers. Rollouts are new ReplicaSets (pod-template changes).\n\n{table}",
+         {} s after the metrics port answers. Rollouts are new ReplicaSets (pod-template changes).\n\n\
+         Pack rows: pack-controller from this tree (release build, pinned helm) against Flux source-controller \
+         v1.7.3 + helm-controller v1.4.3, one ClusterPackRepository / HelmRepository of genpack served over HTTP, \
+         the same values; Flux runs with `install/upgrade.disableWait` and `disableWaitForJobs` (no kubelet \
+         here), like-for-like with Packs without `spec.wait`. Memory and CPU are of the process trees (ours: \
+         the controller and its helm children; Flux: both controllers).\n\n{table}",
         machine(),
         peers.display(),
         argv.join(" "),
