@@ -25,9 +25,9 @@ bench-pack: tools ## pack-controller benchmark: BENCH_ARGS="--packs 20 --steady-
 	cargo build --release -p pack-controller -p bench
 	target/release/pack-bench $(BENCH_ARGS)
 
-bench-peers: tools ## side by side with Stakater Reloader (peers from hack/peers.sh): BENCH_ARGS="--deployments 100 --rounds 2" to shrink
+bench-peers: tools ## side by side with Stakater Reloader and Flux (peers from hack/peers.sh): BENCH_ARGS="--only pack --packs 20 --rounds 1" to shrink
 	hack/peers.sh >/dev/null
-	cargo build --release -p redeploy-controller -p bench
+	cargo build --release -p redeploy-controller -p pack-controller -p bench
 	target/release/peers-bench $(BENCH_ARGS)
 
 bench-reflector: tools ## reflector-controller benchmark: BENCH_ARGS="--namespaces 100" to shrink
