@@ -2,7 +2,7 @@
 //! relates to. Pure, unit-tested. A dependency names a Pack of the same namespace unless it gives a
 //! `namespace`, which the controller accepts only with `--allow-cross-namespace-dependencies`.
 
-use std::collections::HashMap;
+use std::{borrow::Borrow, collections::HashMap};
 
 use common::{
     conditions,
@@ -90,15 +90,16 @@ pub fn gate(ns: &str, name: &str, packs: &[Pack], allow_cross_namespace: bool) -
 /// The Packs among `packs` that depend on Pack `ns/name` and are being deleted too: its uninstall waits
 /// until they are gone, so a Pack others depend on is uninstalled last when they are deleted together.
 /// (Dependents that stay do not hold it: deleting a dependency is the user's explicit act.)
-pub fn deleting_dependents(
+pub fn deleting_dependents<P: Borrow<Pack>>(
     ns: &str,
     name: &str,
-    packs: &[Pack],
+    packs: &[P],
     allow_cross_namespace: bool,
 ) -> Vec<String> {
     let own = (ns.to_owned(), name.to_owned());
     packs
         .iter()
+        .map(Borrow::borrow)
         .filter(|p| p.metadata.deletion_timestamp.is_some() && key_of(p) != own)
         .filter(|p| allow_cross_namespace || p.namespace().as_deref() == Some(ns))
         .filter(|p| {
@@ -112,8 +113,13 @@ pub fn deleting_dependents(
 }
 
 /// Whether some Pack among `packs` (being deleted or not) depends on Pack `ns/name`.
-pub fn has_dependents(ns: &str, name: &str, packs: &[Pack], allow_cross_namespace: bool) -> bool {
-    packs.iter().any(|p| {
+pub fn has_dependents<P: Borrow<Pack>>(
+    ns: &str,
+    name: &str,
+    packs: &[P],
+    allow_cross_namespace: bool,
+) -> bool {
+    packs.iter().map(Borrow::borrow).any(|p: &Pack| {
         (allow_cross_namespace || p.namespace().as_deref() == Some(ns)) && depends_on(p, ns, name)
     })
 }

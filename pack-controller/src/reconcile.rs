@@ -815,12 +815,8 @@ async fn cleanup(pack: &Pack, ctx: &Context) -> Result<Cleanup, Error> {
 /// release waits (`WaitingForDependents`; their removal wakes it). Read from the controller's Pack cache:
 /// no request.
 async fn dependents_first(ctx: &Context, pack: &Pack) -> Result<Option<Action>, Error> {
-    let packs: Vec<Pack> = ctx
-        .packs
-        .state()
-        .iter()
-        .map(|p| p.as_ref().clone())
-        .collect();
+    // The cached Packs as they are (shared, not copied: they hold their values).
+    let packs = ctx.packs.state();
     let dependents = depends::deleting_dependents(
         &namespace(pack),
         &pack.name_any(),

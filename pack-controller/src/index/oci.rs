@@ -63,6 +63,16 @@ pub struct OciRequest {
     pub timeout: Duration,
 }
 
+impl OciRequest {
+    /// The password (empty without credentials): what every error message of a fetch is redacted of.
+    fn password(&self) -> String {
+        self.credentials
+            .as_ref()
+            .map(|(_, p)| p.expose().to_owned())
+            .unwrap_or_default()
+    }
+}
+
 impl fmt::Debug for OciRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OciRequest")
@@ -190,11 +200,7 @@ pub async fn fetch_index(
     req: &OciRequest,
     previous: Option<&RepositoryIndex>,
 ) -> Result<FetchOutcome, IndexError> {
-    let secret = req
-        .credentials
-        .as_ref()
-        .map(|(_, p)| p.expose().to_owned())
-        .unwrap_or_default();
+    let secret = req.password();
     let result = async {
         let session = Session::new(http, req)?;
         let mut charts = BTreeMap::new();
@@ -264,11 +270,7 @@ pub async fn fetch_archive(
     req: &OciRequest,
     archive_url: &str,
 ) -> Result<Vec<u8>, IndexError> {
-    let secret = req
-        .credentials
-        .as_ref()
-        .map(|(_, p)| p.expose().to_owned())
-        .unwrap_or_default();
+    let secret = req.password();
     let result = async {
         let session = Session::new(http, req)?;
         let (name, digest) = archive_url
