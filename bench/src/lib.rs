@@ -12,6 +12,7 @@ use k8s_openapi::api::{
 use kube::{Api, Client, api::PostParams};
 
 pub mod pack_variants;
+pub mod ratio_chart;
 
 /// (resident set, its high-water mark) of process `pid`, in KiB; 0 when unreadable.
 pub fn rss_kib(pid: u32) -> (u64, u64) {

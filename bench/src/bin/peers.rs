@@ -12,7 +12,8 @@
 //!
 //! Reloader runs with `--reload-strategy=annotations` (its per-workload annotations above); it always
 //! listens on :9090. Peers come from `hack/peers.sh` (built from their Go modules at pinned versions).
-//! Writes the table to `--out` (default bench/results/<date>-peers.md).
+//! Writes the table to `--out` (default bench/results/<date>-peers.md) and a PNG bar chart of the ratios
+//! beside it (`<date>-peers.png`); `--chart-from FILE` only draws the chart of an existing results file.
 //!
 //! The pack side (`--only pack`): pack-controller against Flux source-controller v1.7.3 + helm-controller
 //! v1.4.3 over `--packs` releases of genpack, install then upgrade; see `peers/pack.rs`.
@@ -75,6 +76,9 @@ struct Args {
     /// Packs (and HelmReleases) of the pack side.
     #[arg(long, default_value_t = 100)]
     packs: usize,
+    /// Measure nothing: draw the PNG chart of this results file (beside it, same name) and stop.
+    #[arg(long)]
+    chart_from: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -342,6 +346,9 @@ where
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(results) = &args.chart_from {
+        return write_chart(results);
+    }
     let peers = peers_dir()?;
     for (binary, needed) in [
         ("redeploy-controller", args.only != Only::Pack),
@@ -377,7 +384,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let table = table(&figures);
     println!("\n{table}");
-    write_results(&args, &peers, &table)?;
+    let results = write_results(&args, &peers, &table)?;
+    write_chart(&results)?;
     drop(plane);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -524,7 +532,23 @@ fn machine() -> String {
     format!("{cores} cores ({model}), {total}")
 }
 
-fn write_results(args: &Args, peers: &Path, table: &str) -> anyhow::Result<()> {
+/// Draws the ratios of results file `results` into the PNG beside it (`<date>-peers.png`).
+fn write_chart(results: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(results)
+        .with_context(|| format!("reading {}", results.display()))?;
+    let png = results.with_extension("png");
+    let stem = results.file_stem().unwrap_or_default().to_string_lossy();
+    bench::ratio_chart::write_png(
+        &png,
+        &format!("Pack Operator against its peers ({stem})"),
+        &bench::ratio_chart::bars_from_markdown(&text),
+    )?;
+    println!("wrote {}", png.display());
+    Ok(())
+}
+
+/// Writes the results file; returns its path.
+fn write_results(args: &Args, peers: &Path, table: &str) -> anyhow::Result<PathBuf> {
     let date = Command::new("date").args(["-u", "+%Y-%m-%d"]).output()?;
     let date = String::from_utf8(date.stdout)?.trim().to_owned();
     let out = args
@@ -557,5 +581,5 @@ fn write_results(args: &Args, peers: &Path, table: &str) -> anyhow::Result<()> {
     }
     std::fs::write(&out, text)?;
     println!("wrote {}", out.display());
-    Ok(())
+    Ok(out)
 }
