@@ -76,6 +76,10 @@ struct Args {
     /// Packs (and HelmReleases) of the pack side.
     #[arg(long, default_value_t = 100)]
     packs: usize,
+    /// The pack side without Flux: only pack-controller's rounds are printed (no results file), to
+    /// compare settings of ours, e.g. the helm children's Go runtime environment.
+    #[arg(long, requires = "only")]
+    no_peer: bool,
     /// Measure nothing: draw the PNG chart of this results file (beside it, same name) and stop.
     #[arg(long)]
     chart_from: Option<PathBuf>,
@@ -349,7 +353,14 @@ async fn main() -> anyhow::Result<()> {
     if let Some(results) = &args.chart_from {
         return write_chart(results);
     }
-    let peers = peers_dir()?;
+    if args.no_peer && args.only != Only::Pack {
+        bail!("--no-peer measures the pack side only: add --only pack");
+    }
+    let peers = if args.no_peer {
+        PathBuf::new()
+    } else {
+        peers_dir()?
+    };
     for (binary, needed) in [
         ("redeploy-controller", args.only != Only::Pack),
         ("pack-controller", args.only != Only::Redeploy),
@@ -379,8 +390,14 @@ async fn main() -> anyhow::Result<()> {
             dir: dir.clone(),
             server: e2e::packs::ChartServer::with_versions(&name, &["1.0.0"]).await,
             packs: args.packs,
+            with_peer: !args.no_peer,
         };
         figures.extend(pack_side::figures(&ctx, args.rounds).await?);
+    }
+    if args.no_peer {
+        drop(plane);
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
     }
     let table = table(&figures);
     println!("\n{table}");

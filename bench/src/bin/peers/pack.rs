@@ -218,6 +218,8 @@ pub struct PackCtx<'a> {
     pub dir: PathBuf,
     pub server: ChartServer,
     pub packs: usize,
+    /// false (`--no-peer`): only ours runs, to compare settings of our own (no figures, rounds printed).
+    pub with_peer: bool,
 }
 
 impl PackCtx<'_> {
@@ -418,9 +420,12 @@ impl PackCtx<'_> {
 
     /// The Flux CRDs, the ClusterPackRepository and the HelmRepository of the served chart.
     async fn setup(&self) -> anyhow::Result<()> {
-        install_crds(&self.client, &self.peers.join("crds")).await?;
         bench::pack_variants::create_repository(&self.client, REPO, &self.server.url, "10m", false)
             .await?;
+        if !self.with_peer {
+            return Ok(());
+        }
+        install_crds(&self.client, &self.peers.join("crds")).await?;
         let repo: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
             "metadata": {"name": REPO, "namespace": REPO_NS},
@@ -438,7 +443,9 @@ pub async fn figures(ctx: &PackCtx<'_>, rounds: usize) -> anyhow::Result<Vec<Fig
     ctx.setup().await?;
     let (mut ours, mut flux) = (vec![], vec![]);
     for round in 0..rounds {
-        for (side, runs) in [(Side::Ours, &mut ours), (Side::Flux, &mut flux)] {
+        let sides = [(Side::Ours, &mut ours), (Side::Flux, &mut flux)];
+        let sides = sides.into_iter().take(if ctx.with_peer { 2 } else { 1 });
+        for (side, runs) in sides {
             let run: Run = ctx.run(side, round).await?;
             println!(
                 "  round {} {}: install {:.1} s ({:.1} CPU s, peak {:.1} MiB), rest {:.1} MiB, upgrade {:.1} s ({:.1} CPU s)",
@@ -457,6 +464,9 @@ pub async fn figures(ctx: &PackCtx<'_>, rounds: usize) -> anyhow::Result<Vec<Fig
             );
             runs.push(run);
         }
+    }
+    if !ctx.with_peer {
+        return Ok(vec![]);
     }
     let n = ctx.packs;
     let figure = |name: String, unit: &'static str, f: fn(&Run) -> f64| Figure {
