@@ -16,7 +16,11 @@ use axum::{
     http::{StatusCode, Uri},
     response::IntoResponse,
 };
-use common::crd::{ClusterPackRepository, Pack};
+use common::crd::{
+    ClusterPackRepository, Pack,
+    pack::{PackState, PackStatus},
+    repository::ClusterPackRepositoryStatus,
+};
 use kube::{
     Api, Client,
     api::{DeleteParams, PostParams},
@@ -247,6 +251,148 @@ pub async fn create_genpack_pack(
         .create(&PostParams::default(), &pack)
         .await
         .unwrap();
+}
+
+/// How long [`wait_pack`] and [`wait_repository`] wait, and how often they look.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(90);
+const EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// What a test waits for on a Pack; a field left `None` matches anything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Want<'a> {
+    /// The Ready condition's reason.
+    pub reason: Option<&'a str>,
+    pub state: Option<PackState>,
+    /// `status.version`.
+    pub version: Option<&'a str>,
+    /// `status.revision`.
+    pub revision: Option<i64>,
+}
+
+impl<'a> Want<'a> {
+    /// A Ready condition of `reason`.
+    pub fn reason(reason: &'a str) -> Self {
+        Self {
+            reason: Some(reason),
+            ..Self::default()
+        }
+    }
+
+    pub fn version(self, version: &'a str) -> Self {
+        Self {
+            version: Some(version),
+            ..self
+        }
+    }
+
+    pub fn state(self, state: PackState) -> Self {
+        Self {
+            state: Some(state),
+            ..self
+        }
+    }
+
+    pub fn revision(self, revision: i64) -> Self {
+        Self {
+            revision: Some(revision),
+            ..self
+        }
+    }
+
+    /// Whether `status` is what is wanted.
+    pub fn matches(&self, status: &PackStatus) -> bool {
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+        self.reason
+            .is_none_or(|r| ready.is_some_and(|c| c.reason == r))
+            && self.state.is_none_or(|s| status.state == Some(s))
+            && self
+                .version
+                .is_none_or(|v| status.version.as_deref() == Some(v))
+            && self.revision.is_none_or(|r| status.revision == Some(r))
+    }
+}
+
+/// The Ready condition's message of `pack` (empty without one).
+pub fn ready_message(pack: &Pack) -> String {
+    pack.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+/// Waits until Pack `name` matches `want` and returns it. A timeout's panic shows the Pack's state,
+/// Ready condition, version and revision, and the last lines of `controller`'s log when given.
+pub async fn wait_pack(
+    packs: &Api<Pack>,
+    name: &str,
+    want: Want<'_>,
+    controller: Option<&ControllerProcess>,
+) -> Pack {
+    crate::wait::until(&format!("Pack {name}: {want:?}"), WAIT, EVERY, || async {
+        let pack = packs.get(name).await.map_err(|e| e.to_string())?;
+        let status = pack.status.clone().unwrap_or_default();
+        if want.matches(&status) {
+            return Ok(Some(pack));
+        }
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+        Err(format!(
+            "state {:?}, ready {:?}, version {:?}, revision {:?}{}",
+            status.state,
+            ready.map(|c| (&c.reason, &c.message)),
+            status.version,
+            status.revision,
+            controller
+                .map(|c| log_tail(&c.logs(), 8))
+                .unwrap_or_default()
+        ))
+    })
+    .await
+}
+
+/// Waits until ClusterPackRepository `name`'s Ready condition is `status` (with `reason`, when given)
+/// and returns that condition's message with the repository's status.
+pub async fn wait_repository(
+    repos: &Api<ClusterPackRepository>,
+    name: &str,
+    status: &str,
+    reason: Option<&str>,
+    controller: Option<&ControllerProcess>,
+) -> (String, ClusterPackRepositoryStatus) {
+    crate::wait::until(
+        &format!("repository {name} Ready={status} {reason:?}"),
+        WAIT,
+        EVERY,
+        || async {
+            let s = repos
+                .get(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            match s.conditions.iter().find(|c| c.type_ == "Ready") {
+                Some(c) if c.status == status && reason.is_none_or(|r| c.reason == r) => {
+                    Ok(Some((c.message.clone(), s.clone())))
+                }
+                other => Err(format!(
+                    "{other:?}{}",
+                    controller
+                        .map(|c| log_tail(&c.logs(), 8))
+                        .unwrap_or_default()
+                )),
+            }
+        },
+    )
+    .await
+}
+
+/// The last `lines` lines of `log`, on lines of their own after a heading.
+fn log_tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().collect();
+    format!(
+        "\ncontroller log tail:\n{}",
+        all[all.len().saturating_sub(lines)..].join("\n")
+    )
 }
 
 /// Deletes the cluster-scoped repositories of a test, pass or fail.

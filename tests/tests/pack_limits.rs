@@ -7,7 +7,10 @@ use std::{collections::BTreeMap, time::Duration};
 use common::crd::{ClusterPackRepository, Pack, pack::PackState};
 use e2e::{
     controller::ControllerProcess,
-    packs::{ServedRepository, helm_operations, served_repository, start_pack_controller},
+    packs::{
+        ServedRepository, helm_operations, served_repository, start_pack_controller,
+        wait_repository,
+    },
     test_env, wait,
 };
 use k8s_openapi::api::core::v1::Secret;
@@ -141,23 +144,7 @@ async fn wait_repository_ready(
     controller: &ControllerProcess,
 ) {
     let repos = Api::<ClusterPackRepository>::all(client.clone());
-    wait::until("repository Ready", TIMEOUT, EVERY, || async {
-        let s = repos
-            .get(&repo.name)
-            .await
-            .unwrap()
-            .status
-            .unwrap_or_default();
-        if s.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-        {
-            Ok(Some(()))
-        } else {
-            Err(format!("{s:?}\n{}", tail(&controller.logs(), 8)))
-        }
-    })
-    .await;
+    wait_repository(&repos, &repo.name, "True", None, Some(controller)).await;
 }
 
 fn tail(text: &str, lines: usize) -> String {

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use common::crd::{ClusterPackRepository, Pack};
 use e2e::{
-    packs::{RepositoriesGuard, create_genpack_pack, start_pack_controller},
+    packs::{
+        RepositoriesGuard, Want, create_genpack_pack, ready_message, start_pack_controller,
+        wait_pack, wait_repository,
+    },
     registry::{REGISTRY_PASSWORD, REGISTRY_USER, Registry},
     test_env, wait,
 };
@@ -16,7 +19,6 @@ use kube::{
 };
 use serde_json::json;
 
-const TIMEOUT: Duration = Duration::from_secs(90);
 const EVERY: Duration = Duration::from_millis(250);
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -43,73 +45,6 @@ async fn create_oci_repository(
         .create(&PostParams::default(), &repo)
         .await
         .unwrap();
-}
-
-/// (Ready reason, Ready message, resolved version, chartRef) of Pack `name`.
-async fn pack_state(
-    api: &Api<Pack>,
-    name: &str,
-) -> (String, String, Option<String>, Option<String>) {
-    let status = api.get(name).await.unwrap().status.unwrap_or_default();
-    let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
-    (
-        ready.map(|c| c.reason.clone()).unwrap_or_default(),
-        ready.map(|c| c.message.clone()).unwrap_or_default(),
-        status.version,
-        status.chart_ref,
-    )
-}
-
-/// Waits until Pack `name` has Ready reason `reason` (and `version`); returns (message, chartRef).
-async fn wait_pack(
-    api: &Api<Pack>,
-    name: &str,
-    reason: &str,
-    version: Option<&str>,
-) -> (String, Option<String>) {
-    wait::until(
-        &format!("Pack {name}: reason {reason}, version {version:?}"),
-        TIMEOUT,
-        EVERY,
-        || async {
-            let (r, message, v, chart_ref) = pack_state(api, name).await;
-            if r == reason && (version.is_none() || v.as_deref() == version) {
-                Ok(Some((message, chart_ref)))
-            } else {
-                Err((r, message, v))
-            }
-        },
-    )
-    .await
-}
-
-/// Waits until repository `name`'s Ready is `status` with `reason`; returns (message, versions).
-async fn wait_repository(
-    repos: &Api<ClusterPackRepository>,
-    name: &str,
-    status: &str,
-    reason: Option<&str>,
-) -> (String, Option<i64>) {
-    wait::until(
-        &format!("repository {name} Ready={status} {reason:?}"),
-        TIMEOUT,
-        EVERY,
-        || async {
-            let s = repos
-                .get(name)
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
-            match s.conditions.iter().find(|c| c.type_ == "Ready") {
-                Some(c) if c.status == status && reason.is_none_or(|r| c.reason == r) => {
-                    Ok(Some((c.message.clone(), s.versions)))
-                }
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await
 }
 
 /// Tags the manifest of `genpack:from` as `genpack:to` through the registry API (helm pushes only
@@ -185,18 +120,30 @@ async fn resolves_installs_upgrades_and_survives_the_registry_going_down() {
     let packs: Api<Pack> = Api::namespaced(client.clone(), &ns.name);
     create_genpack_pack(&client, &ns.name, "app", &repo, Some("<0.5.0"), json!(null)).await;
 
-    let (_, chart_ref) = wait_pack(&packs, "app", "Applied", Some("0.1.1")).await;
+    let app = wait_pack(
+        &packs,
+        "app",
+        Want::reason("Applied").version("0.1.1"),
+        Some(&controller),
+    )
+    .await;
     let pinned = format!("{}/genpack@sha256:", registry.repository_url());
-    let first = chart_ref.unwrap_or_default();
+    let first = app.status.and_then(|s| s.chart_ref).unwrap_or_default();
     assert!(first.starts_with(&pinned), "{first} pins a manifest digest");
-    let (_, versions) = wait_repository(&repos, &repo, "True", None).await;
-    assert_eq!(versions, Some(2), "latest and 9 are not versions");
+    let (_, status) = wait_repository(&repos, &repo, "True", None, Some(&controller)).await;
+    assert_eq!(status.versions, Some(2), "latest and 9 are not versions");
 
     // A newer matching tag is pushed: the Pack upgrades to it on the repository's interval.
     registry.push_genpack("0.2.0");
-    let (_, chart_ref) = wait_pack(&packs, "app", "Applied", Some("0.2.0")).await;
+    let app = wait_pack(
+        &packs,
+        "app",
+        Want::reason("Applied").version("0.2.0"),
+        Some(&controller),
+    )
+    .await;
     assert_ne!(
-        chart_ref.as_deref(),
+        app.status.and_then(|s| s.chart_ref).as_deref(),
         Some(first.as_str()),
         "another manifest is pinned"
     );
@@ -217,27 +164,44 @@ async fn resolves_installs_upgrades_and_survives_the_registry_going_down() {
         json!(null),
     )
     .await;
-    let (message, _) = wait_pack(&packs, "tampered", "ChartDigestMismatch", None).await;
+    let tampered = wait_pack(
+        &packs,
+        "tampered",
+        Want::reason("ChartDigestMismatch"),
+        Some(&controller),
+    )
+    .await;
+    let message = ready_message(&tampered);
     assert!(message.contains("SHA-256"), "{message}");
 
     // The registry goes down: the repository says so, the previous resolution keeps serving.
     registry.stop();
-    let (message, _) = wait_repository(&repos, &repo, "False", Some("IndexFetchFailed")).await;
+    let (message, _) = wait_repository(
+        &repos,
+        &repo,
+        "False",
+        Some("IndexFetchFailed"),
+        Some(&controller),
+    )
+    .await;
     assert!(message.contains("still serving"), "{message}");
     wait::holds(
         "Pack app stays on 0.2.0",
         Duration::from_secs(5),
         EVERY,
         || async {
-            match pack_state(&packs, "app").await {
-                (r, _, Some(v), _) if r == "Applied" && v == "0.2.0" => Ok(()),
-                other => Err(other),
+            let status = packs.get("app").await.unwrap().status.unwrap_or_default();
+            let want = Want::reason("Applied").version("0.2.0");
+            if want.matches(&status) {
+                Ok(())
+            } else {
+                Err(status)
             }
         },
     )
     .await;
     registry.run().await;
-    wait_repository(&repos, &repo, "True", None).await;
+    wait_repository(&repos, &repo, "True", None, Some(&controller)).await;
     drop(controller);
 }
 
@@ -283,8 +247,21 @@ async fn a_registry_with_auth_takes_credentials_from_secrets() {
     create_genpack_pack(&client, &ns.name, "good", &good, None, json!(null)).await;
     create_genpack_pack(&client, &ns.name, "bad", &bad, None, json!(null)).await;
 
-    wait_pack(&packs, "good", "Applied", Some("0.1.0")).await;
-    let (message, _) = wait_repository(&repos, &bad, "False", Some("AuthenticationFailed")).await;
+    wait_pack(
+        &packs,
+        "good",
+        Want::reason("Applied").version("0.1.0"),
+        Some(&controller),
+    )
+    .await;
+    let (message, _) = wait_repository(
+        &repos,
+        &bad,
+        "False",
+        Some("AuthenticationFailed"),
+        Some(&controller),
+    )
+    .await;
     assert!(
         message.contains("401") && message.contains("spec.secretRef"),
         "{message}"

@@ -4,14 +4,12 @@
 //! until a PackRepository of that name is created in its own namespace, which heals it by watch. The
 //! CRD refuses a Secret reference that names a namespace.
 
-use std::time::Duration;
-
 use common::crd::{Pack, PackRepository, pack::PackState};
 use e2e::{
     controller::ControllerProcess,
     events::wait_event,
-    packs::{ChartServer, helm_operations, start_pack_controller},
-    test_env, wait,
+    packs::{ChartServer, Want, helm_operations, ready_message, start_pack_controller, wait_pack},
+    test_env,
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
@@ -19,9 +17,6 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use serde_json::json;
-
-const TIMEOUT: Duration = Duration::from_secs(90);
-const EVERY: Duration = Duration::from_millis(250);
 
 fn pack_repository(name: &str, url: &str) -> PackRepository {
     serde_json::from_value(json!({
@@ -59,30 +54,12 @@ async fn wait_ready(
     controller: &ControllerProcess,
 ) -> String {
     let packs: Api<Pack> = Api::namespaced(client.clone(), ns);
-    wait::until(
-        &format!("Pack {ns}/app: {state:?} / {reason}"),
-        TIMEOUT,
-        EVERY,
-        || async {
-            let s = packs.get("app").await.unwrap().status.unwrap_or_default();
-            let ready = s.conditions.iter().find(|c| c.type_ == "Ready");
-            match ready {
-                Some(c) if c.reason == reason && (state.is_none() || s.state == state) => {
-                    Ok(Some(c.message.clone()))
-                }
-                _ => {
-                    let log = controller.logs();
-                    let tail: Vec<&str> = log.lines().rev().take(8).collect();
-                    Err(format!(
-                        "state {:?}, ready {:?}; log tail: {tail:?}",
-                        s.state,
-                        ready.map(|c| (&c.reason, &c.message))
-                    ))
-                }
-            }
-        },
-    )
-    .await
+    let want = Want::reason(reason);
+    let want = match state {
+        Some(state) => want.state(state),
+        None => want,
+    };
+    ready_message(&wait_pack(&packs, "app", want, Some(controller)).await)
 }
 
 /// Helm's release Secrets in `ns`.

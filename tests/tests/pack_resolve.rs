@@ -5,7 +5,10 @@ use std::{sync::atomic::Ordering, time::Duration};
 
 use common::crd::{ClusterPackRepository, Pack};
 use e2e::{
-    packs::{ChartServer, RepositoriesGuard, create_repository, publish, start_pack_controller},
+    packs::{
+        ChartServer, RepositoriesGuard, Want, create_repository, publish, ready_message,
+        start_pack_controller, wait_pack, wait_repository,
+    },
     test_env, wait,
 };
 use kube::{
@@ -44,35 +47,6 @@ async fn create_pack(
         .create(&PostParams::default(), &pack)
         .await
         .unwrap();
-}
-
-/// (Ready reason, Ready message, resolved version) of a Pack.
-async fn pack_state(api: &Api<Pack>, name: &str) -> (String, String, Option<String>) {
-    let pack = api.get(name).await.unwrap();
-    let status = pack.status.unwrap_or_default();
-    let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
-    (
-        ready.map(|c| c.reason.clone()).unwrap_or_default(),
-        ready.map(|c| c.message.clone()).unwrap_or_default(),
-        status.version,
-    )
-}
-
-async fn wait_pack(api: &Api<Pack>, name: &str, reason: &str, version: Option<&str>) -> String {
-    wait::until(
-        &format!("Pack {name}: reason {reason}, version {version:?}"),
-        TIMEOUT,
-        EVERY,
-        || async {
-            let (r, message, v) = pack_state(api, name).await;
-            if r == reason && (version.is_none() || v.as_deref() == version) {
-                Ok(Some(message))
-            } else {
-                Err((r, message, v))
-            }
-        },
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -123,7 +97,15 @@ async fn resolves_packs_against_a_served_repository() {
     create_pack(&client, &ns.name, "invalid", &repo, "genpack", "~=1").await;
     create_pack(&client, &ns.name, "norepo", &later, "genpack", "~=0.1").await;
 
-    let message = wait_pack(&packs, "compat", "Applied", Some("0.2.0")).await;
+    let message = ready_message(
+        &wait_pack(
+            &packs,
+            "compat",
+            Want::reason("Applied").version("0.2.0"),
+            Some(&controller),
+        )
+        .await,
+    );
     assert!(message.contains("genpack 0.2.0"), "{message}");
     let digest = packs
         .get("compat")
@@ -133,9 +115,29 @@ async fn resolves_packs_against_a_served_repository() {
         .unwrap()
         .chart_digest;
     assert_eq!(digest.map(|d| d.len()), Some(64));
-    wait_pack(&packs, "exact", "Applied", Some("0.1.3")).await;
-    wait_pack(&packs, "caret", "Applied", Some("1.0.0")).await;
-    let message = wait_pack(&packs, "impossible", "NoMatchingVersion", None).await;
+    wait_pack(
+        &packs,
+        "exact",
+        Want::reason("Applied").version("0.1.3"),
+        Some(&controller),
+    )
+    .await;
+    wait_pack(
+        &packs,
+        "caret",
+        Want::reason("Applied").version("1.0.0"),
+        Some(&controller),
+    )
+    .await;
+    let message = ready_message(
+        &wait_pack(
+            &packs,
+            "impossible",
+            Want::reason("NoMatchingVersion"),
+            Some(&controller),
+        )
+        .await,
+    );
     assert!(
         message.contains(">=5") && message.contains("1.0.0, 0.2.0, 0.1.3, 0.1.0"),
         "{message}"
@@ -165,22 +167,62 @@ async fn resolves_packs_against_a_served_repository() {
         },
     )
     .await;
-    let message = wait_pack(&packs, "nochart", "ChartNotFound", None).await;
+    let message = ready_message(
+        &wait_pack(
+            &packs,
+            "nochart",
+            Want::reason("ChartNotFound"),
+            Some(&controller),
+        )
+        .await,
+    );
     assert!(message.contains("genpack"), "{message}");
-    wait_pack(&packs, "invalid", "InvalidVersionConstraint", None).await;
+    wait_pack(
+        &packs,
+        "invalid",
+        Want::reason("InvalidVersionConstraint"),
+        Some(&controller),
+    )
+    .await;
     let invalid = packs.get("invalid").await.unwrap().status.unwrap();
     assert_eq!(invalid.state, Some(common::crd::pack::PackState::Invalid));
-    let message = wait_pack(&packs, "norepo", "RepositoryNotFound", None).await;
+    let message = ready_message(
+        &wait_pack(
+            &packs,
+            "norepo",
+            Want::reason("RepositoryNotFound"),
+            Some(&controller),
+        )
+        .await,
+    );
     assert!(message.contains(&later), "{message}");
 
     // The missing repository appears: the Pack heals without a restart.
     create_repository(&client, &later, &server.url).await;
-    wait_pack(&packs, "norepo", "Applied", Some("0.2.0")).await;
+    wait_pack(
+        &packs,
+        "norepo",
+        Want::reason("Applied").version("0.2.0"),
+        Some(&controller),
+    )
+    .await;
 
     // A new matching version is published: `~=0.1` moves to it after an interval or two.
     publish(&dir, "0.3.0");
-    wait_pack(&packs, "compat", "Applied", Some("0.3.0")).await;
-    wait_pack(&packs, "caret", "Applied", Some("1.0.0")).await;
+    wait_pack(
+        &packs,
+        "compat",
+        Want::reason("Applied").version("0.3.0"),
+        Some(&controller),
+    )
+    .await;
+    wait_pack(
+        &packs,
+        "caret",
+        Want::reason("Applied").version("1.0.0"),
+        Some(&controller),
+    )
+    .await;
 
     // The repository answers 404: Ready=False with the HTTP status, the previous index keeps serving.
     server.broken.store(true, Ordering::SeqCst);
@@ -205,9 +247,16 @@ async fn resolves_packs_against_a_served_repository() {
         Duration::from_secs(5),
         EVERY,
         || async {
-            match pack_state(&packs, "compat").await {
-                (r, _, Some(v)) if r == "Applied" && v == "0.3.0" => Ok(()),
-                other => Err(other),
+            let status = packs
+                .get("compat")
+                .await
+                .unwrap()
+                .status
+                .unwrap_or_default();
+            if Want::reason("Applied").version("0.3.0").matches(&status) {
+                Ok(())
+            } else {
+                Err(status)
             }
         },
     )
@@ -215,45 +264,8 @@ async fn resolves_packs_against_a_served_repository() {
 
     // Recovery.
     server.broken.store(false, Ordering::SeqCst);
-    wait::until("repository Ready again", TIMEOUT, EVERY, || async {
-        let s = repos.get(&repo).await.unwrap().status.unwrap_or_default();
-        if s.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-        {
-            Ok(Some(()))
-        } else {
-            Err(s)
-        }
-    })
-    .await;
+    wait_repository(&repos, &repo, "True", None, Some(&controller)).await;
     drop(controller);
-}
-
-/// Waits until repository `name` is Ready=False with `reason`; returns its message.
-async fn wait_repository_failure(
-    repos: &Api<ClusterPackRepository>,
-    name: &str,
-    reason: &str,
-) -> String {
-    wait::until(
-        &format!("repository {name} Ready=False/{reason}"),
-        TIMEOUT,
-        EVERY,
-        || async {
-            let s = repos
-                .get(name)
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
-            match s.conditions.iter().find(|c| c.type_ == "Ready") {
-                Some(c) if c.status == "False" && c.reason == reason => Ok(Some(c.message.clone())),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -270,11 +282,17 @@ async fn broken_indexes_are_reported_and_the_previous_index_keeps_serving() {
         names: vec![repo.clone(), unreachable.clone()],
     };
     create_repository(&client, &repo, &server.url).await;
-    let _controller = start_pack_controller(&env, &ns.name, "pack-0", &[]);
+    let controller = start_pack_controller(&env, &ns.name, "pack-0", &[]);
     let repos = Api::<ClusterPackRepository>::all(client.clone());
     let packs = Api::<Pack>::namespaced(client.clone(), &ns.name);
     create_pack(&client, &ns.name, "app", &repo, "genpack", "~=0.1").await;
-    wait_pack(&packs, "app", "Applied", Some("0.1.0")).await;
+    wait_pack(
+        &packs,
+        "app",
+        Want::reason("Applied").version("0.1.0"),
+        Some(&controller),
+    )
+    .await;
     let good_index = std::fs::read(dir.join("index.yaml")).unwrap();
 
     // Invalid YAML: the message says where, and the previous index keeps serving.
@@ -283,38 +301,53 @@ async fn broken_indexes_are_reported_and_the_previous_index_keeps_serving() {
         "apiVersion: v1\nentries:\n  genpack:\n    - version: [1.0\n",
     )
     .unwrap();
-    let msg = wait_repository_failure(&repos, &repo, "IndexInvalid").await;
+    let (msg, _) = wait_repository(
+        &repos,
+        &repo,
+        "False",
+        Some("IndexInvalid"),
+        Some(&controller),
+    )
+    .await;
     assert!(msg.contains("line"), "the parse error names a line: {msg}");
     let s = repos.get(&repo).await.unwrap().status.unwrap();
     assert_eq!(s.versions, Some(1), "previous index kept");
-    wait_pack(&packs, "app", "Applied", Some("0.1.0")).await;
+    wait_pack(
+        &packs,
+        "app",
+        Want::reason("Applied").version("0.1.0"),
+        Some(&controller),
+    )
+    .await;
 
     // Larger than the cap (default 50 MiB): refused without being read whole.
     let mut huge = good_index.clone();
     huge.extend(std::iter::repeat_n(b'#', 51 * 1024 * 1024));
     std::fs::write(dir.join("index.yaml"), &huge).unwrap();
     drop(huge);
-    let msg = wait_repository_failure(&repos, &repo, "IndexTooLarge").await;
+    let (msg, _) = wait_repository(
+        &repos,
+        &repo,
+        "False",
+        Some("IndexTooLarge"),
+        Some(&controller),
+    )
+    .await;
     assert!(
         msg.contains("MiB") || msg.contains("bytes"),
         "names the limit: {msg}"
     );
-    wait_pack(&packs, "app", "Applied", Some("0.1.0")).await;
+    wait_pack(
+        &packs,
+        "app",
+        Want::reason("Applied").version("0.1.0"),
+        Some(&controller),
+    )
+    .await;
 
     // Fixed: Ready again.
     std::fs::write(dir.join("index.yaml"), &good_index).unwrap();
-    wait::until("repository Ready again", TIMEOUT, EVERY, || async {
-        let s = repos.get(&repo).await.unwrap().status.unwrap_or_default();
-        if s.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-        {
-            Ok(Some(()))
-        } else {
-            Err(s)
-        }
-    })
-    .await;
+    wait_repository(&repos, &repo, "True", None, Some(&controller)).await;
 
     // Nothing listens there: a connection error, reported as such.
     let port = e2e::cluster::free_port().unwrap();
@@ -324,7 +357,14 @@ async fn broken_indexes_are_reported_and_the_previous_index_keeps_serving() {
         &format!("http://127.0.0.1:{port}/charts"),
     )
     .await;
-    let msg = wait_repository_failure(&repos, &unreachable, "IndexFetchFailed").await;
+    let (msg, _) = wait_repository(
+        &repos,
+        &unreachable,
+        "False",
+        Some("IndexFetchFailed"),
+        Some(&controller),
+    )
+    .await;
     assert!(msg.to_lowercase().contains("connect"), "{msg}");
 
     // Not an http(s) URL: rejected by the CRD schema at admission.

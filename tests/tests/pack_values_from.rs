@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use common::crd::{Pack, pack::PackState};
 use e2e::{
-    controller::ControllerProcess,
     events::{events_of, wait_event},
-    packs::{helm, helm_operations, served_repository, start_pack_controller},
+    packs::{Want, helm, helm_operations, served_repository, start_pack_controller, wait_pack},
     test_env, wait,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -25,44 +24,6 @@ const EVERY: Duration = Duration::from_millis(250);
 
 const PASSWORD: &str = "pw-Zq8vN3xK7rT2mL9pWd";
 const ROTATED: &str = "pw-Hj4kD8sW1qB6nC5xYe";
-
-/// Waits until Pack `name` is in `state` (None: any) with Ready reason `reason` (and revision, when
-/// given).
-async fn wait_pack(
-    packs: &Api<Pack>,
-    name: &str,
-    state: Option<PackState>,
-    reason: &str,
-    revision: Option<i64>,
-    controller: &ControllerProcess,
-) -> Pack {
-    wait::until(
-        &format!("Pack {name}: {state:?} / {reason} / revision {revision:?}"),
-        TIMEOUT,
-        EVERY,
-        || async {
-            let p = packs.get(name).await.unwrap();
-            let s = p.status.clone().unwrap_or_default();
-            let ready = s.conditions.iter().find(|c| c.type_ == "Ready");
-            if (state.is_none() || s.state == state)
-                && ready.is_some_and(|c| c.reason == reason)
-                && (revision.is_none() || s.revision == revision)
-            {
-                Ok(Some(p))
-            } else {
-                let log = controller.logs();
-                let tail: Vec<&str> = log.lines().rev().take(8).collect();
-                Err(format!(
-                    "state {:?}, ready {:?}, revision {:?}; log tail: {tail:?}",
-                    s.state,
-                    ready.map(|c| (&c.reason, &c.message)),
-                    s.revision
-                ))
-            }
-        },
-    )
-    .await
-}
 
 fn secret(password: &str) -> Secret {
     serde_json::from_value(json!({
@@ -171,10 +132,8 @@ async fn a_password_from_a_secret_installs_rotates_once_and_is_never_shown() {
     let p = wait_pack(
         &packs,
         "app",
-        None,
-        "ValuesSourceNotFound",
-        None,
-        &controller,
+        Want::reason("ValuesSourceNotFound"),
+        Some(&controller),
     )
     .await;
     let ready = p
@@ -211,10 +170,10 @@ async fn a_password_from_a_secret_installs_rotates_once_and_is_never_shown() {
     wait_pack(
         &packs,
         "app",
-        Some(PackState::Applied),
-        "Applied",
-        Some(1),
-        &controller,
+        Want::reason("Applied")
+            .state(PackState::Applied)
+            .revision(1),
+        Some(&controller),
     )
     .await;
     let values = helm_values();
@@ -246,10 +205,10 @@ async fn a_password_from_a_secret_installs_rotates_once_and_is_never_shown() {
     wait_pack(
         &packs,
         "app",
-        Some(PackState::Applied),
-        "Applied",
-        Some(2),
-        &controller,
+        Want::reason("Applied")
+            .state(PackState::Applied)
+            .revision(2),
+        Some(&controller),
     )
     .await;
     let note = wait_event(
