@@ -8,6 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use axum::{
@@ -17,9 +18,7 @@ use axum::{
     response::IntoResponse,
 };
 use common::crd::{
-    ClusterPackRepository, Pack,
-    pack::{PackState, PackStatus},
-    repository::ClusterPackRepositoryStatus,
+    ClusterPackRepository, Pack, pack::PackState, repository::ClusterPackRepositoryStatus,
 };
 use kube::{
     Api, Client,
@@ -254,11 +253,11 @@ pub async fn create_genpack_pack(
 }
 
 /// How long [`wait_pack`] and [`wait_repository`] wait, and how often they look.
-const WAIT: std::time::Duration = std::time::Duration::from_secs(90);
-const EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+const WAIT: Duration = Duration::from_secs(90);
+const EVERY: Duration = Duration::from_millis(250);
 
 /// What a test waits for on a Pack; a field left `None` matches anything.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct Want<'a> {
     /// The Ready condition's reason.
     pub reason: Option<&'a str>,
@@ -267,6 +266,10 @@ pub struct Want<'a> {
     pub version: Option<&'a str>,
     /// `status.revision`.
     pub revision: Option<i64>,
+    /// The Ready condition's status (`True`/`False`/`Unknown`).
+    pub status: Option<&'a str>,
+    /// The Ready condition observed the Pack's current `metadata.generation`.
+    pub current: bool,
 }
 
 impl<'a> Want<'a> {
@@ -276,6 +279,11 @@ impl<'a> Want<'a> {
             reason: Some(reason),
             ..Self::default()
         }
+    }
+
+    /// Ready with reason `Applied` at chart `version`.
+    pub fn applied(version: &'a str) -> Self {
+        Self::reason("Applied").version(version)
     }
 
     pub fn version(self, version: &'a str) -> Self {
@@ -299,11 +307,34 @@ impl<'a> Want<'a> {
         }
     }
 
-    /// Whether `status` is what is wanted.
-    pub fn matches(&self, status: &PackStatus) -> bool {
+    pub fn status(self, status: &'a str) -> Self {
+        Self {
+            status: Some(status),
+            ..self
+        }
+    }
+
+    /// The Ready condition must be for the Pack's current generation.
+    pub fn current(self) -> Self {
+        Self {
+            current: true,
+            ..self
+        }
+    }
+
+    /// Whether `pack` is what is wanted.
+    pub fn matches(&self, pack: &Pack) -> bool {
+        let Some(status) = &pack.status else {
+            return *self == Self::default();
+        };
         let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
         self.reason
             .is_none_or(|r| ready.is_some_and(|c| c.reason == r))
+            && self
+                .status
+                .is_none_or(|s| ready.is_some_and(|c| c.status == s))
+            && (!self.current
+                || ready.is_some_and(|c| c.observed_generation == pack.metadata.generation))
             && self.state.is_none_or(|s| status.state == Some(s))
             && self
                 .version
@@ -331,23 +362,45 @@ pub async fn wait_pack(
 ) -> Pack {
     crate::wait::until(&format!("Pack {name}: {want:?}"), WAIT, EVERY, || async {
         let pack = packs.get(name).await.map_err(|e| e.to_string())?;
-        let status = pack.status.clone().unwrap_or_default();
-        if want.matches(&status) {
+        if want.matches(&pack) {
             return Ok(Some(pack));
         }
-        let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
         Err(format!(
-            "state {:?}, ready {:?}, version {:?}, revision {:?}{}",
-            status.state,
-            ready.map(|c| (&c.reason, &c.message)),
-            status.version,
-            status.revision,
+            "{}{}",
+            seen(&pack),
             controller
                 .map(|c| log_tail(&c.logs(), 8))
                 .unwrap_or_default()
         ))
     })
     .await
+}
+
+/// Asserts that Pack `name` matches `want` all through `period`.
+pub async fn pack_holds(packs: &Api<Pack>, name: &str, want: Want<'_>, period: Duration) {
+    crate::wait::holds(&format!("Pack {name}: {want:?}"), period, EVERY, || async {
+        let pack = packs.get(name).await.map_err(|e| e.to_string())?;
+        if want.matches(&pack) {
+            Ok(())
+        } else {
+            Err(seen(&pack))
+        }
+    })
+    .await;
+}
+
+/// What a failed wait saw of `pack`: state, Ready condition, version, revision and generations.
+fn seen(pack: &Pack) -> String {
+    let status = pack.status.clone().unwrap_or_default();
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+    format!(
+        "state {:?}, ready {:?}, version {:?}, revision {:?}, generation {:?}",
+        status.state,
+        ready.map(|c| (&c.status, &c.reason, &c.message, c.observed_generation)),
+        status.version,
+        status.revision,
+        pack.metadata.generation,
+    )
 }
 
 /// Waits until ClusterPackRepository `name`'s Ready condition is `status` (with `reason`, when given)
@@ -519,5 +572,49 @@ mod tests {
         assert_eq!(got.len(), 2, "{got:?}");
         assert_eq!(got["LIST secrets"], 5.0);
         assert_eq!(got["APPLY packs.k8s.kubit.ir/status"], 3.0);
+    }
+
+    fn pack(generation: i64, observed: i64, status: &str, reason: &str) -> Pack {
+        serde_json::from_value(json!({
+            "apiVersion": "k8s.kubit.ir/v1alpha1", "kind": "Pack",
+            "metadata": {"name": "app", "generation": generation},
+            "spec": {"chart": {
+                "repository": {"kind": "ClusterPackRepository", "name": "r"},
+                "name": "genpack",
+            }},
+            "status": {
+                "state": "Applied", "version": "0.1.0", "revision": 1,
+                "conditions": [{
+                    "type": "Ready", "status": status, "reason": reason, "message": "",
+                    "observedGeneration": observed, "lastTransitionTime": "2026-12-05T00:00:00Z",
+                }],
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn want_matches_every_field_it_names_and_ignores_the_others() {
+        let p = pack(2, 2, "True", "Applied");
+        assert!(Want::default().matches(&p));
+        assert!(
+            Want::applied("0.1.0")
+                .state(PackState::Applied)
+                .revision(1)
+                .matches(&p)
+        );
+        assert!(Want::reason("Applied").status("True").current().matches(&p));
+        assert!(!Want::applied("0.2.0").matches(&p));
+        assert!(!Want::reason("Applied").status("False").matches(&p));
+        assert!(!Want::default().revision(2).matches(&p));
+        // A Ready condition of an older generation is not current.
+        let stale = pack(3, 2, "True", "Applied");
+        assert!(Want::reason("Applied").matches(&stale));
+        assert!(!Want::reason("Applied").current().matches(&stale));
+        // No status at all: only the empty want matches.
+        let mut bare = p.clone();
+        bare.status = None;
+        assert!(Want::default().matches(&bare));
+        assert!(!Want::default().current().matches(&bare));
     }
 }

@@ -14,7 +14,7 @@ use e2e::{
     },
     cluster::{ControlPlane, client_from},
     controller::ControllerProcess,
-    packs::{ChartServer, create_genpack_pack, served_repository},
+    packs::{ChartServer, Want, create_genpack_pack, served_repository, wait_pack},
     registry::Registry,
     test_env,
     tools::workspace_root,
@@ -1807,37 +1807,21 @@ async fn apply_text(kubeconfig: &Path, text: &str) {
     panic!("kubectl apply failed: {last}");
 }
 
-/// Waits until sample Pack `name` is Applied at 0.2.0 (with a `status.chartRef` starting `chart_ref`).
+/// Waits until sample Pack `name` is Applied at 0.2.0; its `status.chartRef` must start `chart_ref`.
 async fn wait_sample_pack(
     packs: &Api<Pack>,
     name: &str,
     chart_ref: Option<&str>,
     controller: &ControllerProcess,
 ) {
-    wait::until(
-        &format!("sample Pack {name} installed at 0.2.0"),
-        TIMEOUT,
-        EVERY,
-        || async {
-            let s = packs
-                .get(name)
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
-            let pinned =
-                chart_ref.is_none_or(|p| s.chart_ref.as_deref().is_some_and(|r| r.starts_with(p)));
-            if s.version.as_deref() == Some("0.2.0")
-                && s.state == Some(common::crd::pack::PackState::Applied)
-                && pinned
-            {
-                Ok(Some(()))
-            } else {
-                Err(format!("{s:?}\n{}", controller.logs()))
-            }
-        },
-    )
-    .await
+    let want = Want::default()
+        .state(common::crd::pack::PackState::Applied)
+        .version("0.2.0");
+    let pack = wait_pack(packs, name, want, Some(controller)).await;
+    if let Some(prefix) = chart_ref {
+        let pinned = pack.status.and_then(|s| s.chart_ref).unwrap_or_default();
+        assert!(pinned.starts_with(prefix), "{name} is pinned by {pinned}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

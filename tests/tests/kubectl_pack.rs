@@ -4,8 +4,6 @@
 //! template renders the Pack's values without a valuesFrom Secret's value unless asked, and diff shows a
 //! Deployment scaled by hand and nothing for an unchanged release.
 
-use std::time::Duration;
-
 use tokio::process::Command;
 
 use common::crd::Pack;
@@ -13,17 +11,14 @@ use e2e::{
     TestEnv,
     chart::kubectl,
     controller::ControllerProcess,
-    packs::{ServedRepository, served_repository, start_pack_controller},
+    packs::{ServedRepository, Want, served_repository, start_pack_controller, wait_pack},
     test_env,
     tools::{tool, workspace_binary},
-    wait,
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt, api::PostParams};
 use serde_json::{Value, json};
 
-const TIMEOUT: Duration = Duration::from_secs(90);
-const EVERY: Duration = Duration::from_millis(250);
 const SECRET_TOKEN: &str = "s3cr3t-token-4711";
 
 struct Fixture {
@@ -111,32 +106,8 @@ impl Fixture {
 
     /// Waits until Pack `name`'s Ready condition has `status` and `reason`.
     async fn wait_ready(&self, name: &str, status: &str, reason: &str) -> Pack {
-        wait::until(
-            &format!("Pack {name} Ready={status} ({reason})"),
-            TIMEOUT,
-            EVERY,
-            || async {
-                let p = self.packs.get(name).await.unwrap();
-                let ready = p
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned());
-                match ready {
-                    Some(c) if c.status == status && c.reason == reason => Ok(Some(p)),
-                    other => Err(format!(
-                        "{other:?}\n--- controller log tail:\n{}",
-                        self.controller
-                            .logs()
-                            .lines()
-                            .rev()
-                            .take(6)
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    )),
-                }
-            },
-        )
-        .await
+        let want = Want::reason(reason).status(status);
+        wait_pack(&self.packs, name, want, Some(&self.controller)).await
     }
 }
 

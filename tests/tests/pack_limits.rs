@@ -2,16 +2,16 @@
 //! and over, vars that multiply each other) is refused with `ValuesTooLarge` before any Helm process
 //! starts, and refusing it costs the controller no memory.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use common::crd::{ClusterPackRepository, Pack, pack::PackState};
 use e2e::{
     controller::ControllerProcess,
     packs::{
-        ServedRepository, helm_operations, served_repository, start_pack_controller,
-        wait_repository,
+        ServedRepository, Want, helm_operations, served_repository, start_pack_controller,
+        wait_pack, wait_repository,
     },
-    test_env, wait,
+    test_env,
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
@@ -20,8 +20,6 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-const TIMEOUT: Duration = Duration::from_secs(60);
-const EVERY: Duration = Duration::from_millis(250);
 const MIB: u64 = 1 << 20;
 /// The controller's peak RSS while refusing Packs that expand to 200 MB (and, nested, 100 GB). Before
 /// the limit it peaked at 398 MiB on the first of them alone; idle it is a few tens of MiB.
@@ -54,38 +52,6 @@ async fn create_pack(
         .create(&PostParams::default(), &pack)
         .await
         .unwrap_or_else(|e| panic!("create Pack {name}: {e}"));
-}
-
-/// Waits until Pack `name`'s current generation is Ready=False with `reason`; returns the Pack.
-async fn wait_reason(
-    packs: &Api<Pack>,
-    name: &str,
-    reason: &str,
-    controller: &ControllerProcess,
-) -> Pack {
-    wait::until(
-        &format!("Pack {name}: Ready reason {reason} for its generation"),
-        TIMEOUT,
-        EVERY,
-        || async {
-            let p = packs.get(name).await.unwrap();
-            let s = p.status.clone().unwrap_or_default();
-            let ready = s.conditions.iter().find(|c| c.type_ == "Ready");
-            if ready.is_some_and(|c| {
-                c.reason == reason && c.observed_generation == p.metadata.generation
-            }) {
-                Ok(Some(p))
-            } else {
-                Err(format!(
-                    "state {:?}, ready {:?}\n--- controller log tail:\n{}",
-                    s.state,
-                    ready.map(|c| (&c.status, &c.reason, &c.message, c.observed_generation)),
-                    tail(&controller.logs(), 8)
-                ))
-            }
-        },
-    )
-    .await
 }
 
 /// Checks a refused Pack: Ready=False ValuesTooLarge naming the size and the limit, Stalled, Invalid.
@@ -147,11 +113,6 @@ async fn wait_repository_ready(
     wait_repository(&repos, &repo.name, "True", None, Some(controller)).await;
 }
 
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_packs_are_refused_before_helm_and_memory_stays_flat() {
     let env = test_env();
@@ -204,7 +165,13 @@ async fn oversized_packs_are_refused_before_helm_and_memory_stays_flat() {
 
     let packs: Api<Pack> = Api::namespaced(client.clone(), &ns.name);
     for name in ["repeated", "embedded", "nested"] {
-        let pack = wait_reason(&packs, name, "ValuesTooLarge", &controller).await;
+        let pack = wait_pack(
+            &packs,
+            name,
+            Want::reason("ValuesTooLarge").current(),
+            Some(&controller),
+        )
+        .await;
         let message = assert_refused(&pack, MIB);
         let reached = if name == "nested" {
             "when reaching vars.V2"
@@ -230,7 +197,13 @@ async fn oversized_packs_are_refused_before_helm_and_memory_stays_flat() {
             .patch("repeated", &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .unwrap();
-        let pack = wait_reason(&packs, "repeated", "ValuesTooLarge", &controller).await;
+        let pack = wait_pack(
+            &packs,
+            "repeated",
+            Want::reason("ValuesTooLarge").current(),
+            Some(&controller),
+        )
+        .await;
         assert_refused(&pack, MIB);
     }
 
@@ -283,7 +256,13 @@ async fn max_values_size_is_the_limit_and_a_pack_within_it_installs() {
     )
     .await;
     let packs: Api<Pack> = Api::namespaced(client.clone(), &ns.name);
-    let pack = wait_reason(&packs, "plain", "ValuesTooLarge", &controller).await;
+    let pack = wait_pack(
+        &packs,
+        "plain",
+        Want::reason("ValuesTooLarge").current(),
+        Some(&controller),
+    )
+    .await;
     let message = assert_refused(&pack, 4096);
     assert!(message.contains("(at least 4097 bytes"), "{message}");
     assert_eq!(
@@ -299,7 +278,13 @@ async fn max_values_size_is_the_limit_and_a_pack_within_it_installs() {
         .patch("plain", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    let pack = wait_reason(&packs, "plain", "Applied", &controller).await;
+    let pack = wait_pack(
+        &packs,
+        "plain",
+        Want::reason("Applied").current(),
+        Some(&controller),
+    )
+    .await;
     assert_eq!(
         pack.status.unwrap_or_default().state,
         Some(PackState::Applied)

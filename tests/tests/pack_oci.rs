@@ -6,11 +6,11 @@ use std::time::Duration;
 use common::crd::{ClusterPackRepository, Pack};
 use e2e::{
     packs::{
-        RepositoriesGuard, Want, create_genpack_pack, ready_message, start_pack_controller,
-        wait_pack, wait_repository,
+        RepositoriesGuard, Want, create_genpack_pack, pack_holds, ready_message,
+        start_pack_controller, wait_pack, wait_repository,
     },
     registry::{REGISTRY_PASSWORD, REGISTRY_USER, Registry},
-    test_env, wait,
+    test_env,
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
@@ -19,7 +19,6 @@ use kube::{
 };
 use serde_json::json;
 
-const EVERY: Duration = Duration::from_millis(250);
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// Creates ClusterPackRepository `name` for the registry, plain HTTP, refreshed every 2 s, with
@@ -120,13 +119,7 @@ async fn resolves_installs_upgrades_and_survives_the_registry_going_down() {
     let packs: Api<Pack> = Api::namespaced(client.clone(), &ns.name);
     create_genpack_pack(&client, &ns.name, "app", &repo, Some("<0.5.0"), json!(null)).await;
 
-    let app = wait_pack(
-        &packs,
-        "app",
-        Want::reason("Applied").version("0.1.1"),
-        Some(&controller),
-    )
-    .await;
+    let app = wait_pack(&packs, "app", Want::applied("0.1.1"), Some(&controller)).await;
     let pinned = format!("{}/genpack@sha256:", registry.repository_url());
     let first = app.status.and_then(|s| s.chart_ref).unwrap_or_default();
     assert!(first.starts_with(&pinned), "{first} pins a manifest digest");
@@ -135,13 +128,7 @@ async fn resolves_installs_upgrades_and_survives_the_registry_going_down() {
 
     // A newer matching tag is pushed: the Pack upgrades to it on the repository's interval.
     registry.push_genpack("0.2.0");
-    let app = wait_pack(
-        &packs,
-        "app",
-        Want::reason("Applied").version("0.2.0"),
-        Some(&controller),
-    )
-    .await;
+    let app = wait_pack(&packs, "app", Want::applied("0.2.0"), Some(&controller)).await;
     assert_ne!(
         app.status.and_then(|s| s.chart_ref).as_deref(),
         Some(first.as_str()),
@@ -185,19 +172,11 @@ async fn resolves_installs_upgrades_and_survives_the_registry_going_down() {
     )
     .await;
     assert!(message.contains("still serving"), "{message}");
-    wait::holds(
-        "Pack app stays on 0.2.0",
+    pack_holds(
+        &packs,
+        "app",
+        Want::applied("0.2.0"),
         Duration::from_secs(5),
-        EVERY,
-        || async {
-            let status = packs.get("app").await.unwrap().status.unwrap_or_default();
-            let want = Want::reason("Applied").version("0.2.0");
-            if want.matches(&status) {
-                Ok(())
-            } else {
-                Err(status)
-            }
-        },
     )
     .await;
     registry.run().await;
@@ -247,13 +226,7 @@ async fn a_registry_with_auth_takes_credentials_from_secrets() {
     create_genpack_pack(&client, &ns.name, "good", &good, None, json!(null)).await;
     create_genpack_pack(&client, &ns.name, "bad", &bad, None, json!(null)).await;
 
-    wait_pack(
-        &packs,
-        "good",
-        Want::reason("Applied").version("0.1.0"),
-        Some(&controller),
-    )
-    .await;
+    wait_pack(&packs, "good", Want::applied("0.1.0"), Some(&controller)).await;
     let (message, _) = wait_repository(
         &repos,
         &bad,

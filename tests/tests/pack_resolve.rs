@@ -6,8 +6,8 @@ use std::{sync::atomic::Ordering, time::Duration};
 use common::crd::{ClusterPackRepository, Pack};
 use e2e::{
     packs::{
-        ChartServer, RepositoriesGuard, Want, create_repository, publish, ready_message,
-        start_pack_controller, wait_pack, wait_repository,
+        ChartServer, RepositoriesGuard, Want, create_repository, pack_holds, publish,
+        ready_message, start_pack_controller, wait_pack, wait_repository,
     },
     test_env, wait,
 };
@@ -97,38 +97,13 @@ async fn resolves_packs_against_a_served_repository() {
     create_pack(&client, &ns.name, "invalid", &repo, "genpack", "~=1").await;
     create_pack(&client, &ns.name, "norepo", &later, "genpack", "~=0.1").await;
 
-    let message = ready_message(
-        &wait_pack(
-            &packs,
-            "compat",
-            Want::reason("Applied").version("0.2.0"),
-            Some(&controller),
-        )
-        .await,
-    );
+    let compat = wait_pack(&packs, "compat", Want::applied("0.2.0"), Some(&controller)).await;
+    let message = ready_message(&compat);
     assert!(message.contains("genpack 0.2.0"), "{message}");
-    let digest = packs
-        .get("compat")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .chart_digest;
+    let digest = compat.status.unwrap().chart_digest;
     assert_eq!(digest.map(|d| d.len()), Some(64));
-    wait_pack(
-        &packs,
-        "exact",
-        Want::reason("Applied").version("0.1.3"),
-        Some(&controller),
-    )
-    .await;
-    wait_pack(
-        &packs,
-        "caret",
-        Want::reason("Applied").version("1.0.0"),
-        Some(&controller),
-    )
-    .await;
+    wait_pack(&packs, "exact", Want::applied("0.1.3"), Some(&controller)).await;
+    wait_pack(&packs, "caret", Want::applied("1.0.0"), Some(&controller)).await;
     let message = ready_message(
         &wait_pack(
             &packs,
@@ -199,30 +174,12 @@ async fn resolves_packs_against_a_served_repository() {
 
     // The missing repository appears: the Pack heals without a restart.
     create_repository(&client, &later, &server.url).await;
-    wait_pack(
-        &packs,
-        "norepo",
-        Want::reason("Applied").version("0.2.0"),
-        Some(&controller),
-    )
-    .await;
+    wait_pack(&packs, "norepo", Want::applied("0.2.0"), Some(&controller)).await;
 
     // A new matching version is published: `~=0.1` moves to it after an interval or two.
     publish(&dir, "0.3.0");
-    wait_pack(
-        &packs,
-        "compat",
-        Want::reason("Applied").version("0.3.0"),
-        Some(&controller),
-    )
-    .await;
-    wait_pack(
-        &packs,
-        "caret",
-        Want::reason("Applied").version("1.0.0"),
-        Some(&controller),
-    )
-    .await;
+    wait_pack(&packs, "compat", Want::applied("0.3.0"), Some(&controller)).await;
+    wait_pack(&packs, "caret", Want::applied("1.0.0"), Some(&controller)).await;
 
     // The repository answers 404: Ready=False with the HTTP status, the previous index keeps serving.
     server.broken.store(true, Ordering::SeqCst);
@@ -242,23 +199,11 @@ async fn resolves_packs_against_a_served_repository() {
     .await;
     let s = repos.get(&repo).await.unwrap().status.unwrap();
     assert_eq!((s.charts, s.versions), (Some(1), Some(5)));
-    wait::holds(
-        "Pack compat stays resolved to 0.3.0",
+    pack_holds(
+        &packs,
+        "compat",
+        Want::applied("0.3.0"),
         Duration::from_secs(5),
-        EVERY,
-        || async {
-            let status = packs
-                .get("compat")
-                .await
-                .unwrap()
-                .status
-                .unwrap_or_default();
-            if Want::reason("Applied").version("0.3.0").matches(&status) {
-                Ok(())
-            } else {
-                Err(status)
-            }
-        },
     )
     .await;
 
@@ -286,13 +231,7 @@ async fn broken_indexes_are_reported_and_the_previous_index_keeps_serving() {
     let repos = Api::<ClusterPackRepository>::all(client.clone());
     let packs = Api::<Pack>::namespaced(client.clone(), &ns.name);
     create_pack(&client, &ns.name, "app", &repo, "genpack", "~=0.1").await;
-    wait_pack(
-        &packs,
-        "app",
-        Want::reason("Applied").version("0.1.0"),
-        Some(&controller),
-    )
-    .await;
+    wait_pack(&packs, "app", Want::applied("0.1.0"), Some(&controller)).await;
     let good_index = std::fs::read(dir.join("index.yaml")).unwrap();
 
     // Invalid YAML: the message says where, and the previous index keeps serving.
@@ -312,13 +251,7 @@ async fn broken_indexes_are_reported_and_the_previous_index_keeps_serving() {
     assert!(msg.contains("line"), "the parse error names a line: {msg}");
     let s = repos.get(&repo).await.unwrap().status.unwrap();
     assert_eq!(s.versions, Some(1), "previous index kept");
-    wait_pack(
-        &packs,
-        "app",
-        Want::reason("Applied").version("0.1.0"),
-        Some(&controller),
-    )
-    .await;
+    wait_pack(&packs, "app", Want::applied("0.1.0"), Some(&controller)).await;
 
     // Larger than the cap (default 50 MiB): refused without being read whole.
     let mut huge = good_index.clone();
@@ -337,13 +270,7 @@ async fn broken_indexes_are_reported_and_the_previous_index_keeps_serving() {
         msg.contains("MiB") || msg.contains("bytes"),
         "names the limit: {msg}"
     );
-    wait_pack(
-        &packs,
-        "app",
-        Want::reason("Applied").version("0.1.0"),
-        Some(&controller),
-    )
-    .await;
+    wait_pack(&packs, "app", Want::applied("0.1.0"), Some(&controller)).await;
 
     // Fixed: Ready again.
     std::fs::write(dir.join("index.yaml"), &good_index).unwrap();

@@ -11,7 +11,7 @@ use e2e::{
     cluster::client_from,
     controller::ControllerProcess,
     events::wait_event,
-    packs::{pack_work_dir, served_repository},
+    packs::{Want, pack_work_dir, ready_message, served_repository, wait_pack},
     test_env, tools, wait,
 };
 use k8s_openapi::api::{
@@ -110,37 +110,14 @@ async fn wait_ready_reason(
     packs: &Api<Pack>,
     name: &str,
     reason: &str,
-    logs: impl Fn() -> String,
+    controller: &ControllerProcess,
 ) -> String {
-    wait::until(
-        &format!("Pack {name} Ready reason {reason}"),
-        TIMEOUT,
-        EVERY,
-        || async {
-            let s = packs.get(name).await.unwrap().status.unwrap_or_default();
-            match s.conditions.iter().find(|c| c.type_ == "Ready") {
-                Some(c) if c.reason == reason => Ok(Some(c.message.clone())),
-                other => Err(format!("{other:?}\n{}", logs())),
-            }
-        },
-    )
-    .await
+    ready_message(&wait_pack(packs, name, Want::reason(reason), Some(controller)).await)
 }
 
-async fn wait_applied(packs: &Api<Pack>, name: &str, logs: impl Fn() -> String) {
-    wait::until(&format!("Pack {name} Applied"), TIMEOUT, EVERY, || async {
-        let s = packs.get(name).await.unwrap().status.unwrap_or_default();
-        if s.state == Some(PackState::Applied)
-            && s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        {
-            Ok(Some(()))
-        } else {
-            Err(format!("{s:?}\n{}", logs()))
-        }
-    })
-    .await;
+async fn wait_applied(packs: &Api<Pack>, name: &str, controller: &ControllerProcess) {
+    let want = Want::default().state(PackState::Applied).status("True");
+    wait_pack(packs, name, want, Some(controller)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -162,7 +139,6 @@ async fn a_pack_runs_as_its_service_account_and_cannot_do_more_than_it_may() {
     let controller =
         ControllerProcess::start_with_kubeconfig(&kubeconfig, "pack-controller", "tenant-0", &args)
             .unwrap();
-    let logs = || controller.logs();
     let packs: Api<Pack> = Api::namespaced(admin.clone(), &ns.name);
 
     // Values that would make the tenant cluster-admin, and plant a ConfigMap in another team's namespace.
@@ -179,7 +155,7 @@ async fn a_pack_runs_as_its_service_account_and_cannot_do_more_than_it_may() {
     }
 
     // The ServiceAccount does not exist yet: said clearly, nothing runs.
-    let message = wait_ready_reason(&packs, "web", "ServiceAccountNotFound", logs).await;
+    let message = wait_ready_reason(&packs, "web", "ServiceAccountNotFound", &controller).await;
     assert!(
         message.contains(&format!("ServiceAccount {}/deployer", ns.name))
             && message.contains("spec.serviceAccountName"),
@@ -204,14 +180,14 @@ async fn a_pack_runs_as_its_service_account_and_cannot_do_more_than_it_may() {
 
     // It appears, with the namespace's admin role only: the Packs proceed at once (watched, not polled).
     tenant_deployer(&admin, &ns.name, "deployer").await;
-    wait_applied(&packs, "web", logs).await;
+    wait_applied(&packs, "web", &controller).await;
     Api::<Deployment>::namespaced(admin.clone(), &ns.name)
         .get("web-web")
         .await
         .expect("the chart's Deployment, installed as the ServiceAccount");
 
     // What the ServiceAccount may not do, the Pack cannot do, and the status names the fix.
-    let message = wait_ready_reason(&packs, "escalate", "InstallFailed", logs).await;
+    let message = wait_ready_reason(&packs, "escalate", "InstallFailed", &controller).await;
     assert!(
         message.contains("is forbidden")
             && message.contains("resource \"clusterrolebindings\"")
@@ -227,7 +203,7 @@ async fn a_pack_runs_as_its_service_account_and_cannot_do_more_than_it_may() {
             .is_none(),
         "the tenant did not become cluster-admin"
     );
-    let message = wait_ready_reason(&packs, "plant", "InstallFailed", logs).await;
+    let message = wait_ready_reason(&packs, "plant", "InstallFailed", &controller).await;
     assert!(
         message.contains("is forbidden")
             && message.contains("resource \"configmaps\"")
@@ -292,7 +268,6 @@ async fn lock_down_mode_runs_packs_as_the_default_account_with_minimal_controlle
         &args,
     )
     .unwrap();
-    let logs = || controller.logs();
     let packs: Api<Pack> = Api::namespaced(admin.clone(), &ns.name);
     packs
         .create(
@@ -301,10 +276,10 @@ async fn lock_down_mode_runs_packs_as_the_default_account_with_minimal_controlle
         )
         .await
         .unwrap();
-    let message = wait_ready_reason(&packs, "web", "ServiceAccountNotFound", logs).await;
+    let message = wait_ready_reason(&packs, "web", "ServiceAccountNotFound", &controller).await;
     assert!(message.contains("--default-service-account"), "{message}");
     tenant_deployer(&admin, &ns.name, "deployer").await;
-    wait_applied(&packs, "web", logs).await;
+    wait_applied(&packs, "web", &controller).await;
     Api::<Deployment>::namespaced(admin.clone(), &ns.name)
         .get("web-web")
         .await

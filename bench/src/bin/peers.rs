@@ -78,7 +78,7 @@ struct Args {
     packs: usize,
     /// The pack side without Flux: only pack-controller's rounds are printed (no results file), to
     /// compare settings of ours, e.g. the helm children's Go runtime environment.
-    #[arg(long, requires = "only")]
+    #[arg(long)]
     no_peer: bool,
     /// Measure nothing: draw the PNG chart of this results file (beside it, same name) and stop.
     #[arg(long)]
