@@ -212,6 +212,12 @@ impl Helm {
             "--values".into(),
             values.path.clone().into(),
             "--reset-values".into(),
+            // The API server validates every applied object itself (Helm applies with
+            // `fieldValidation=Strict`; unknown or duplicate fields fail the operation the same way).
+            // Helm's client-side check only asks the server whether it validates, by fetching and
+            // parsing its OpenAPI v3 documents in every process: 38 % of a helm upgrade's CPU and
+            // 5 MiB of its peak (docs/pack.md "Helm's cost per operation").
+            "--disable-openapi-validation".into(),
             "--history-max".into(),
             self.config.max_history.to_string().into(),
             "--timeout".into(),
