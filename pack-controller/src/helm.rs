@@ -216,7 +216,7 @@ impl Helm {
             // `fieldValidation=Strict`; unknown or duplicate fields fail the operation the same way).
             // Helm's client-side check only asks the server whether it validates, by fetching and
             // parsing its OpenAPI v3 documents in every process: 38 % of a helm upgrade's CPU and
-            // 5 MiB of its peak (docs/pack.md "Helm's cost per operation").
+            // 5 MiB of its peak (docs/pack.md, "Helm's cost per operation").
             "--disable-openapi-validation".into(),
             "--history-max".into(),
             self.config.max_history.to_string().into(),

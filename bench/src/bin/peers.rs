@@ -586,7 +586,9 @@ fn write_results(args: &Args, peers: &Path, table: &str) -> anyhow::Result<PathB
          v1.7.3 + helm-controller v1.4.3, one ClusterPackRepository / HelmRepository of genpack served over HTTP, \
          the same values; Flux runs with `install/upgrade.disableWait` and `disableWaitForJobs` (no kubelet \
          here), like-for-like with Packs without `spec.wait`. Memory and CPU are of the process trees (ours: \
-         the controller and its helm children; Flux: both controllers).\n\n{table}",
+         the controller and its helm children; Flux: both controllers). Peak RSS sums each process's resident \
+         pages, so the executable pages that concurrent helm processes share count once per process; peak PSS \
+         (`smaps_rollup`) counts a shared page once across them, which is what the node's memory holds.\n\n{table}",
         machine(),
         peers.display(),
         argv.join(" "),

@@ -5,7 +5,9 @@
 //!
 //! Per side and round: `--packs` objects created at once until all are ready (Pack `Applied`, HelmRelease
 //! `Ready=True`, both at their generation); the controllers' process trees sampled every 100 ms for the
-//! peak of their summed RSS; CPU seconds from /proc (utime+stime, plus cutime+cstime: exited helm
+//! peak of their summed RSS and of their summed PSS (`/proc/<pid>/smaps_rollup`: a page shared by n
+//! processes counts 1/n in each, so the executable pages of concurrent helm processes count once, as the
+//! node's memory holds them once); CPU seconds from /proc (utime+stime, plus cutime+cstime: exited helm
 //! children); RSS at rest 5 s after; then an upgrade of all of them (one value changed).
 
 use std::{
@@ -13,7 +15,7 @@ use std::{
     process::{Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -154,8 +156,8 @@ fn processes() -> Vec<(u32, u32, u64)> {
         .collect()
 }
 
-/// The summed RSS (KiB) of `roots` and all their descendants.
-fn tree_rss(roots: &[u32]) -> u64 {
+/// The summed RSS and PSS (KiB) of `roots` and all their descendants.
+fn tree_memory(roots: &[u32]) -> (u64, u64) {
     let all = processes();
     let mut tree: Vec<u32> = roots.to_vec();
     let mut i = 0;
@@ -166,8 +168,19 @@ fn tree_rss(roots: &[u32]) -> u64 {
     }
     all.iter()
         .filter(|p| tree.contains(&p.0))
-        .map(|p| p.2)
-        .sum()
+        .map(|p| (p.2, pss(p.0)))
+        .fold((0, 0), |(rss, pss), p| (rss + p.0, pss + p.1))
+}
+
+/// The proportional set size (KiB) of `pid`, 0 once it is gone.
+fn pss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("Pss:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// utime+stime+cutime+cstime of `pids`, in seconds (ticks of 1/100 s).
@@ -185,17 +198,19 @@ fn cpu(pids: &[u32]) -> f64 {
     pids.iter().map(one).sum::<u64>() as f64 / 100.0
 }
 
-/// Samples the summed RSS of `roots`' trees every 100 ms until the returned flag is set; the peak (KiB).
-fn sample_peak(roots: Vec<u32>) -> (Arc<AtomicBool>, tokio::task::JoinHandle<u64>) {
+/// Samples the summed RSS and PSS of `roots`' trees every 100 ms until the returned flag is set; the
+/// peak of each (KiB).
+fn sample_peak(roots: Vec<u32>) -> (Arc<AtomicBool>, tokio::task::JoinHandle<(u64, u64)>) {
     let stop = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicU64::new(0));
-    let (s, p) = (stop.clone(), peak.clone());
+    let s = stop.clone();
     let task = tokio::task::spawn_blocking(move || {
+        let mut peak = (0, 0);
         while !s.load(Ordering::SeqCst) {
-            p.fetch_max(tree_rss(&roots), Ordering::SeqCst);
+            let (rss, pss) = tree_memory(&roots);
+            peak = (peak.0.max(rss), peak.1.max(pss));
             std::thread::sleep(Duration::from_millis(100));
         }
-        p.load(Ordering::SeqCst)
+        peak
     });
     (stop, task)
 }
@@ -205,6 +220,7 @@ struct Run {
     install: f64,
     install_cpu: f64,
     peak: u64,
+    peak_pss: u64,
     rest: u64,
     upgrade: f64,
     upgrade_cpu: f64,
@@ -398,11 +414,11 @@ impl PackCtx<'_> {
         self.write_all(side, &label, false).await?;
         let installed = self.wait_ready(side, &label).await;
         stop.store(true, Ordering::SeqCst);
-        let peak = peak.await?;
+        let (peak, peak_pss) = peak.await?;
         installed?;
         let (install, install_cpu) = (started.elapsed().as_secs_f64(), cpu(&pids) - cpu0);
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let rest = tree_rss(&pids);
+        let (rest, _) = tree_memory(&pids);
         let (cpu1, started) = (cpu(&pids), Instant::now());
         self.write_all(side, &label, true).await?;
         self.wait_ready(side, &label).await?;
@@ -412,6 +428,7 @@ impl PackCtx<'_> {
             install,
             install_cpu,
             peak,
+            peak_pss,
             rest,
             upgrade,
             upgrade_cpu,
@@ -448,7 +465,7 @@ pub async fn figures(ctx: &PackCtx<'_>, rounds: usize) -> anyhow::Result<Vec<Fig
         for (side, runs) in sides {
             let run: Run = ctx.run(side, round).await?;
             println!(
-                "  round {} {}: install {:.1} s ({:.1} CPU s, peak {:.1} MiB), rest {:.1} MiB, upgrade {:.1} s ({:.1} CPU s)",
+                "  round {} {}: install {:.1} s ({:.1} CPU s, peak RSS {:.1} MiB, PSS {:.1} MiB), rest {:.1} MiB, upgrade {:.1} s ({:.1} CPU s)",
                 round + 1,
                 if side == Side::Ours {
                     "pack-controller"
@@ -458,6 +475,7 @@ pub async fn figures(ctx: &PackCtx<'_>, rounds: usize) -> anyhow::Result<Vec<Fig
                 run.install,
                 run.install_cpu,
                 mib(run.peak),
+                mib(run.peak_pss),
                 mib(run.rest),
                 run.upgrade,
                 run.upgrade_cpu
@@ -491,6 +509,11 @@ pub async fn figures(ctx: &PackCtx<'_>, rounds: usize) -> anyhow::Result<Vec<Fig
             "pack: peak RSS during install (process trees, 100 ms samples)".to_owned(),
             "MiB",
             |r| mib(r.peak),
+        ),
+        figure(
+            "pack: peak PSS during install (process trees; shared pages counted once)".to_owned(),
+            "MiB",
+            |r| mib(r.peak_pss),
         ),
         figure(
             format!("pack: RSS at rest after {n} installed"),
