@@ -65,8 +65,10 @@ async fn image(deployments: &Api<Deployment>) -> String {
         .unwrap()
 }
 
+/// Sets `spec.driftDetection` and waits until the controller has reconciled that generation, so a change
+/// made next is judged by the new rules, not by a reconcile of the old ones still under way.
 async fn set_drift(packs: &Api<Pack>, detection: serde_json::Value) {
-    packs
+    let patched = packs
         .patch(
             "app",
             &PatchParams::default(),
@@ -74,6 +76,24 @@ async fn set_drift(packs: &Api<Pack>, detection: serde_json::Value) {
         )
         .await
         .unwrap();
+    let generation = patched.metadata.generation;
+    wait::until(
+        "the new driftDetection observed",
+        TIMEOUT,
+        EVERY,
+        || async {
+            let p = packs.get("app").await.unwrap();
+            let seen = p.status.as_ref().and_then(|s| s.observed_generation);
+            if seen >= generation {
+                Ok(Some(()))
+            } else {
+                Err(format!(
+                    "observedGeneration {seen:?}, generation {generation:?}"
+                ))
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
