@@ -17,14 +17,23 @@ pub mod ratio_chart;
 /// (resident set, its high-water mark) of process `pid`, in KiB; 0 when unreadable.
 pub fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    (kib_field(&status, "VmRSS:"), kib_field(&status, "VmHWM:"))
+}
+
+/// The proportional set size of process `pid` in KiB (a page shared by n processes counts 1/n in
+/// each; `/proc/<pid>/smaps_rollup`), 0 when unreadable.
+pub fn pss_kib(pid: u32) -> u64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    kib_field(&rollup, "Pss:")
+}
+
+/// The number after `name` (e.g. `VmRSS:`) on its line of a `/proc` file of `Name: N kB` lines, 0
+/// without one.
+fn kib_field(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// KiB as MiB.
@@ -173,5 +182,19 @@ mod tests {
             .collect();
         assert_eq!(digests.len(), 1000);
         assert!(digests.iter().all(|d| d.len() == 64));
+    }
+
+    #[test]
+    fn proc_fields_are_read_in_kib_and_a_missing_one_is_zero() {
+        let rollup = "Rss:               55524 kB\nPss:               41297 kB\nPss_Anon:           8664 kB\n";
+        assert_eq!(kib_field(rollup, "Pss:"), 41297);
+        assert_eq!(kib_field(rollup, "Pss_Anon:"), 8664);
+        assert_eq!(kib_field(rollup, "Swap:"), 0);
+        let me = std::process::id();
+        let pss = pss_kib(me);
+        assert!(
+            pss > 0 && pss <= rss_kib(me).1,
+            "PSS {pss} KiB within the high-water mark"
+        );
     }
 }

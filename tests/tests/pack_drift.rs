@@ -10,7 +10,7 @@ use common::crd::Pack;
 use e2e::{
     chart::kubectl,
     events::wait_event,
-    packs::{create_genpack_pack, served_repository, start_pack_controller},
+    packs::{Want, create_genpack_pack, served_repository, start_pack_controller, wait_pack},
     test_env, wait,
 };
 use k8s_openapi::api::apps::v1::Deployment;
@@ -65,10 +65,11 @@ async fn image(deployments: &Api<Deployment>) -> String {
         .unwrap()
 }
 
-/// Sets `spec.driftDetection` and waits until the controller has reconciled that generation, so a change
-/// made next is judged by the new rules, not by a reconcile of the old ones still under way.
+/// Sets `spec.driftDetection` and waits until the controller has reconciled that generation (its Ready
+/// condition observed it), so a change made next is judged by the new rules, not by a reconcile of the
+/// old ones still under way.
 async fn set_drift(packs: &Api<Pack>, detection: serde_json::Value) {
-    let patched = packs
+    packs
         .patch(
             "app",
             &PatchParams::default(),
@@ -76,24 +77,7 @@ async fn set_drift(packs: &Api<Pack>, detection: serde_json::Value) {
         )
         .await
         .unwrap();
-    let generation = patched.metadata.generation;
-    wait::until(
-        "the new driftDetection observed",
-        TIMEOUT,
-        EVERY,
-        || async {
-            let p = packs.get("app").await.unwrap();
-            let seen = p.status.as_ref().and_then(|s| s.observed_generation);
-            if seen >= generation {
-                Ok(Some(()))
-            } else {
-                Err(format!(
-                    "observedGeneration {seen:?}, generation {generation:?}"
-                ))
-            }
-        },
-    )
-    .await;
+    wait_pack(packs, "app", Want::default().current(), None).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

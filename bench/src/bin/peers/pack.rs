@@ -21,7 +21,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use bench::{mib, pack_variants::values};
+use bench::{mib, pack_variants::values, pss_kib};
 use e2e::{
     cluster::{ControlPlane, free_port, install_crds},
     controller::ControllerProcess,
@@ -168,19 +168,8 @@ fn tree_memory(roots: &[u32]) -> (u64, u64) {
     }
     all.iter()
         .filter(|p| tree.contains(&p.0))
-        .map(|p| (p.2, pss(p.0)))
+        .map(|p| (p.2, pss_kib(p.0)))
         .fold((0, 0), |(rss, pss), p| (rss + p.0, pss + p.1))
-}
-
-/// The proportional set size (KiB) of `pid`, 0 once it is gone.
-fn pss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("Pss:"))?;
-            line.split_whitespace().nth(1)?.parse().ok()
-        })
-        .unwrap_or(0)
 }
 
 /// utime+stime+cutime+cstime of `pids`, in seconds (ticks of 1/100 s).
