@@ -8,14 +8,15 @@
 //! the pack-controller (Packs whose `spec.valuesFrom` names one).
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     fmt::Debug,
     hash::Hash,
+    sync::Arc,
 };
 
 use futures::{Stream, StreamExt};
 use kube::{
-    Api, Resource, ResourceExt,
+    Api, Resource,
     core::PartialObjectMeta,
     runtime::{WatchStreamExt, watcher},
 };
@@ -109,7 +110,21 @@ impl<R: Clone + Ord + Hash> WatchIndex<R> {
     pub fn watched_objects(&self) -> usize {
         self.watchers.len()
     }
+
+    /// The referenced sources of `kind`, in `namespace` (or in any namespace when `None`).
+    pub fn sources(&self, kind: WatchKind, namespace: Option<&str>) -> Vec<SourceKey> {
+        self.watchers
+            .keys()
+            .filter(|s| s.kind == kind && namespace.is_none_or(|ns| s.namespace == ns))
+            .cloned()
+            .collect()
+    }
 }
+
+/// The sources a consumer's referrers reference now, of a kind, in a namespace (`None`: any); what a
+/// source watch compares each (re)list against, to report the referenced sources missing from it as
+/// deleted. Usually [`WatchIndex::sources`] under the consumer's lock.
+pub type Referenced = Arc<dyn Fn(WatchKind, Option<&str>) -> Vec<SourceKey> + Send + Sync>;
 
 /// A ConfigMap or Secret was created, changed or deleted (seen as metadata only).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,44 +135,114 @@ pub struct SourceEvent {
     pub deleted: bool,
 }
 
-/// Watches the objects of `api` (ConfigMaps or Secrets, metadata only, nothing cached) and yields a
-/// [`SourceEvent`] for each one created, changed or deleted, relists included. Watch errors are retried
-/// with the default backoff and logged at debug level; the stream ends only when the watch does.
+/// Watches the objects of `api` (ConfigMaps or Secrets of `namespace`, or of every namespace when
+/// `None`; metadata only, nothing cached) and yields a [`SourceEvent`] for each one created, changed or
+/// deleted, relists included. Watch errors are retried with the default backoff and logged at debug
+/// level; the stream ends only when the watch does.
+///
+/// A (re)list reports no deletion: an object deleted before the first list, or while the watch was
+/// down, is simply absent from it. So when a list ends, every source `referenced` names that the list
+/// did not contain is reported deleted ([`RelistGaps`]). Without that, a referrer that read a source
+/// just before it was deleted, while this watch was still starting, would not hear of it until its
+/// next resync.
 pub fn source_changes<S>(
     api: Api<PartialObjectMeta<S>>,
     kind: WatchKind,
+    namespace: Option<String>,
+    referenced: Referenced,
 ) -> impl Stream<Item = SourceEvent> + Send + 'static
 where
     S: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
     PartialObjectMeta<S>:
         Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + 'static,
 {
+    let mut gaps = RelistGaps::new(kind, namespace, referenced);
     watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
-        .filter_map(move |event| {
-            let event = match event {
-                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => Some((o, false)),
-                Ok(watcher::Event::Delete(o)) => Some((o, true)),
-                Ok(_) => None,
+        .flat_map(move |event| {
+            let events = match event {
+                Ok(event) => gaps.feed(event),
                 Err(e) => {
                     debug!(error = %e, "source watch error (retrying)");
-                    None
+                    Vec::new()
                 }
             };
-            std::future::ready(event.map(|(obj, deleted)| SourceEvent {
-                source: SourceKey {
-                    kind,
-                    namespace: obj.namespace().unwrap_or_default(),
-                    name: obj.name_any(),
-                },
-                resource_version: if deleted {
-                    None
-                } else {
-                    obj.resource_version()
-                },
-                deleted,
-            }))
+            futures::stream::iter(events)
         })
+}
+
+/// Turns the watch events of one source watch into [`SourceEvent`]s, and after each (re)list reports
+/// the referenced sources it did not contain as deleted. Only referenced sources are remembered during
+/// a list: memory is O(referenced sources), not O(objects listed).
+pub struct RelistGaps {
+    kind: WatchKind,
+    namespace: Option<String>,
+    referenced: Referenced,
+    /// During a list: the sources referenced when it began, and whether the list contained each.
+    listing: Option<HashMap<SourceKey, bool>>,
+}
+
+impl RelistGaps {
+    pub fn new(kind: WatchKind, namespace: Option<String>, referenced: Referenced) -> Self {
+        RelistGaps {
+            kind,
+            namespace,
+            referenced,
+            listing: None,
+        }
+    }
+
+    /// The [`SourceEvent`]s for one watch event on a source of this watch's kind.
+    pub fn feed<O: Resource>(&mut self, event: watcher::Event<O>) -> Vec<SourceEvent> {
+        let kind = self.kind;
+        let key = |obj: &O| SourceKey {
+            kind,
+            namespace: obj.meta().namespace.clone().unwrap_or_default(),
+            name: obj.meta().name.clone().unwrap_or_default(),
+        };
+        let changed = |obj: &O| SourceEvent {
+            source: key(obj),
+            resource_version: obj.meta().resource_version.clone(),
+            deleted: false,
+        };
+        let deleted = |source: SourceKey| SourceEvent {
+            source,
+            resource_version: None,
+            deleted: true,
+        };
+        match event {
+            watcher::Event::Init => {
+                let now = (self.referenced)(self.kind, self.namespace.as_deref());
+                self.listing = Some(now.into_iter().map(|s| (s, false)).collect());
+                Vec::new()
+            }
+            watcher::Event::InitApply(obj) => {
+                let event = changed(&obj);
+                if let Some(seen) = self.listing.as_mut().and_then(|l| l.get_mut(&event.source)) {
+                    *seen = true;
+                }
+                vec![event]
+            }
+            watcher::Event::InitDone => {
+                let listed: HashSet<SourceKey> = self
+                    .listing
+                    .take()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|(s, seen)| seen.then_some(s))
+                    .collect();
+                // Sources referenced since the list began and listed count as missing too: a
+                // needless wake, never a missed one.
+                (self.referenced)(self.kind, self.namespace.as_deref())
+                    .into_iter()
+                    .filter(|s| !listed.contains(s))
+                    .map(deleted)
+                    .collect()
+            }
+            watcher::Event::Apply(obj) => vec![changed(&obj)],
+            watcher::Event::Delete(obj) => vec![deleted(key(&obj))],
+        }
+    }
 }
 
 #[cfg(test)]
@@ -194,5 +279,95 @@ mod tests {
         assert_eq!(idx.watchers_of(&s(WatchKind::Secret, "db")), vec![a]);
         assert!(idx.watchers_of(&s(WatchKind::ConfigMap, "db")).is_empty());
         assert_eq!(idx.watched_objects(), 1);
+    }
+
+    type Cm = PartialObjectMeta<k8s_openapi::api::core::v1::ConfigMap>;
+
+    fn cm(name: &str, rv: &str) -> Cm {
+        let mut o = Cm::default();
+        o.metadata.namespace = Some("ns".into());
+        o.metadata.name = Some(name.into());
+        o.metadata.resource_version = Some(rv.into());
+        o
+    }
+
+    fn names(events: &[SourceEvent]) -> Vec<(String, bool)> {
+        events
+            .iter()
+            .map(|e| (e.source.name.clone(), e.deleted))
+            .collect()
+    }
+
+    #[test]
+    fn a_list_reports_the_referenced_sources_it_lacks_as_deleted() {
+        let index = Arc::new(std::sync::Mutex::new(WatchIndex::<String>::default()));
+        index.lock().unwrap().set(
+            &"app".to_string(),
+            vec![
+                s(WatchKind::ConfigMap, "kept"),
+                s(WatchKind::ConfigMap, "gone"),
+                s(WatchKind::Secret, "other-kind"),
+            ],
+        );
+        let referenced: Referenced = {
+            let index = index.clone();
+            Arc::new(move |kind, ns| index.lock().unwrap().sources(kind, ns))
+        };
+        let mut gaps = RelistGaps::new(WatchKind::ConfigMap, Some("ns".into()), referenced);
+
+        assert!(gaps.feed(watcher::Event::<Cm>::Init).is_empty());
+        let listed = gaps.feed(watcher::Event::InitApply(cm("kept", "7")));
+        assert_eq!(listed[0].resource_version.as_deref(), Some("7"));
+        assert_eq!(names(&listed), [("kept".into(), false)]);
+        assert_eq!(
+            names(&gaps.feed(watcher::Event::InitApply(cm("unreferenced", "8")))),
+            [("unreferenced".into(), false)]
+        );
+        // Referenced while the list ran (read before its deletion): reported too.
+        index
+            .lock()
+            .unwrap()
+            .set(&"late".to_string(), vec![s(WatchKind::ConfigMap, "late")]);
+        let mut missing = names(&gaps.feed(watcher::Event::<Cm>::InitDone));
+        missing.sort();
+        assert_eq!(missing, [("gone".into(), true), ("late".into(), true)]);
+
+        // Between lists, events pass through; a deletion is reported as such.
+        assert_eq!(
+            names(&gaps.feed(watcher::Event::Delete(cm("kept", "9")))),
+            [("kept".into(), true)]
+        );
+        assert_eq!(
+            names(&gaps.feed(watcher::Event::Apply(cm("gone", "10")))),
+            [("gone".into(), false)]
+        );
+        // A relist that holds everything referenced reports nothing missing.
+        gaps.feed(watcher::Event::<Cm>::Init);
+        for name in ["kept", "gone", "late"] {
+            gaps.feed(watcher::Event::InitApply(cm(name, "11")));
+        }
+        assert!(gaps.feed(watcher::Event::<Cm>::InitDone).is_empty());
+    }
+
+    #[test]
+    fn sources_are_filtered_by_kind_and_namespace() {
+        let mut idx: WatchIndex<String> = WatchIndex::default();
+        let mut elsewhere = s(WatchKind::ConfigMap, "a");
+        elsewhere.namespace = "other".into();
+        idx.set(
+            &"r".to_string(),
+            vec![
+                s(WatchKind::ConfigMap, "a"),
+                elsewhere.clone(),
+                s(WatchKind::Secret, "a"),
+            ],
+        );
+        assert_eq!(
+            idx.sources(WatchKind::ConfigMap, Some("ns")),
+            vec![s(WatchKind::ConfigMap, "a")]
+        );
+        let mut all = idx.sources(WatchKind::ConfigMap, None);
+        all.sort();
+        assert_eq!(all, vec![s(WatchKind::ConfigMap, "a"), elsewhere]);
     }
 }

@@ -24,7 +24,7 @@ use common::{
     metrics::ReconcileMetrics,
     runtime::Leading,
     sync::lock,
-    watch_index::{SourceKey, WatchIndex, source_changes},
+    watch_index::{Referenced, SourceKey, WatchIndex, source_changes},
 };
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
@@ -432,11 +432,16 @@ impl ValuesSources {
         } else {
             namespaces.iter().map(Some).collect()
         };
+        let referenced: Referenced = {
+            let index = self.index.clone();
+            Arc::new(move |kind, ns| lock(&index).sources(kind, ns))
+        };
         let mut streams = Vec::new();
         for ns in scopes {
             let (secrets, config_maps) = apis(ns);
-            streams.push(source_changes(secrets, WatchKind::Secret).boxed());
-            streams.push(source_changes(config_maps, WatchKind::ConfigMap).boxed());
+            let (ns, r) = (ns.cloned(), &referenced);
+            streams.push(source_changes(secrets, WatchKind::Secret, ns.clone(), r.clone()).boxed());
+            streams.push(source_changes(config_maps, WatchKind::ConfigMap, ns, r.clone()).boxed());
         }
         let index = self.index.clone();
         futures::stream::select_all(streams).flat_map(move |event| {

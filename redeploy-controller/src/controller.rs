@@ -15,7 +15,7 @@ use common::{
     metrics::ReconcileMetrics,
     runtime::Leading,
     sync::lock,
-    watch_index::{SourceEvent, source_changes},
+    watch_index::{Referenced, SourceEvent, source_changes},
 };
 use futures::{StreamExt, channel::mpsc};
 use k8s_openapi::api::{
@@ -120,12 +120,14 @@ pub async fn run(
         watch_sources(
             scoped::<PartialObjectMeta<ConfigMap>>(&client, &namespace),
             WatchKind::ConfigMap,
+            namespace.clone(),
             ctx.clone(),
             wakers.clone(),
         ),
         watch_sources(
             scoped::<PartialObjectMeta<Secret>>(&client, &namespace),
             WatchKind::Secret,
+            namespace.clone(),
             ctx.clone(),
             wakers,
         ),
@@ -291,10 +293,12 @@ where
 }
 
 /// Watches ConfigMaps or Secrets (metadata only, nothing cached: [`source_changes`]) and wakes the
-/// workloads that watch one when it changes, is created or is deleted.
+/// workloads that watch one when it changes, is created or is deleted (a watched object a (re)list
+/// lacks counts as deleted).
 async fn watch_sources<S>(
     api: Api<PartialObjectMeta<S>>,
     kind: WatchKind,
+    namespace: Option<String>,
     ctx: Arc<Context>,
     wake: Wakers,
 ) where
@@ -302,7 +306,11 @@ async fn watch_sources<S>(
     PartialObjectMeta<S>:
         Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + 'static,
 {
-    let mut events = source_changes(api, kind).boxed();
+    let referenced: Referenced = {
+        let ctx = ctx.clone();
+        Arc::new(move |kind, ns| lock(&ctx.index).sources(kind, ns))
+    };
+    let mut events = source_changes(api, kind, namespace, referenced).boxed();
     while let Some(SourceEvent {
         source,
         resource_version,
