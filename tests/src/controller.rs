@@ -62,7 +62,13 @@ impl ControllerProcess {
         let metrics_port = free_port()?;
         let log_dir = std::env::temp_dir().join("pack-operator-e2e-logs");
         fs::create_dir_all(&log_dir)?;
-        let log = log_dir.join(format!("{binary}-{identity}.log"));
+        // Unique per process: tests of one file run at once and may share an identity.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = log_dir.join(format!(
+            "{binary}-{identity}-{}-{n}.log",
+            std::process::id()
+        ));
         let file = fs::File::create(&log)?;
         let mut cmd = Command::new(path);
         cmd.env("KUBECONFIG", kubeconfig)
