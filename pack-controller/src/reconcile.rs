@@ -56,6 +56,8 @@ pub const FINALIZER: &str = "pack-operator.k8s.kubit.ir/helm-release";
 
 /// How soon a Pack is looked at again while this process has not fetched its (ready) repository yet.
 const WARM_UP: Duration = Duration::from_secs(2);
+/// How soon a Pack is looked at again when the cached Pack was found older than the stored one.
+const STALE_CACHE: Duration = Duration::from_millis(500);
 
 /// `spec.wait`: how often a custom resource that is not ready yet is read again (custom resources are
 /// not watched; the built-in kinds are, see [`controller::WAKING_KINDS`]).
@@ -83,6 +85,9 @@ pub struct Context {
     pub stop: CancellationToken,
     /// Consecutive reconcile errors per Pack, for the error policy's backoff.
     pub errors: Mutex<HashMap<ObjectRef<Pack>, u32>>,
+    /// A hash of the status this process last wrote (or found stored) per Pack (`namespace/name`): a
+    /// cached Pack with another status lags behind that write ([`current`]).
+    pub written: Mutex<HashMap<String, u64>>,
     /// The namespaces in scope (empty: all).
     pub namespaces: Vec<String>,
     /// `--default-service-account`: the ServiceAccount of its namespace a Pack without
@@ -104,6 +109,7 @@ pub(crate) async fn reconcile(pack: Arc<Pack>, ctx: Arc<Context>) -> Result<Acti
     }
     let _timer = ctx.metrics.start();
     let api: Api<Pack> = Api::namespaced(ctx.client.clone(), &namespace(&pack));
+    let pack = current(&ctx, &api, pack).await?;
     let key = ObjectRef::from_obj(pack.as_ref());
     let original = pack.clone();
     let context = ctx.as_ref();
@@ -131,6 +137,33 @@ pub(crate) async fn reconcile(pack: Arc<Pack>, ctx: Arc<Context>) -> Result<Acti
         }
     }
     result
+}
+
+/// The Pack to reconcile: the cached one, unless its status is not the one this process last wrote.
+/// Then the cache lags behind that write (an event of the release's Secrets, or of an object the Pack
+/// waits for, can wake the Pack before the cache has the status written a moment before), and a
+/// status derived from the cached one would undo the write: the stored Pack is read instead (one GET,
+/// only then). A status someone else wrote is taken as found, so this cannot repeat.
+async fn current(ctx: &Context, api: &Api<Pack>, pack: Arc<Pack>) -> Result<Arc<Pack>, Error> {
+    let key = state_key(&pack);
+    let last = lock(&ctx.written).get(&key).copied();
+    if last.is_none_or(|h| h == status_hash(pack.status.as_ref())) {
+        return Ok(pack);
+    }
+    debug!("the cached Pack's status is not the one last written; reading the stored Pack");
+    let Some(stored) = api.get_opt(&pack.name_any()).await? else {
+        return Ok(pack);
+    };
+    lock(&ctx.written).insert(key, status_hash(stored.status.as_ref()));
+    Ok(Arc::new(stored))
+}
+
+/// A hash of a Pack's status, to tell one status from another without keeping it.
+fn status_hash(status: Option<&PackStatus>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(&status).unwrap_or_default().hash(&mut h);
+    h.finish()
 }
 
 /// Tells the Pack's owner that a request of this controller to the API server failed (most often RBAC:
@@ -613,6 +646,17 @@ async fn wait_for_objects(
         write_status(ctx, pack, &next).await?;
         return Ok(Action::requeue(jitter(ctx.resync)));
     }
+    // The timeout is reported once and may run `helm rollback`: like any decision to run Helm, it is
+    // taken on the stored Pack, not on a cache that may lag behind this controller's own last write.
+    let stored = Api::<Pack>::namespaced(ctx.client.clone(), &ns)
+        .get(&name)
+        .await?;
+    if stored.metadata.generation != generation || stored.status != pack.status {
+        debug!(
+            "the cached Pack lags behind the stored one; looking again before reporting the timeout"
+        );
+        return Ok(Action::requeue(STALE_CACHE));
+    }
     not_ready_after_timeout(ctx, t, next, identity.as_ref(), &summary, timeout).await
 }
 
@@ -711,11 +755,25 @@ async fn not_ready_after_timeout(
     timeout: Duration,
 ) -> Result<Action, Error> {
     let pack = t.pack;
-    let message = format!(
+    let mut message = format!(
         "the release's objects were not ready within {}s (spec.wait): {summary}",
         timeout.as_secs()
     );
-    let target = status::rollback_target(&next, t.digest).filter(|_| pack.spec.rollback_on_failure);
+    let found = status::rollback_target(&next, t.digest);
+    if pack.spec.rollback_on_failure && found.is_none() {
+        // Say why nothing was rolled back (actions and results only: history messages can quote Helm).
+        let history: Vec<String> = next
+            .history
+            .iter()
+            .map(|a| format!("{} {} r{:?}", a.action, a.result, a.revision))
+            .collect();
+        warn!(
+            ?history,
+            "spec.wait timed out and no revision to roll back to was found"
+        );
+        message.push_str(status::NO_ROLLBACK_TARGET);
+    }
+    let target = found.filter(|_| pack.spec.rollback_on_failure);
     let rollback = match &target {
         Some((to, _)) => Some(
             execute::rollback(
@@ -808,6 +866,7 @@ async fn cleanup(pack: &Pack, ctx: &Context) -> Result<Cleanup, Error> {
         }
     }
     ctx.states.set(&state_key(pack), None);
+    lock(&ctx.written).remove(&state_key(pack));
     Ok(Cleanup::Done(Action::await_change()))
 }
 
@@ -1005,6 +1064,7 @@ async fn write_status(ctx: &Context, pack: &Pack, status: &PackStatus) -> Result
         status,
     )
     .await?;
+    lock(&ctx.written).insert(state_key(pack), status_hash(Some(status)));
     Ok(())
 }
 

@@ -421,6 +421,11 @@ pub fn rollback_target(
         .and_then(|a| Some((a.revision?, a.version.clone())))
 }
 
+/// Ends the `NotReady` message when `spec.rollbackOnFailure` asked for a rollback and [`rollback_target`]
+/// found nothing to return to.
+pub const NO_ROLLBACK_TARGET: &str = "; not rolled back (spec.rollbackOnFailure): status.history holds \
+     no successful install, upgrade or rollback before this upgrade to return to";
+
 /// `spec.wait` timed out: `ApplyFailed`/`NotReady` with `message` (the objects and why), and the
 /// rollback after it (`spec.rollbackOnFailure`), if one ran to `restored` (its revision and version).
 pub fn not_ready(
@@ -1096,6 +1101,52 @@ mod tests {
         let s = resolved(base(&p), &r);
         assert!(conditions::find(&s.conditions, conditions::READY).is_none());
         assert!(conditions::find(&s.conditions, conditions::RECONCILING).is_none());
+    }
+
+    #[test]
+    fn the_rollback_after_a_timeout_returns_to_the_success_before_the_newest_upgrade() {
+        let d1 = ReleaseDigest::of("genpack", "0.1.0", None, &json!({"v": 1}));
+        let d2 = ReleaseDigest::of("genpack", "0.1.0", None, &json!({"v": 2}));
+        let ok = |action, d: Option<&ReleaseDigest>, r| {
+            attempt(action, Some("0.1.0"), d, Ok(Some(r)), Duration::ZERO)
+        };
+        let failed = |action, d| attempt(action, None, d, Err("boom".into()), Duration::ZERO);
+        let with = |entries: Vec<PackAttempt>| PackStatus {
+            history: entries,
+            ..PackStatus::default()
+        };
+        let cases = [
+            (
+                "upgrade over an install",
+                vec![ok("Upgrade", Some(&d2), 2), ok("Install", Some(&d1), 1)],
+                Some(1),
+            ),
+            (
+                "a recovery and a failure are skipped",
+                vec![
+                    ok("Upgrade", Some(&d2), 4),
+                    ok("Recover", None, 3),
+                    failed("Upgrade", Some(&d2)),
+                    ok("Upgrade", Some(&d1), 2),
+                ],
+                Some(2),
+            ),
+            (
+                "already rolled back",
+                vec![
+                    ok("Rollback", None, 3),
+                    ok("Upgrade", Some(&d2), 2),
+                    ok("Install", Some(&d1), 1),
+                ],
+                None,
+            ),
+            ("nothing before", vec![ok("Install", Some(&d2), 1)], None),
+            ("never applied", vec![ok("Install", Some(&d1), 1)], None),
+        ];
+        for (name, history, want) in cases {
+            let got = rollback_target(&with(history), &d2).map(|(r, _)| r);
+            assert_eq!(got, want, "{name}");
+        }
     }
 
     #[test]

@@ -1431,9 +1431,13 @@ async fn wait_message(
                     Ok(Some(r.message.clone()))
                 }
                 _ => Err(format!(
-                    "{:?} {:?}\n{}",
+                    "{:?} {:?}\nhistory: {:?}\n{}",
                     s.state,
                     ready.map(|r| (&r.reason, &r.message)),
+                    s.history
+                        .iter()
+                        .map(|a| (&a.action, &a.result, a.revision))
+                        .collect::<Vec<_>>(),
                     tail(&controller.logs(), 6)
                 )),
             }

@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{Context, FINALIZER, WARM_UP, error_policy, reconcile};
+use super::{Context, FINALIZER, WARM_UP, error_policy, reconcile, status_hash};
 use crate::{
     chart::ChartCache,
     error::Error,
@@ -84,6 +84,7 @@ fn context(client: Client) -> (Arc<Context>, PathBuf) {
         resync: Duration::from_secs(600),
         stop: CancellationToken::new(),
         errors: Mutex::default(),
+        written: Mutex::default(),
         namespaces: vec![],
         default_service_account: None,
         config: kube::Config::new("http://127.0.0.1:1".parse().unwrap()),
@@ -376,7 +377,7 @@ async fn an_uninstall_backoff_is_a_wait_that_keeps_the_finalizer_not_an_error() 
         }));
         let get = s.next().await;
         get.assert("GET", PACK);
-        get.respond_json(stored);
+        get.respond_json(stored.clone());
         // No helm uninstall, no status write, and above all no finalizer removal.
         s
     })
@@ -474,5 +475,51 @@ async fn a_values_secret_is_read_by_one_get_in_the_packs_namespace_before_the_re
     )
     .await;
     assert_eq!(result.unwrap(), Action::requeue(WARM_UP));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_cached_pack_behind_this_processs_last_status_write_is_read_from_the_api_first() {
+    let (client, server) = ApiServer::new();
+    let (ctx, dir) = context(client);
+    // This process last wrote a status with an install in its history; the cache still has none.
+    let mut stored = pack_json(1, &[FINALIZER], true);
+    stored["status"] = json!({
+        "state": "Applied",
+        "revision": 1,
+        "history": [{
+            "action": "Install", "version": "0.1.0", "result": "Succeeded", "revision": 1,
+            "time": "2026-12-06T03:00:00Z",
+        }],
+    });
+    let written: common::crd::PackStatus =
+        serde_json::from_value(stored["status"].clone()).unwrap();
+    ctx.written
+        .lock()
+        .unwrap()
+        .insert("apps/web".into(), status_hash(Some(&written)));
+    let result = reconcile_with(
+        pack(1, &[FINALIZER], true),
+        ctx.clone(),
+        server,
+        |mut s| async move {
+            let get = s.next().await;
+            get.assert("GET", PACK);
+            get.respond_json(stored.clone());
+            // The status written next (suspended) starts from the stored one: the install stays in history.
+            let status = s.next().await;
+            status.assert("PATCH", STATUS);
+            assert_eq!(
+                status.body["status"]["history"][0]["action"], "Install",
+                "{}",
+                status.body
+            );
+            assert_eq!(status.body["status"]["revision"], 1, "{}", status.body);
+            status.respond_json(pack_json(1, &[FINALIZER], true));
+            s
+        },
+    )
+    .await;
+    assert_eq!(result.unwrap(), Action::await_change());
     std::fs::remove_dir_all(dir).unwrap();
 }
