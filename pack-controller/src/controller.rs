@@ -201,7 +201,7 @@ pub async fn run(leading: Leading, settings: Settings, metrics: Metrics) {
         resync: settings.resync,
         stop: leading.stop.clone(),
         errors: Mutex::default(),
-        written: Mutex::default(),
+        written: Default::default(),
         namespaces: settings.namespaces.clone(),
         default_service_account: settings.default_service_account.clone(),
         config,

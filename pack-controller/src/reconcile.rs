@@ -85,9 +85,9 @@ pub struct Context {
     pub stop: CancellationToken,
     /// Consecutive reconcile errors per Pack, for the error policy's backoff.
     pub errors: Mutex<HashMap<ObjectRef<Pack>, u32>>,
-    /// A hash of the status this process last wrote (or found stored) per Pack (`namespace/name`): a
-    /// cached Pack with another status lags behind that write ([`current`]).
-    pub written: Mutex<HashMap<String, u64>>,
+    /// The status this process last wrote (or found stored) per Pack (`namespace/name`): a cached Pack
+    /// with another status lags behind that write ([`current`]).
+    pub written: common::sync::LastWritten,
     /// The namespaces in scope (empty: all).
     pub namespaces: Vec<String>,
     /// `--default-service-account`: the ServiceAccount of its namespace a Pack without
@@ -146,24 +146,15 @@ pub(crate) async fn reconcile(pack: Arc<Pack>, ctx: Arc<Context>) -> Result<Acti
 /// only then). A status someone else wrote is taken as found, so this cannot repeat.
 async fn current(ctx: &Context, api: &Api<Pack>, pack: Arc<Pack>) -> Result<Arc<Pack>, Error> {
     let key = state_key(&pack);
-    let last = lock(&ctx.written).get(&key).copied();
-    if last.is_none_or(|h| h == status_hash(pack.status.as_ref())) {
+    if !ctx.written.lags(&key, &pack.status) {
         return Ok(pack);
     }
     debug!("the cached Pack's status is not the one last written; reading the stored Pack");
     let Some(stored) = api.get_opt(&pack.name_any()).await? else {
         return Ok(pack);
     };
-    lock(&ctx.written).insert(key, status_hash(stored.status.as_ref()));
+    ctx.written.record(&key, &stored.status);
     Ok(Arc::new(stored))
-}
-
-/// A hash of a Pack's status, to tell one status from another without keeping it.
-fn status_hash(status: Option<&PackStatus>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_vec(&status).unwrap_or_default().hash(&mut h);
-    h.finish()
 }
 
 /// Tells the Pack's owner that a request of this controller to the API server failed (most often RBAC:
@@ -866,7 +857,7 @@ async fn cleanup(pack: &Pack, ctx: &Context) -> Result<Cleanup, Error> {
         }
     }
     ctx.states.set(&state_key(pack), None);
-    lock(&ctx.written).remove(&state_key(pack));
+    ctx.written.forget(&state_key(pack));
     Ok(Cleanup::Done(Action::await_change()))
 }
 
@@ -1064,7 +1055,7 @@ async fn write_status(ctx: &Context, pack: &Pack, status: &PackStatus) -> Result
         status,
     )
     .await?;
-    lock(&ctx.written).insert(state_key(pack), status_hash(Some(status)));
+    ctx.written.record(&state_key(pack), &Some(status));
     Ok(())
 }
 

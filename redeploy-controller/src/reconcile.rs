@@ -11,7 +11,11 @@ use std::{
 };
 
 use common::{
-    annotation::WatchKind, crd::Pack, events::Recorder, metrics::ReconcileMetrics, sync::lock,
+    annotation::WatchKind,
+    crd::Pack,
+    events::Recorder,
+    metrics::ReconcileMetrics,
+    sync::{LastWritten, lock},
 };
 use k8s_openapi::{
     api::{
@@ -80,6 +84,9 @@ pub struct Context {
     /// Hashes of each watched object at a resourceVersion, per set of keys used (`""`: every key);
     /// invalidated by the source watches.
     pub(crate) hashes: Mutex<HashCache>,
+    /// The record of hashes this process last wrote (or found stored) per workload: a cached workload
+    /// with another record lags behind that write, and is read from the API before a decision.
+    pub(crate) written: LastWritten,
     /// Invalid annotation values already reported, so each gets one Event.
     reported_invalid: Mutex<HashMap<WorkloadKey, String>>,
     recorder: Recorder,
@@ -116,6 +123,7 @@ impl Context {
             index: Mutex::default(),
             pending: Mutex::default(),
             hashes: Mutex::default(),
+            written: LastWritten::default(),
             reported_invalid: Mutex::default(),
             recorder,
             metrics,
@@ -210,7 +218,7 @@ impl Watcher for Pack {
     const KIND: WorkloadKind = WorkloadKind::Pack;
 }
 
-pub(crate) async fn reconcile<K: Watcher>(
+pub(crate) async fn reconcile<K: Watcher<Scope = kube::core::NamespaceResourceScope>>(
     obj: Arc<PartialObjectMeta<K>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
@@ -221,7 +229,32 @@ pub(crate) async fn reconcile<K: Watcher>(
         name: obj.name_any(),
     };
     let reference = obj.object_ref(&());
-    reconcile_workload(&key, &obj.metadata, &reference, &ctx).await
+    let stored;
+    let meta = if ctx
+        .written
+        .lags(&key.to_string(), &recorded_in(&obj.metadata))
+    {
+        // The cache lags behind this process's last record on the workload (its watch event has not
+        // arrived yet): deciding on the older record would take a recorded deletion for a first
+        // sight, or a recorded change for a new one. One GET, only then.
+        debug!(workload = %key, "the cached record of hashes is not the one last written; reading the workload");
+        let api = Api::<K>::namespaced(ctx.client.clone(), &key.namespace);
+        let Some(found) = api.get_metadata_opt(&key.name).await? else {
+            return Ok(Action::await_change());
+        };
+        ctx.written
+            .record(&key.to_string(), &recorded_in(&found.metadata));
+        stored = found.metadata;
+        &stored
+    } else {
+        &obj.metadata
+    };
+    reconcile_workload(&key, meta, &reference, &ctx).await
+}
+
+/// The record of hashes on a workload's metadata, as this process writes it.
+fn recorded_in(meta: &ObjectMeta) -> Option<&String> {
+    meta.annotations.as_ref()?.get(HASHES_ANNOTATION)
 }
 
 pub(crate) fn error_policy<K: Watcher>(
@@ -461,6 +494,7 @@ async fn publish_outcome(
 }
 
 fn forget(key: &WorkloadKey, ctx: &Context) {
+    ctx.written.forget(&key.to_string());
     let mut index = lock(&ctx.index);
     index.remove(key);
     ctx.metrics
@@ -557,15 +591,26 @@ fn patch_params() -> PatchParams {
     }
 }
 
+fn record_value(current: &Hashes) -> String {
+    serde_json::to_string(current).unwrap_or_default()
+}
+
 fn record_patch(current: &Hashes) -> serde_json::Value {
-    let hashes = serde_json::to_string(current).unwrap_or_default();
-    json!({ "metadata": { "annotations": { HASHES_ANNOTATION: hashes } } })
+    json!({ "metadata": { "annotations": { HASHES_ANNOTATION: record_value(current) } } })
 }
 
 /// Writes the hashes record on the workload's metadata (merge patch: touches only our key).
 async fn record(ctx: &Context, key: &WorkloadKey, current: &Hashes) -> Result<(), Error> {
     let patch = record_patch(current);
-    patch_workload(ctx, key, &patch).await
+    patch_workload(ctx, key, &patch).await?;
+    recorded(ctx, key, current);
+    Ok(())
+}
+
+/// Notes the record this process just wrote on the workload (see [`Context::written`]).
+fn recorded(ctx: &Context, key: &WorkloadKey, current: &Hashes) {
+    ctx.written
+        .record(&key.to_string(), &Some(&record_value(current)));
 }
 
 async fn patch_workload(
@@ -627,6 +672,7 @@ async fn rollout(ctx: &Context, key: &WorkloadKey, current: &Hashes) -> Result<R
         let mut patch = record_patch(current);
         patch["spec"] = template_patch(key.kind, CONFIG_HASH_ANNOTATION, &config_hash);
         patch_workload(ctx, key, &patch).await?;
+        recorded(ctx, key, current);
         return Ok(Rollout::Done(vec![key.name.clone()]));
     }
     // A Pack: its release's workloads, found by Helm's ownership annotations.
@@ -938,6 +984,60 @@ mod tests {
         let action = reconcile_deployment(watching("web", None), &ctx).await;
         server.await.unwrap().done();
         assert_eq!(action, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn a_deletion_seen_before_the_cache_has_the_baseline_is_reported_from_the_stored_record()
+    {
+        let (client, mut server) = ApiServer::new();
+        let ctx = context(client, empty_stores());
+        let baseline = serde_json::to_string(&record_of(&new_hash())).unwrap();
+        let stored_record = baseline.clone();
+        let server = tokio::spawn(async move {
+            // First sight: the baseline is recorded.
+            answer_configmap(server.next().await);
+            let patch = server.next().await;
+            patch.assert("PATCH", DEPLOYMENT);
+            patch.respond_json(deployment_json(false));
+            // The ConfigMap is deleted and wakes the Deployment before the cache has the record: the
+            // stored Deployment is read first, so the deletion is told from the stored baseline ...
+            let get = server.next().await;
+            get.assert("GET", DEPLOYMENT);
+            get.respond_json(json!({
+                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": "web", "namespace": "ns", "annotations": {
+                    WATCH_TO_REDEPLOY: "configmap/app", HASHES_ANNOTATION: stored_record,
+                }},
+            }));
+            server
+                .next()
+                .await
+                .respond_status(404, "NotFound", "configmaps \"app\" not found");
+            let record = server.next().await;
+            record.assert("PATCH", DEPLOYMENT);
+            record.respond_json(deployment_json(false));
+            // ... and reported, where the cached metadata alone looked like a first sight.
+            let event = server.next().await;
+            event.assert("POST", EVENTS);
+            assert_eq!(
+                event.body["reason"], "WatchedObjectDeleted",
+                "{}",
+                event.body
+            );
+            event.echo();
+            server
+        });
+        let stale = watching("web", None);
+        assert_eq!(
+            reconcile_deployment(stale.clone(), &ctx).await,
+            Action::await_change()
+        );
+        lock(&ctx.hashes).clear(); // what the source watch does on the deletion
+        assert_eq!(
+            reconcile_deployment(stale, &ctx).await,
+            Action::await_change()
+        );
+        server.await.unwrap().done();
     }
 
     #[tokio::test]

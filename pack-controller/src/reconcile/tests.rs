@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{Context, FINALIZER, WARM_UP, error_policy, reconcile, status_hash};
+use super::{Context, FINALIZER, WARM_UP, error_policy, reconcile};
 use crate::{
     chart::ChartCache,
     error::Error,
@@ -84,7 +84,7 @@ fn context(client: Client) -> (Arc<Context>, PathBuf) {
         resync: Duration::from_secs(600),
         stop: CancellationToken::new(),
         errors: Mutex::default(),
-        written: Mutex::default(),
+        written: Default::default(),
         namespaces: vec![],
         default_service_account: None,
         config: kube::Config::new("http://127.0.0.1:1".parse().unwrap()),
@@ -494,10 +494,7 @@ async fn a_cached_pack_behind_this_processs_last_status_write_is_read_from_the_a
     });
     let written: common::crd::PackStatus =
         serde_json::from_value(stored["status"].clone()).unwrap();
-    ctx.written
-        .lock()
-        .unwrap()
-        .insert("apps/web".into(), status_hash(Some(&written)));
+    ctx.written.record("apps/web", &Some(&written));
     let result = reconcile_with(
         pack(1, &[FINALIZER], true),
         ctx.clone(),
