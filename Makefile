@@ -1,5 +1,5 @@
 # Pack Operator. `make run` runs it on a local control plane; `make test` runs the whole suite.
-.PHONY: run test tools cluster cluster-down crds manifests build fmt lint bench bench-pack bench-reflector bench-peers fuzz package
+.PHONY: run test tools cluster cluster-down crds manifests build fmt lint bench bench-pack bench-reflector bench-peers bench-idle fuzz package
 
 run: ## control plane + CRDs + all three controllers + samples
 	hack/run.sh
@@ -33,6 +33,10 @@ bench-peers: tools ## side by side with Stakater Reloader and Flux (peers from h
 bench-reflector: tools ## reflector-controller benchmark: BENCH_ARGS="--namespaces 100" to shrink
 	cargo build --release -p reflector-controller -p bench
 	target/release/reflector-bench $(BENCH_ARGS)
+
+bench-idle: tools ## idle memory of the three controllers (release builds), split anonymous / file-backed
+	cargo build --release -p pack-controller -p reflector-controller -p redeploy-controller -p bench
+	target/release/idle-bench $(BENCH_ARGS)
 
 fuzz: ## fuzz the parsers (needs `cargo install cargo-fuzz` and a nightly toolchain); FUZZ_SECONDS=60
 	cd fuzz && for t in watch_to_redeploy version_constraint helm_index; do \

@@ -20,6 +20,16 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
     (kib_field(&status, "VmRSS:"), kib_field(&status, "VmHWM:"))
 }
 
+/// (resident set, its anonymous part, its file-backed part) of process `pid`, in KiB; 0 when unreadable.
+pub fn rss_split_kib(pid: u32) -> (u64, u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    (
+        kib_field(&status, "VmRSS:"),
+        kib_field(&status, "RssAnon:"),
+        kib_field(&status, "RssFile:"),
+    )
+}
+
 /// The proportional set size of process `pid` in KiB (a page shared by n processes counts 1/n in
 /// each; `/proc/<pid>/smaps_rollup`), 0 when unreadable.
 pub fn pss_kib(pid: u32) -> u64 {
@@ -195,6 +205,11 @@ mod tests {
         assert!(
             pss > 0 && pss <= rss_kib(me).1,
             "PSS {pss} KiB within the high-water mark"
+        );
+        let (rss, anonymous, file) = rss_split_kib(me);
+        assert!(
+            anonymous > 0 && file > 0 && anonymous + file <= rss,
+            "RSS {rss} KiB = anonymous {anonymous} + file-backed {file} (+ shared memory)"
         );
     }
 }
