@@ -56,8 +56,6 @@ pub const FINALIZER: &str = "pack-operator.k8s.kubit.ir/helm-release";
 
 /// How soon a Pack is looked at again while this process has not fetched its (ready) repository yet.
 const WARM_UP: Duration = Duration::from_secs(2);
-/// How soon a Pack is looked at again when the cached Pack was found older than the stored one.
-const STALE_CACHE: Duration = Duration::from_millis(500);
 
 /// `spec.wait`: how often a custom resource that is not ready yet is read again (custom resources are
 /// not watched; the built-in kinds are, see [`controller::WAKING_KINDS`]).
@@ -636,17 +634,6 @@ async fn wait_for_objects(
     if status::timed_out_at(&next, t.digest) {
         write_status(ctx, pack, &next).await?;
         return Ok(Action::requeue(jitter(ctx.resync)));
-    }
-    // The timeout is reported once and may run `helm rollback`: like any decision to run Helm, it is
-    // taken on the stored Pack, not on a cache that may lag behind this controller's own last write.
-    let stored = Api::<Pack>::namespaced(ctx.client.clone(), &ns)
-        .get(&name)
-        .await?;
-    if stored.metadata.generation != generation || stored.status != pack.status {
-        debug!(
-            "the cached Pack lags behind the stored one; looking again before reporting the timeout"
-        );
-        return Ok(Action::requeue(STALE_CACHE));
     }
     not_ready_after_timeout(ctx, t, next, identity.as_ref(), &summary, timeout).await
 }
